@@ -1,0 +1,50 @@
+#include "tests/testutil/testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+const char *mk_test_model_path(void) {
+  const char *p = getenv("MORPHKV_TEST_MODEL");
+  struct stat st;
+  if (!p || stat(p, &st) != 0) {
+    fprintf(stderr, "demo model not found (MORPHKV_TEST_MODEL=%s); run launch/fetch-model.sh\n",
+            p ? p : "(unset)");
+    return NULL;
+  }
+  return p;
+}
+
+const char *mk_test_source_path(const char *rel) {
+  static char buf[4096];
+  const char *root = getenv("MORPHKV_SOURCE_DIR");
+  snprintf(buf, sizeof buf, "%s/%s", root ? root : ".", rel);
+  return buf;
+}
+
+char *mk_test_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return NULL; }
+  long n = ftell(f);
+  if (n < 0) { fclose(f); return NULL; }
+  rewind(f);
+  char *buf = malloc((size_t)n + 1);
+  if (!buf) { fclose(f); return NULL; }
+  if (fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); fclose(f); return NULL; }
+  fclose(f);
+  buf[n] = 0;
+  if (len) *len = (size_t)n;
+  return buf;
+}
+
+uint64_t mk_test_rand_u64(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+float mk_test_rand_f32(uint64_t *s) {
+  return (float)((double)(mk_test_rand_u64(s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+}
