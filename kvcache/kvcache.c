@@ -111,6 +111,7 @@ void mk_kv_cache_reset_seq(mk_kv_cache_t *c, int seq) {
       mk_kv_head_t *hd = mk_kv_cache_head(c, seq, l, h);
       for (int i = 0; i < hd->n_slots; i++) hd->pos[i] = -1;
       hd->n_used = 0;
+      hd->hi = 0;
       c->ops->reset(&c->cfg, hd);
     }
 }
@@ -121,6 +122,7 @@ int mk_kv_acquire(mk_kv_head_t *h, int64_t pos) {
     if (h->pos[i] < 0) {
       h->pos[i] = (int32_t)pos;
       h->n_used++;
+      if (i + 1 > h->hi) h->hi = i + 1;
       return i;
     }
   return -1;

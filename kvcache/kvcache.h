@@ -69,6 +69,7 @@ int mk_kv_policy_parse(const char *s, mk_kv_policy_kind_t *out); /* 0 ok, -1 unk
 typedef struct mk_kv_head {
   int n_slots, head_dim;
   int n_used;
+  int hi;         /* high-water mark: every used slot is < hi (attention loops stop here) */
   int32_t *pos;   /* (n_slots) absolute position, -1 = free */
   void *k, *v;    /* (n_slots, head_dim) of dtype */
   void *state;    /* policy state, policy-owned layout, inside the cache's state arena */

@@ -1,0 +1,120 @@
+/* Compute backend: a table of the kernels the forward pass needs, plus a context.
+ *
+ * The forward pass (src/forward.c) is written once against this table; the CPU backend
+ * (src/backend_cpu.c) is the reference, the CUDA backend (cuda/) implements the same table on the
+ * device and is tested op by op against the CPU. Activation pointers passed to the ops are
+ * backend memory (host memory on the CPU, device memory on CUDA) obtained from ops->alloc;
+ * token ids and positions are host arrays. Ops that cannot fail return void; an op that can
+ * fail (attention runs the cache policy) returns 0/-1 with err. */
+#ifndef MK_BACKEND_H
+#define MK_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvcache/kvcache.h"
+#include "src/mk_error.h"
+#include "src/quant.h"
+
+typedef struct mk_backend mk_backend_t;
+
+/* A weight matrix prepared for a backend: the file-format matrix (host, borrowed from the
+ * mapping) plus whatever the backend made of it (e.g. a bf16 copy on the device). */
+typedef struct mk_bweight {
+  mk_qmat_t host;
+  void *dev;      /* backend-owned; NULL on the CPU (it reads host directly) */
+  int dev_type;   /* backend-specific */
+} mk_bweight_t;
+
+typedef struct mk_rope_params {
+  float *x;             /* (n_tok, n_head, head_dim) in place */
+  const int32_t *pos;   /* (n_tok) host */
+  int n_tok, n_head, head_dim;
+  int rope_dim;         /* rotated dims (<= head_dim) */
+  float theta;
+  bool neox;            /* pairs (i, i+rope_dim/2) instead of (2i, 2i+1) */
+  const float *freq_factors; /* (rope_dim/2) Llama-3 scaling, backend memory, or NULL */
+} mk_rope_params_t;
+
+/* One sequence's tokens inside a batch: rows [row, row+n) of q/k/v/out, positions pos0.. */
+typedef struct mk_seq_span {
+  int seq;   /* sequence index in the cache */
+  int row;   /* first token row in the batch */
+  int n;     /* tokens */
+  int32_t pos0;
+  bool prefill; /* these tokens are the whole prompt: evict with prefill semantics afterwards */
+} mk_seq_span_t;
+
+typedef struct mk_attn_params {
+  int layer;
+  int n_tok;                 /* rows in q/k/v/out */
+  int n_spans;
+  const mk_seq_span_t *spans;
+  const float *q;            /* (n_tok, n_q, d) post-RoPE */
+  const float *k, *v;        /* (n_tok, n_kv, d) post-RoPE keys */
+  /* (n_tok, n_kv, d): sum over the whole group (all ranks) of post-RoPE queries; for policies
+   * with MK_KV_NEED_LOGIT_SUM. NULL if the policy does not need it. */
+  const float *qsum;
+  float *out;                /* (n_tok, n_q, d) */
+  int n_q, n_kv, head_dim;
+  const int *q_to_kv;        /* (n_q) local KV head read by local query head i */
+  mk_kv_cache_t *cache;
+} mk_attn_params_t;
+
+typedef struct mk_backend_ops {
+  const char *name;
+  void (*free)(mk_backend_t *b);
+  void *(*alloc)(mk_backend_t *b, size_t bytes); /* zeroed; NULL on failure */
+  void (*dealloc)(mk_backend_t *b, void *p);
+  int (*upload)(mk_backend_t *b, void *dst, const void *src, size_t bytes, mk_error_t *err);
+  int (*download)(mk_backend_t *b, void *dst, const void *src, size_t bytes, mk_error_t *err);
+  int (*weight_prepare)(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err);
+  void (*weight_release)(mk_backend_t *b, mk_bweight_t *w);
+
+  /* x(n, cols) = rows ids[] of the embedding table, dequantized */
+  void (*embed)(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x);
+  /* y(n, rows) = x(n, cols) W^T */
+  void (*matmul)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y);
+  /* y(n, dim) = x / rms(x) * w */
+  void (*rmsnorm)(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps);
+  /* y(n, dim) += bias(dim) */
+  void (*add_bias)(mk_backend_t *b, float *y, const float *bias, int n, int dim);
+  void (*rope)(mk_backend_t *b, const mk_rope_params_t *p);
+  /* y = silu(gate) * up, n elements */
+  void (*swiglu)(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n);
+  /* y += x */
+  void (*add)(mk_backend_t *b, float *y, const float *x, size_t n);
+  /* qsum(n_tok, n_kv, d) = sum of q(n_tok, n_q, d) over the query heads of each local KV head */
+  void (*group_qsum)(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
+                     int d, const int *q_to_kv);
+  /* Writes K/V of the new tokens into the cache, attends, runs the cache policy. */
+  int (*attention)(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err);
+  int (*sync)(mk_backend_t *b, mk_error_t *err);
+} mk_backend_ops_t;
+
+struct mk_backend {
+  const mk_backend_ops_t *ops;
+  void *impl;
+  int n_threads;
+};
+
+typedef enum mk_backend_kind { MK_BACKEND_CPU = 0, MK_BACKEND_CUDA = 1 } mk_backend_kind_t;
+
+typedef struct mk_backend_params {
+  mk_backend_kind_t kind;
+  int n_threads;        /* CPU threads (OpenMP) */
+  int simd;             /* -1: best available; else mk_simd_t to force */
+  int device;           /* CUDA: device ordinal (from the node-local rank) */
+} mk_backend_params_t;
+
+/* CPU backend: always available. */
+int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
+#ifdef MORPHKV_HAVE_CUDA
+/* CUDA backend (cuda/): fails with a clear message where no GPU is present. */
+int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
+#endif
+/* Dispatch on p->kind; "cuda" without a CUDA build or without a device is an error. */
+int mk_backend_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
+
+#endif
