@@ -1,12 +1,18 @@
 /* Tensor-parallel sharding plan: a pure function of (model dims, T, rank).
  *
- * Query heads are split into T contiguous, near-equal ranges. A rank holds every KV head that one
- * of its query heads reads; when a range boundary cuts a KV group, that KV head is REPLICATED on
- * each rank that owns some of its query heads, and those replicas must make identical eviction
- * decisions (see kvcache/kvcache.h and parallel/score_sync). When T divides the KV-head count the
- * ranges fall on group boundaries and nothing is replicated.
- * MLP rows (gate/up outputs = down inputs) and vocabulary rows are split in contiguous ranges
- * aligned to `align` elements (the quantization block of the weights), as evenly as possible.
+ * Query heads are split into T contiguous, near-equal ranges (the first n_head % T ranks get one
+ * more). A rank holds every KV head that one of its query heads reads; when a range boundary cuts a
+ * KV group, that KV head is REPLICATED on each rank that owns some of its query heads, and those
+ * replicas must make identical eviction decisions (see kvcache/kvcache.h and
+ * morphkv-algorithm.md §7). When T divides the KV-head count the ranges fall on group boundaries
+ * and nothing is replicated.
+ * MLP hidden units (gate/up rows = down columns) are split in contiguous ranges of whole
+ * `ff_align` blocks (the quantization block of ffn_down, whose rows are sliced by column), as
+ * evenly as possible; n_ff must be a multiple of ff_align. Vocabulary rows are split the same way
+ * in `vocab_align` blocks; the last block may be partial (a row slice needs no alignment, the
+ * blocks only keep tiles whole).
+ * Every rank gets at least one query head, one ff block and one vocab block; a T that would leave a
+ * rank empty is refused, naming the largest T that works (every T from 1 to that one works).
  * With T = 1 the plan owns everything. */
 #ifndef MK_PLAN_H
 #define MK_PLAN_H
@@ -15,6 +21,9 @@
 #include <stdint.h>
 
 #include "src/mk_error.h"
+
+/* Most KV heads one rank can hold (kv_replicas is a fixed array so the plan is a plain value). */
+#define MK_PLAN_MAX_KV_HELD 256
 
 typedef struct mk_plan_dims {
   int n_head, n_kv_head, head_dim, n_ff, n_vocab, n_embd;
@@ -30,10 +39,16 @@ typedef struct mk_plan {
   int vocab_begin, vocab_end;
   bool any_replicated;  /* some KV head (of any rank) is held by more than one rank */
   /* for held head kv_begin + i: number of ranks holding it (1 = not replicated) */
-  int kv_replicas[64];
+  int kv_replicas[MK_PLAN_MAX_KV_HELD];
+  /* for held head kv_begin + i: the lowest rank holding it (the replica group's "owner") */
+  int kv_first_rank[MK_PLAN_MAX_KV_HELD];
 } mk_plan_t;
 
 /* 0 on success; -1 with a message that says why T cannot work and which T would. */
 int mk_plan_make(const mk_plan_dims_t *d, int tp, int rank, mk_plan_t *out, mk_error_t *err);
+
+/* The largest T for which mk_plan_make succeeds (every T in 1..max works); -1 with a message
+ * when the dims themselves are invalid. */
+int mk_plan_max_tp(const mk_plan_dims_t *d, mk_error_t *err);
 
 #endif

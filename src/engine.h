@@ -1,0 +1,69 @@
+/* The engine: a loaded model (weights borrowed from the file mapping, sliced for this rank),
+ * its tokenizer, a backend, and the KV cache of the current run.
+ *
+ * Every rank of a tensor-parallel run calls the same functions with the same arguments in the
+ * same order (rank 0 broadcasts the request first; see parallel/). Each sequence's positions
+ * count the tokens it has seen; the first mk_engine_step of a sequence is its prefill. */
+#ifndef MK_ENGINE_H
+#define MK_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvcache/kvcache.h"
+#include "parallel/ctx.h"
+#include "src/backend.h"
+#include "src/gguf.h"
+#include "src/model.h"
+#include "src/tokenizer.h"
+
+typedef struct mk_engine_params {
+  const char *model_path;
+  mk_backend_params_t backend;
+  int tp; /* expected tensor-parallel degree (--tp), 0 = take the world size */
+} mk_engine_params_t;
+
+typedef struct mk_engine mk_engine_t;
+
+/* ctx: the process context (rank/world/comm); NULL means a world of one. */
+int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err);
+void mk_engine_close(mk_engine_t *e);
+
+const mk_model_config_t *mk_engine_config(const mk_engine_t *e);
+const mk_tokenizer_t *mk_engine_tokenizer(const mk_engine_t *e);
+const mk_gguf_t *mk_engine_gguf(const mk_engine_t *e);
+int mk_engine_n_vocab(const mk_engine_t *e);
+
+/* Starts a run: allocates the KV cache for n_seq sequences under policy kv, sized for prompts of
+ * up to max_prompt tokens and max_total tokens per sequence. Frees the previous run's cache. */
+int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max_prompt,
+                    int max_total, mk_error_t *err);
+void mk_engine_reset_seq(mk_engine_t *e, int seq);
+int mk_engine_n_past(const mk_engine_t *e, int seq);
+
+/* Feeds n tokens of sequence seq. The first call of a sequence is its prefill (any n); later
+ * calls are decoded one token at a time internally. logits: (n_vocab) of the last token, or
+ * (n, n_vocab) if all_logits; may be NULL. Full-vocabulary logits on every rank. */
+int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits,
+                   float *logits, mk_error_t *err);
+
+/* One decode step for several sequences at once: ids[i] is the next token of seq seqs[i].
+ * logits: (n, n_vocab). */
+int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n,
+                           float *logits, mk_error_t *err);
+
+typedef struct mk_engine_stats {
+  size_t weight_bytes;       /* weights this rank reads (its slices) */
+  size_t kv_live_bytes;      /* K/V bytes in used slots now (this rank) */
+  size_t kv_peak_bytes;      /* peak of the above over the run */
+  size_t kv_alloc_bytes;     /* reserved for K/V */
+  size_t policy_state_bytes; /* policy scoring state (e.g. MorphKV logit ring) */
+  uint64_t comm_model_bytes, comm_score_bytes;
+  int kv_slots;              /* slots per head */
+} mk_engine_stats_t;
+void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s);
+/* The cache, for tests and tools (NULL before mk_engine_begin). */
+mk_kv_cache_t *mk_engine_cache(mk_engine_t *e);
+
+#endif
