@@ -110,10 +110,10 @@ typedef struct mk_backend_params {
 
 /* CPU backend: always available. */
 int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
-#ifdef MORPHKV_HAVE_CUDA
-/* CUDA backend (cuda/): fails with a clear message where no GPU is present. */
-int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
-#endif
+/* CUDA backend (cuda/): fails with a clear message where no GPU is present. Declared weak so
+ * that a build without the CUDA sources links; mk_backend_init checks it is there. */
+int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err)
+    __attribute__((weak));
 /* Dispatch on p->kind; "cuda" without a CUDA build or without a device is an error. */
 int mk_backend_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
 

@@ -1,0 +1,326 @@
+/* CPU backend: the reference implementation of every op in src/backend.h.
+ *
+ * Weights are read in their file format (src/quant.h kernels, SIMD level chosen at start-up);
+ * activations are fp32 host memory. Attention runs the cache policy on the host: per sequence and
+ * layer it writes the new K/V into slots, attends each new query over the visible slots
+ * (pos <= qpos), hands the policy the rows it asked for, then lets it evict.
+ * Scratch buffers grow at most a few times (first prefill) and are then reused: no allocation on
+ * the decode path. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/backend.h"
+
+typedef struct cpu_impl {
+  const mk_cpu_kernels_t *k;
+  void *mm_scratch;
+  size_t mm_scratch_bytes;
+  float *att_scratch; /* per local query head: logits and probs rows; per KV head: row sums */
+  size_t att_scratch_floats;
+} cpu_impl_t;
+
+static cpu_impl_t *impl_of(mk_backend_t *b) { return (cpu_impl_t *)b->impl; }
+
+static void *cpu_alloc(mk_backend_t *b, size_t bytes) {
+  size_t n = (bytes + 63) & ~(size_t)63;
+  void *p = aligned_alloc(64, n ? n : 64);
+  if (p) memset(p, 0, n ? n : 64);
+  return p;
+}
+
+static void cpu_dealloc(mk_backend_t *b, void *p) { free(p); }
+
+static int cpu_copy(mk_backend_t *b, void *dst, const void *src, size_t bytes, mk_error_t *err) {
+  memcpy(dst, src, bytes);
+  return 0;
+}
+
+static int cpu_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
+  memset(out, 0, sizeof *out);
+  out->host = *w;
+  return 0;
+}
+
+static void cpu_weight_release(mk_backend_t *b, mk_bweight_t *w) { (void)w; }
+
+static void cpu_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x) {
+  const mk_qmat_t *t = &table->host;
+  for (int i = 0; i < n; i++)
+    impl_of(b)->k->dequant_row(t->type, (const char *)t->data + (size_t)ids[i] * t->row_bytes,
+                               x + (size_t)i * t->cols, t->cols);
+}
+
+static void cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
+  cpu_impl_t *c = impl_of(b);
+  size_t need = mk_matmul_scratch_bytes(&w->host, n);
+  if (need > c->mm_scratch_bytes) {
+    free(c->mm_scratch);
+    c->mm_scratch = aligned_alloc(64, (need + 63) & ~(size_t)63);
+    c->mm_scratch_bytes = c->mm_scratch ? need : 0;
+  }
+  mk_matmul(c->k, &w->host, x, n, y, c->mm_scratch);
+}
+
+static void cpu_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps) {
+  for (int t = 0; t < n; t++) {
+    const float *xt = x + (size_t)t * dim;
+    float *yt = y + (size_t)t * dim;
+    double ss = 0;
+    for (int i = 0; i < dim; i++) ss += (double)xt[i] * xt[i];
+    float s = (float)(1.0 / sqrt(ss / dim + eps));
+    for (int i = 0; i < dim; i++) yt[i] = xt[i] * s * w[i];
+  }
+}
+
+static void cpu_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim) {
+  for (int t = 0; t < n; t++)
+    for (int i = 0; i < dim; i++) y[(size_t)t * dim + i] += bias[i];
+}
+
+static void cpu_rope(mk_backend_t *b, const mk_rope_params_t *p) {
+  int half = p->rope_dim / 2;
+  float cs[512], sn[512]; /* rope_dim <= head_dim <= 1024 */
+  for (int t = 0; t < p->n_tok; t++) {
+    for (int i = 0; i < half; i++) {
+      double inv = pow((double)p->theta, -2.0 * i / p->rope_dim);
+      if (p->freq_factors) inv /= p->freq_factors[i];
+      double a = (double)p->pos[t] * inv;
+      cs[i] = (float)cos(a);
+      sn[i] = (float)sin(a);
+    }
+    for (int h = 0; h < p->n_head; h++) {
+      float *x = p->x + ((size_t)t * p->n_head + h) * p->head_dim;
+      for (int i = 0; i < half; i++) {
+        int i0 = p->neox ? i : 2 * i, i1 = p->neox ? i + half : 2 * i + 1;
+        float x0 = x[i0], x1 = x[i1];
+        x[i0] = x0 * cs[i] - x1 * sn[i];
+        x[i1] = x0 * sn[i] + x1 * cs[i];
+      }
+    }
+  }
+}
+
+static void cpu_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (size_t i = 0; i < n; i++) {
+    float g = gate[i];
+    y[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+static void cpu_add(mk_backend_t *b, float *y, const float *x, size_t n) {
+  for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static void cpu_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
+                           int d, const int *q_to_kv) {
+  memset(qsum, 0, sizeof(float) * (size_t)n_tok * n_kv * d);
+  for (int t = 0; t < n_tok; t++)
+    for (int u = 0; u < n_q; u++) {
+      float *dst = qsum + ((size_t)t * n_kv + q_to_kv[u]) * d;
+      const float *src = q + ((size_t)t * n_q + u) * d;
+      for (int i = 0; i < d; i++) dst[i] += src[i];
+    }
+}
+
+/* score(slot) = q . K[slot] * scale for visible slots, -INF otherwise; returns the max. */
+static float scores_row(const mk_cpu_kernels_t *k, mk_kv_dtype_t dt, const mk_kv_head_t *h,
+                        const float *q, int64_t qpos, float scale, float *row) {
+  float mx = -INFINITY;
+  int d = h->head_dim;
+  for (int s = 0; s < h->hi; s++) {
+    int32_t pp = h->pos[s];
+    if (pp < 0 || pp > qpos) {
+      row[s] = -INFINITY;
+      continue;
+    }
+    float v = dt == MK_KV_F16 ? k->dot_f16((const uint16_t *)h->k + (size_t)s * d, q, d)
+                              : k->dot_f32((const float *)h->k + (size_t)s * d, q, d);
+    v *= scale;
+    row[s] = v;
+    if (v > mx) mx = v;
+  }
+  return mx;
+}
+
+/* One query head over one KV head: out = softmax(scores) V. Leaves logits in lg (if non-NULL)
+ * and probabilities in pr (n_slots entries, 0 beyond hi and for invisible slots). */
+static void attend_one(const mk_cpu_kernels_t *k, mk_kv_dtype_t dt, const mk_kv_head_t *h,
+                       const float *q, int64_t qpos, float scale, float *lg, float *pr, float *out) {
+  int d = h->head_dim;
+  float mx = scores_row(k, dt, h, q, qpos, scale, pr);
+  if (lg) memcpy(lg, pr, sizeof(float) * (size_t)h->hi);
+  double sum = 0;
+  for (int s = 0; s < h->hi; s++) {
+    float e = pr[s] == -INFINITY ? 0.0f : expf(pr[s] - mx);
+    pr[s] = e;
+    sum += e;
+  }
+  float inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+  memset(out, 0, sizeof(float) * (size_t)d);
+  for (int s = 0; s < h->hi; s++) {
+    if (pr[s] == 0.0f) continue;
+    pr[s] *= inv;
+    if (dt == MK_KV_F16)
+      k->axpy_f16(out, pr[s], (const uint16_t *)h->v + (size_t)s * d, d);
+    else
+      k->axpy_f32(out, pr[s], (const float *)h->v + (size_t)s * d, d);
+  }
+  for (int s = h->hi; s < h->n_slots; s++) pr[s] = 0.0f;
+  if (lg)
+    for (int s = h->hi; s < h->n_slots; s++) lg[s] = -INFINITY;
+}
+
+static int cpu_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err) {
+  cpu_impl_t *c = impl_of(b);
+  mk_kv_cache_t *cache = p->cache;
+  const mk_kv_policy_ops_t *ops = cache->ops;
+  const mk_kv_config_t *cfg = &cache->cfg;
+  const unsigned needs = ops->needs(cfg);
+  const int prefill_rows = ops->prefill_rows(cfg);
+  const int d = p->head_dim, n_slots = cache->n_slots;
+  const float scale = 1.0f / sqrtf((float)d);
+  const mk_kv_dtype_t dt = cfg->dtype;
+
+  /* scratch: logits (n_q x n_slots), probs (n_q x n_slots), logit_sum and prob_sum (n_kv x n_slots) */
+  size_t need = (size_t)(2 * p->n_q + 2 * p->n_kv) * n_slots;
+  if (need > c->att_scratch_floats) {
+    free(c->att_scratch);
+    c->att_scratch = aligned_alloc(64, ((need * sizeof(float)) + 63) & ~(size_t)63);
+    if (!c->att_scratch) {
+      c->att_scratch_floats = 0;
+      return mk_fail(err, "attention: out of memory for %zu floats of scratch", need);
+    }
+    c->att_scratch_floats = need;
+  }
+  float *lg = c->att_scratch, *pr = lg + (size_t)p->n_q * n_slots;
+  float *lsum = pr + (size_t)p->n_q * n_slots, *psum = lsum + (size_t)p->n_kv * n_slots;
+  const bool per_head = (needs & MK_KV_NEED_PER_HEAD) != 0;
+
+  for (int sp = 0; sp < p->n_spans; sp++) {
+    const mk_seq_span_t *span = &p->spans[sp];
+    for (int j = 0; j < p->n_kv; j++) {
+      mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
+      for (int i = 0; i < span->n; i++) {
+        int64_t pos = (int64_t)span->pos0 + i;
+        int slot = mk_kv_acquire(h, pos);
+        if (slot < 0)
+          return mk_fail(err, "KV cache full: layer %d, KV head %d, sequence %d holds %d slots, token at position %lld does not fit (policy %s)",
+                         p->layer, h->kv_head, span->seq, h->n_slots, (long long)pos, ops->name);
+        size_t r = ((size_t)(span->row + i) * p->n_kv + j) * d;
+        mk_kv_write(h, dt, slot, p->k + r, p->v + r);
+      }
+    }
+    mk_kv_cache_note_peak(cache);
+    for (int i = 0; i < span->n; i++) {
+      const int64_t qpos = (int64_t)span->pos0 + i;
+      const int tok = span->row + i;
+      bool want_row = needs != 0 && (!span->prefill || (int64_t)span->n - i <= (int64_t)prefill_rows);
+#pragma omp parallel for schedule(dynamic, 1)
+      for (int u = 0; u < p->n_q; u++) {
+        const mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, p->q_to_kv[u]);
+        attend_one(c->k, dt, h, p->q + ((size_t)tok * p->n_q + u) * d, qpos, scale,
+                   want_row && per_head ? lg + (size_t)u * n_slots : NULL, pr + (size_t)u * n_slots,
+                   p->out + ((size_t)tok * p->n_q + u) * d);
+      }
+      if (!want_row) continue;
+      for (int j = 0; j < p->n_kv; j++) {
+        mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
+        float *ls = lsum + (size_t)j * n_slots, *ps = psum + (size_t)j * n_slots;
+        if (needs & MK_KV_NEED_LOGIT_SUM) {
+          scores_row(c->k, dt, h, p->qsum + ((size_t)tok * p->n_kv + j) * d, qpos, scale, ls);
+          for (int s = h->hi; s < n_slots; s++) ls[s] = -INFINITY;
+        }
+        const float *lgp[64], *prp[64];
+        int nq = 0;
+        memset(ps, 0, sizeof(float) * (size_t)n_slots);
+        for (int u = 0; u < p->n_q; u++) {
+          if (p->q_to_kv[u] != j) continue;
+          const float *pu = pr + (size_t)u * n_slots;
+          for (int s = 0; s < h->hi; s++) ps[s] += pu[s];
+          if (nq < 64) {
+            lgp[nq] = per_head ? lg + (size_t)u * n_slots : NULL;
+            prp[nq] = pu;
+            nq++;
+          }
+        }
+        mk_kv_row_t row = {.qpos = qpos,
+                           .logit_sum = (needs & MK_KV_NEED_LOGIT_SUM) ? ls : NULL,
+                           .prob_sum = ps,
+                           .n_q = nq,
+                           .logits = per_head ? lgp : NULL,
+                           .probs = prp};
+        ops->observe(cfg, h, &row);
+      }
+    }
+    for (int j = 0; j < p->n_kv; j++) {
+      mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
+      if (ops->evict(cfg, h, (int64_t)span->pos0 + span->n, span->prefill, err) != 0) {
+        mk_error_prefix(err, "cache policy %s, layer %d, KV head %d", ops->name, p->layer, h->kv_head);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+static int cpu_sync(mk_backend_t *b, mk_error_t *err) { return 0; }
+
+static void cpu_free(mk_backend_t *b) {
+  cpu_impl_t *c = impl_of(b);
+  if (!c) return;
+  free(c->mm_scratch);
+  free(c->att_scratch);
+  free(c);
+  b->impl = NULL;
+}
+
+static const mk_backend_ops_t cpu_ops = {
+    .name = "cpu",
+    .free = cpu_free,
+    .alloc = cpu_alloc,
+    .dealloc = cpu_dealloc,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .weight_prepare = cpu_weight_prepare,
+    .weight_release = cpu_weight_release,
+    .embed = cpu_embed,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .add_bias = cpu_add_bias,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .group_qsum = cpu_group_qsum,
+    .attention = cpu_attention,
+    .sync = cpu_sync,
+};
+
+int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err) {
+  memset(b, 0, sizeof *b);
+  cpu_impl_t *c = calloc(1, sizeof *c);
+  if (!c) return mk_fail(err, "cpu backend: out of memory");
+  mk_simd_t level = p->simd < 0 ? mk_simd_best() : (mk_simd_t)p->simd;
+  c->k = mk_cpu_kernels_get(level);
+  if (!c->k) {
+    free(c);
+    return mk_fail(err, "cpu backend: this CPU does not support SIMD level %s", mk_simd_name(level));
+  }
+  if (p->n_threads > 0) omp_set_num_threads(p->n_threads);
+  b->ops = &cpu_ops;
+  b->impl = c;
+  b->n_threads = p->n_threads > 0 ? p->n_threads : omp_get_max_threads();
+  return 0;
+}
+
+int mk_backend_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err) {
+  switch (p->kind) {
+    case MK_BACKEND_CPU: return mk_backend_cpu_init(b, p, err);
+    case MK_BACKEND_CUDA:
+      if (mk_backend_cuda_init) return mk_backend_cuda_init(b, p, err);
+      return mk_fail(err, "backend 'cuda' requested, but this morphkv was built without CUDA (configure with -DMORPHKV_CUDA=ON)");
+  }
+  return mk_fail(err, "unknown backend kind %d", (int)p->kind);
+}

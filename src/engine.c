@@ -1,0 +1,479 @@
+/* The engine: model + tokenizer + backend + KV cache, and the forward pass.
+ *
+ * Forward pass of one batch (n tokens from one or more sequences), for this rank's shard:
+ *   x = embed(ids)                                                  (n, n_embd), replicated
+ *   per layer:
+ *     q,k,v = rmsnorm(x) Wq|Wk|Wv  (+bias)   column-parallel: local heads only
+ *     rope(q), rope(k)                         keys are cached post-RoPE
+ *     qsum  = per-KV-head sum of q             only if the cache policy scores by logit sums;
+ *                                              all-reduced when some KV head is replicated
+ *     att   = attention(q, cache)              writes K/V to slots, runs the cache policy
+ *     x    += all_reduce(att Wo)               row-parallel
+ *     x    += all_reduce(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
+ *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
+ * Every rank ends with the same full logits, so the same sampler picks the same token. */
+#include "src/engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct layer_bw {
+  mk_bweight_t wq, wk, wv, wo, w_gate, w_up, w_down;
+  float *attn_norm, *ffn_norm, *bq, *bk, *bv; /* backend memory */
+} layer_bw_t;
+
+struct mk_engine {
+  mk_ctx_t *ctx; /* NULL: a world of one */
+  mk_gguf_t *g;
+  mk_tokenizer_t *tok;
+  mk_model_t model;
+  mk_backend_t be;
+  layer_bw_t *lw;
+  mk_bweight_t tok_embd, output;
+  float *out_norm, *rope_freqs;
+  int n_q, n_kv, d, n_ff_loc, n_vocab_loc, vocab_slice_max;
+  int *q_to_kv; /* (n_q) */
+  int *vocab_begin_r, *vocab_len_r; /* (tp) every rank's vocabulary slice */
+  /* activations, backend memory, capacity cap_tok rows */
+  int cap_tok;
+  float *x, *xn, *q, *k, *v, *qsum, *att, *o, *fg, *fu, *logits_loc;
+  float *qsum_glob;   /* host (n, n_kv_total, d), replicated-head sync */
+  float *logits_pad;  /* host (n, tp * vocab_slice_max), all-gather target */
+  float *logits_host; /* host (n, vocab_slice_max) */
+  int32_t *pos_buf;
+  mk_kv_cache_t cache;
+  bool have_cache;
+  int n_seq;
+  int *n_past;
+};
+
+const mk_model_config_t *mk_engine_config(const mk_engine_t *e) { return &e->model.cfg; }
+const mk_tokenizer_t *mk_engine_tokenizer(const mk_engine_t *e) { return e->tok; }
+const mk_gguf_t *mk_engine_gguf(const mk_engine_t *e) { return e->g; }
+int mk_engine_n_vocab(const mk_engine_t *e) { return e->model.cfg.n_vocab; }
+mk_kv_cache_t *mk_engine_cache(mk_engine_t *e) { return e->have_cache ? &e->cache : NULL; }
+int mk_engine_n_past(const mk_engine_t *e, int seq) {
+  return (e->have_cache && seq >= 0 && seq < e->n_seq) ? e->n_past[seq] : 0;
+}
+
+static int tp_of(const mk_engine_t *e) { return e->model.plan.tp; }
+
+static float *upload_vec(mk_engine_t *e, const float *host, size_t n, mk_error_t *err) {
+  float *p = e->be.ops->alloc(&e->be, n * sizeof(float));
+  if (!p) {
+    mk_fail(err, "out of backend memory");
+    return NULL;
+  }
+  if (e->be.ops->upload(&e->be, p, host, n * sizeof(float), err) != 0) return NULL;
+  return p;
+}
+
+static int prepare_weights(mk_engine_t *e, mk_error_t *err) {
+  const mk_model_t *m = &e->model;
+  const mk_backend_ops_t *o = e->be.ops;
+  int L = m->cfg.n_layer, ne = m->cfg.n_embd;
+  e->lw = calloc((size_t)L, sizeof *e->lw);
+  if (!e->lw) return mk_fail(err, "out of memory");
+  if (o->weight_prepare(&e->be, &m->tok_embd, &e->tok_embd, err)) return -1;
+  if (o->weight_prepare(&e->be, &m->output, &e->output, err)) return -1;
+  if (!(e->out_norm = upload_vec(e, m->out_norm, (size_t)ne, err))) return -1;
+  if (m->rope_freqs && !(e->rope_freqs = upload_vec(e, m->rope_freqs, (size_t)m->cfg.rope_dim / 2, err))) return -1;
+  for (int l = 0; l < L; l++) {
+    const mk_layer_w_t *s = &m->layers[l];
+    layer_bw_t *w = &e->lw[l];
+    if (o->weight_prepare(&e->be, &s->wq, &w->wq, err) || o->weight_prepare(&e->be, &s->wk, &w->wk, err) ||
+        o->weight_prepare(&e->be, &s->wv, &w->wv, err) || o->weight_prepare(&e->be, &s->wo, &w->wo, err) ||
+        o->weight_prepare(&e->be, &s->w_gate, &w->w_gate, err) ||
+        o->weight_prepare(&e->be, &s->w_up, &w->w_up, err) ||
+        o->weight_prepare(&e->be, &s->w_down, &w->w_down, err)) {
+      mk_error_prefix(err, "layer %d", l);
+      return -1;
+    }
+    if (!(w->attn_norm = upload_vec(e, s->attn_norm, (size_t)ne, err))) return -1;
+    if (!(w->ffn_norm = upload_vec(e, s->ffn_norm, (size_t)ne, err))) return -1;
+    if (s->bq) {
+      if (!(w->bq = upload_vec(e, s->bq, (size_t)e->n_q * e->d, err))) return -1;
+      if (!(w->bk = upload_vec(e, s->bk, (size_t)e->n_kv * e->d, err))) return -1;
+      if (!(w->bv = upload_vec(e, s->bv, (size_t)e->n_kv * e->d, err))) return -1;
+    }
+  }
+  return 0;
+}
+
+int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err) {
+  *out = NULL;
+  mk_engine_t *e = calloc(1, sizeof *e);
+  if (!e) return mk_fail(err, "out of memory");
+  e->ctx = ctx;
+  mk_model_config_t cfg;
+  if (mk_gguf_open(p->model_path, &e->g, err) != 0) goto fail;
+  if (mk_model_config_read(e->g, &cfg, err) != 0) goto fail;
+  mk_tensor_source_t src = mk_gguf_tensor_source(e->g);
+  if (cfg.n_vocab == 0) {
+    const mk_tensor_info_t *emb = mk_tensor_find(&src, "token_embd.weight");
+    if (emb) cfg.n_vocab = (int)emb->ne[1];
+  }
+  int world = ctx ? ctx->world : 1, rank = ctx ? ctx->rank : 0;
+  if (p->tp > 0 && p->tp != world) {
+    mk_fail(err, "--tp %d does not match the number of ranks (%d); launch with mpirun -np %d", p->tp, world, p->tp);
+    goto fail;
+  }
+  mk_plan_t plan, *planp = NULL;
+  if (world > 1) {
+    mk_plan_dims_t dims;
+    mk_model_plan_dims(&cfg, &src, &dims);
+    if (mk_plan_make(&dims, world, rank, &plan, err) != 0) goto fail;
+    planp = &plan;
+  }
+  if (mk_model_bind(&e->model, &cfg, &src, planp, err) != 0) {
+    mk_error_prefix(err, "%s", p->model_path);
+    goto fail;
+  }
+  if (mk_tok_load(e->g, &e->tok, err) != 0) {
+    mk_error_prefix(err, "%s: tokenizer", p->model_path);
+    goto fail;
+  }
+  const mk_plan_t *pl = &e->model.plan;
+  e->d = cfg.head_dim;
+  e->n_q = pl->q_end - pl->q_begin;
+  e->n_kv = pl->kv_end - pl->kv_begin;
+  e->n_ff_loc = pl->ff_end - pl->ff_begin;
+  e->n_vocab_loc = pl->vocab_end - pl->vocab_begin;
+  e->vocab_slice_max = e->n_vocab_loc;
+  e->vocab_begin_r = calloc((size_t)world, sizeof(int));
+  e->vocab_len_r = calloc((size_t)world, sizeof(int));
+  if (!e->vocab_begin_r || !e->vocab_len_r) goto oom;
+  e->vocab_len_r[0] = e->n_vocab_loc;
+  if (world > 1) {
+    /* every rank's vocabulary slice; the all-gather pads to the widest */
+    mk_plan_dims_t dims;
+    mk_model_plan_dims(&cfg, &src, &dims);
+    for (int r = 0; r < world; r++) {
+      mk_plan_t pr;
+      if (mk_plan_make(&dims, world, r, &pr, err) != 0) goto fail;
+      e->vocab_begin_r[r] = pr.vocab_begin;
+      e->vocab_len_r[r] = pr.vocab_end - pr.vocab_begin;
+      if (e->vocab_len_r[r] > e->vocab_slice_max) e->vocab_slice_max = e->vocab_len_r[r];
+    }
+  }
+  e->q_to_kv = malloc(sizeof(int) * (size_t)e->n_q);
+  if (!e->q_to_kv) goto oom;
+  int g = cfg.n_head / cfg.n_kv_head;
+  for (int i = 0; i < e->n_q; i++) e->q_to_kv[i] = (pl->q_begin + i) / g - pl->kv_begin;
+  if (mk_backend_init(&e->be, &p->backend, err) != 0) goto fail;
+  if (prepare_weights(e, err) != 0) goto fail;
+  *out = e;
+  return 0;
+oom:
+  mk_fail(err, "out of memory");
+fail:
+  mk_engine_close(e);
+  return -1;
+}
+
+static void free_acts(mk_engine_t *e) {
+  if (!e->be.ops) return;
+  float **bufs[] = {&e->x, &e->xn, &e->q, &e->k, &e->v, &e->qsum, &e->att, &e->o, &e->fg, &e->fu, &e->logits_loc};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+    if (*bufs[i]) e->be.ops->dealloc(&e->be, *bufs[i]);
+    *bufs[i] = NULL;
+  }
+  free(e->qsum_glob);
+  free(e->logits_pad);
+  free(e->logits_host);
+  free(e->pos_buf);
+  e->qsum_glob = e->logits_pad = e->logits_host = NULL;
+  e->pos_buf = NULL;
+  e->cap_tok = 0;
+}
+
+void mk_engine_close(mk_engine_t *e) {
+  if (!e) return;
+  free_acts(e);
+  if (e->have_cache) mk_kv_cache_free(&e->cache);
+  if (e->be.ops) {
+    const mk_backend_ops_t *o = e->be.ops;
+    if (e->lw) {
+      for (int l = 0; l < e->model.cfg.n_layer; l++) {
+        layer_bw_t *w = &e->lw[l];
+        mk_bweight_t *ws[] = {&w->wq, &w->wk, &w->wv, &w->wo, &w->w_gate, &w->w_up, &w->w_down};
+        for (int i = 0; i < 7; i++) o->weight_release(&e->be, ws[i]);
+        float *vs[] = {w->attn_norm, w->ffn_norm, w->bq, w->bk, w->bv};
+        for (int i = 0; i < 5; i++)
+          if (vs[i]) o->dealloc(&e->be, vs[i]);
+      }
+    }
+    o->weight_release(&e->be, &e->tok_embd);
+    o->weight_release(&e->be, &e->output);
+    if (e->out_norm) o->dealloc(&e->be, e->out_norm);
+    if (e->rope_freqs) o->dealloc(&e->be, e->rope_freqs);
+    o->free(&e->be);
+  }
+  free(e->lw);
+  free(e->q_to_kv);
+  free(e->vocab_begin_r);
+  free(e->vocab_len_r);
+  free(e->n_past);
+  mk_model_free(&e->model);
+  mk_tok_free(e->tok);
+  mk_gguf_close(e->g);
+  free(e);
+}
+
+static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
+  if (n <= e->cap_tok) return 0;
+  free_acts(e);
+  const mk_model_config_t *c = &e->model.cfg;
+  const mk_backend_ops_t *o = e->be.ops;
+  size_t N = (size_t)n, D = (size_t)e->d;
+  struct { float **p; size_t n; } want[] = {
+      {&e->x, N * c->n_embd},          {&e->xn, N * c->n_embd},
+      {&e->q, N * e->n_q * D},         {&e->k, N * e->n_kv * D},
+      {&e->v, N * e->n_kv * D},        {&e->qsum, N * (e->n_kv ? e->n_kv : 1) * D},
+      {&e->att, N * e->n_q * D},       {&e->o, N * c->n_embd},
+      {&e->fg, N * (e->n_ff_loc ? e->n_ff_loc : 1)}, {&e->fu, N * (e->n_ff_loc ? e->n_ff_loc : 1)},
+      {&e->logits_loc, N * e->vocab_slice_max},
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    if (!(*want[i].p = o->alloc(&e->be, want[i].n * sizeof(float))))
+      return mk_fail(err, "out of memory for activations of %d tokens", n);
+  int tp = tp_of(e);
+  e->qsum_glob = calloc(N * c->n_kv_head * D, sizeof(float));
+  e->logits_pad = malloc((size_t)(tp + 1) * e->vocab_slice_max * sizeof(float));
+  e->logits_host = malloc(N * (size_t)e->vocab_slice_max * sizeof(float));
+  e->pos_buf = malloc(N * sizeof(int32_t));
+  if (!e->qsum_glob || !e->logits_pad || !e->logits_host || !e->pos_buf)
+    return mk_fail(err, "out of memory for %d tokens", n);
+  e->cap_tok = n;
+  return 0;
+}
+
+int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max_prompt, int max_total,
+                    mk_error_t *err) {
+  const mk_model_config_t *c = &e->model.cfg;
+  if (e->have_cache) {
+    mk_kv_cache_free(&e->cache);
+    e->have_cache = false;
+  }
+  free(e->n_past);
+  e->n_past = NULL;
+  if (n_seq <= 0) return mk_fail(err, "need at least one sequence");
+  if (max_prompt <= 0 || max_total < max_prompt)
+    return mk_fail(err, "bad run length: prompt %d tokens, total %d", max_prompt, max_total);
+  if (max_total > c->n_ctx_train)
+    return mk_fail(err, "%d tokens (prompt + new tokens) exceed the model's context of %d tokens",
+                   max_total, c->n_ctx_train);
+  if (e->n_kv <= 0) return mk_fail(err, "this rank holds no KV heads");
+  mk_kv_cache_params_t cp = {.n_seq = n_seq,
+                             .n_layer = c->n_layer,
+                             .n_heads = e->n_kv,
+                             .head_dim = e->d,
+                             .group = c->n_head / c->n_kv_head,
+                             .max_prompt = max_prompt,
+                             .max_total = max_total,
+                             .first_kv_head = e->model.plan.kv_begin};
+  if (mk_kv_cache_init(&e->cache, kv, &cp, err) != 0) return -1;
+  e->have_cache = true;
+  e->n_seq = n_seq;
+  e->n_past = calloc((size_t)n_seq, sizeof(int));
+  if (!e->n_past) return mk_fail(err, "out of memory");
+  return 0;
+}
+
+void mk_engine_reset_seq(mk_engine_t *e, int seq) {
+  if (!e->have_cache || seq < 0 || seq >= e->n_seq) return;
+  mk_kv_cache_reset_seq(&e->cache, seq);
+  e->n_past[seq] = 0;
+}
+
+static int comm_allreduce(mk_engine_t *e, float *buf, size_t n, bool score, mk_error_t *err) {
+  mk_comm_t *c = e->ctx->comm;
+  if (c->ops->allreduce_sum_f32(c, buf, n, err) != 0) return -1;
+  if (score)
+    c->bytes_score += n * sizeof(float);
+  else
+    c->bytes_model += n * sizeof(float);
+  return 0;
+}
+
+/* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host). */
+static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
+                   const int *out_rows, int n_out, float *logits, mk_error_t *err) {
+  const mk_model_config_t *c = &e->model.cfg;
+  const mk_backend_ops_t *o = e->be.ops;
+  mk_backend_t *b = &e->be;
+  if (ensure_acts(e, n, err) != 0) return -1;
+  const int d = e->d, ne = c->n_embd, tp = tp_of(e);
+  for (int s = 0; s < n_spans; s++)
+    for (int i = 0; i < spans[s].n; i++) e->pos_buf[spans[s].row + i] = spans[s].pos0 + i;
+  const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
+  const bool sync_qsum = need_qsum && tp > 1 && e->model.plan.any_replicated;
+
+  o->embed(b, &e->tok_embd, ids, n, e->x);
+  for (int l = 0; l < c->n_layer; l++) {
+    const layer_bw_t *w = &e->lw[l];
+    o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps);
+    o->matmul(b, &w->wq, e->xn, n, e->q);
+    o->matmul(b, &w->wk, e->xn, n, e->k);
+    o->matmul(b, &w->wv, e->xn, n, e->v);
+    if (w->bq) {
+      o->add_bias(b, e->q, w->bq, n, e->n_q * d);
+      o->add_bias(b, e->k, w->bk, n, e->n_kv * d);
+      o->add_bias(b, e->v, w->bv, n, e->n_kv * d);
+    }
+    mk_rope_params_t rq = {.x = e->q, .pos = e->pos_buf, .n_tok = n, .n_head = e->n_q, .head_dim = d,
+                           .rope_dim = c->rope_dim, .theta = c->rope_theta, .neox = c->rope_neox,
+                           .freq_factors = e->rope_freqs};
+    o->rope(b, &rq);
+    mk_rope_params_t rk = rq;
+    rk.x = e->k;
+    rk.n_head = e->n_kv;
+    o->rope(b, &rk);
+    if (need_qsum) {
+      o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv);
+      if (sync_qsum) {
+        /* Logits are linear in q: the group's summed logit row is K . (sum of the group's q).
+         * Replicas all-reduce their partial sums so that all compute the same scores. */
+        size_t nkt = (size_t)c->n_kv_head * d, loc = (size_t)e->n_kv * d;
+        memset(e->qsum_glob, 0, sizeof(float) * (size_t)n * nkt);
+        for (int t = 0; t < n; t++) {
+          float *dst = e->qsum_glob + (size_t)t * nkt + (size_t)e->model.plan.kv_begin * d;
+          if (o->download(b, dst, e->qsum + (size_t)t * loc, loc * sizeof(float), err)) return -1;
+        }
+        if (comm_allreduce(e, e->qsum_glob, (size_t)n * nkt, true, err) != 0) return -1;
+        for (int t = 0; t < n; t++) {
+          const float *src = e->qsum_glob + (size_t)t * nkt + (size_t)e->model.plan.kv_begin * d;
+          if (o->upload(b, e->qsum + (size_t)t * loc, src, loc * sizeof(float), err)) return -1;
+        }
+      }
+    }
+    mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
+                           .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
+                           .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
+                           .cache = &e->cache};
+    if (o->attention(b, &ap, err) != 0) return -1;
+    o->matmul(b, &w->wo, e->att, n, e->o);
+    if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
+    o->add(b, e->x, e->o, (size_t)n * ne);
+    o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps);
+    o->matmul(b, &w->w_gate, e->xn, n, e->fg);
+    o->matmul(b, &w->w_up, e->xn, n, e->fu);
+    o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc);
+    o->matmul(b, &w->w_down, e->fg, n, e->o);
+    if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
+    o->add(b, e->x, e->o, (size_t)n * ne);
+  }
+  mk_kv_cache_note_peak(&e->cache);
+  if (n_out == 0) return o->sync(b, err);
+  /* gather the output rows, normalise, project onto this rank's vocabulary slice */
+  for (int i = 0; i < n_out; i++)
+    o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps);
+  o->matmul(b, &e->output, e->xn, n_out, e->logits_loc);
+  const int V = c->n_vocab, vl = e->n_vocab_loc, vm = e->vocab_slice_max;
+  if (tp == 1) {
+    if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * V, err)) return -1;
+    return o->sync(b, err);
+  }
+  /* all-gather the vocabulary slices, one output row at a time, each padded to the widest slice */
+  if (o->download(b, e->logits_host, e->logits_loc, sizeof(float) * (size_t)n_out * vl, err)) return -1;
+  mk_comm_t *cm = e->ctx->comm;
+  float *stage = e->logits_pad, *gathered = e->logits_pad + vm; /* (vm), (tp, vm) */
+  for (int i = 0; i < n_out; i++) {
+    memcpy(stage, e->logits_host + (size_t)i * vl, sizeof(float) * (size_t)vl);
+    for (int j = vl; j < vm; j++) stage[j] = 0.0f;
+    if (cm->ops->allgather(cm, stage, gathered, sizeof(float) * (size_t)vm, err) != 0) return -1;
+    cm->bytes_other += (uint64_t)tp * vm * sizeof(float);
+    for (int r = 0; r < tp; r++)
+      memcpy(logits + (size_t)i * V + e->vocab_begin_r[r], gathered + (size_t)r * vm,
+             sizeof(float) * (size_t)e->vocab_len_r[r]);
+  }
+  return o->sync(b, err);
+}
+
+int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits, float *logits,
+                   mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "mk_engine_step before mk_engine_begin");
+  if (seq < 0 || seq >= e->n_seq) return mk_fail(err, "sequence %d out of range (%d)", seq, e->n_seq);
+  if (n <= 0) return mk_fail(err, "no tokens to feed");
+  const int V = e->model.cfg.n_vocab;
+  for (int i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= V) return mk_fail(err, "token id %d out of range (vocabulary %d)", ids[i], V);
+  if (e->n_past[seq] + n > e->model.cfg.n_ctx_train)
+    return mk_fail(err, "sequence %d would reach %d tokens, past the model's context of %d", seq,
+                   e->n_past[seq] + n, e->model.cfg.n_ctx_train);
+  if (e->n_past[seq] == 0) {
+    mk_seq_span_t sp = {.seq = seq, .row = 0, .n = n, .pos0 = 0, .prefill = true};
+    int last = n - 1;
+    int *rows = NULL;
+    int n_out = logits ? (all_logits ? n : 1) : 0;
+    if (all_logits && logits) {
+      rows = malloc(sizeof(int) * (size_t)n);
+      if (!rows) return mk_fail(err, "out of memory");
+      for (int i = 0; i < n; i++) rows[i] = i;
+    }
+    int r = forward(e, ids, n, &sp, 1, rows ? rows : &last, n_out, logits, err);
+    free(rows);
+    if (r != 0) return -1;
+    e->n_past[seq] = n;
+    return 0;
+  }
+  for (int i = 0; i < n; i++) {
+    mk_seq_span_t sp = {.seq = seq, .row = 0, .n = 1, .pos0 = e->n_past[seq], .prefill = false};
+    int row0 = 0;
+    bool want = logits && (all_logits || i == n - 1);
+    float *dst = !want ? NULL : (all_logits ? logits + (size_t)i * V : logits);
+    if (forward(e, ids + i, 1, &sp, 1, &row0, want ? 1 : 0, dst, err) != 0) return -1;
+    e->n_past[seq]++;
+  }
+  return 0;
+}
+
+int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n, float *logits,
+                           mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "mk_engine_decode_batch before mk_engine_begin");
+  if (n <= 0 || n > 4096) return mk_fail(err, "bad batch size %d", n);
+  mk_seq_span_t *sp = malloc(sizeof *sp * (size_t)n);
+  int *rows = malloc(sizeof(int) * (size_t)n);
+  if (!sp || !rows) {
+    free(sp);
+    free(rows);
+    return mk_fail(err, "out of memory");
+  }
+  int rc = 0;
+  for (int i = 0; i < n && rc == 0; i++) {
+    if (seqs[i] < 0 || seqs[i] >= e->n_seq || e->n_past[seqs[i]] == 0)
+      rc = mk_fail(err, "sequence %d is not prefilled", seqs[i]);
+    else if (ids[i] < 0 || ids[i] >= e->model.cfg.n_vocab)
+      rc = mk_fail(err, "token id %d out of range", ids[i]);
+    else if (e->n_past[seqs[i]] + 1 > e->model.cfg.n_ctx_train)
+      rc = mk_fail(err, "sequence %d reached the model's context of %d tokens", seqs[i], e->model.cfg.n_ctx_train);
+    for (int j = 0; j < i && rc == 0; j++)
+      if (seqs[j] == seqs[i]) rc = mk_fail(err, "sequence %d appears twice in one batch", seqs[i]);
+    sp[i] = (mk_seq_span_t){.seq = seqs[i], .row = i, .n = 1, .pos0 = rc ? 0 : e->n_past[seqs[i]], .prefill = false};
+    rows[i] = i;
+  }
+  if (rc == 0) rc = forward(e, ids, n, sp, n, rows, logits ? n : 0, logits, err);
+  if (rc == 0)
+    for (int i = 0; i < n; i++) e->n_past[seqs[i]]++;
+  free(sp);
+  free(rows);
+  return rc;
+}
+
+void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
+  memset(s, 0, sizeof *s);
+  s->weight_bytes = e->model.weight_bytes;
+  if (e->have_cache) {
+    s->kv_live_bytes = mk_kv_cache_live_bytes(&e->cache);
+    s->kv_peak_bytes = mk_kv_cache_peak_bytes(&e->cache);
+    s->kv_alloc_bytes = e->cache.kv_bytes_alloc;
+    s->policy_state_bytes = e->cache.state_bytes_alloc;
+    s->kv_slots = e->cache.n_slots;
+  }
+  if (e->ctx && e->ctx->comm) {
+    s->comm_model_bytes = e->ctx->comm->bytes_model;
+    s->comm_score_bytes = e->ctx->comm->bytes_score;
+  }
+}
