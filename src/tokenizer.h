@@ -24,6 +24,8 @@ void mk_tok_free(mk_tokenizer_t *t);
 
 mk_tok_kind_t mk_tok_kind(const mk_tokenizer_t *t);
 const char *mk_tok_pre_name(const mk_tokenizer_t *t); /* e.g. "smollm", "llama3", "qwen2" */
+/* false when tokenizer.ggml.pre named no known regex set and llama.cpp's default set is used */
+bool mk_tok_pre_known(const mk_tokenizer_t *t);
 int mk_tok_n_vocab(const mk_tokenizer_t *t);
 int32_t mk_tok_bos(const mk_tokenizer_t *t); /* -1 if none */
 int32_t mk_tok_eos(const mk_tokenizer_t *t);
@@ -32,6 +34,8 @@ bool mk_tok_add_bos(const mk_tokenizer_t *t); /* tokenizer.ggml.add_bos_token */
 bool mk_tok_is_eog(const mk_tokenizer_t *t, int32_t id);
 /* Id of a token text, or -1. */
 int32_t mk_tok_find(const mk_tokenizer_t *t, const char *text);
+/* The vocabulary text of a token (NUL-terminated, valid while t lives), or NULL for a bad id. */
+const char *mk_tok_text(const mk_tokenizer_t *t, int32_t id);
 
 /* Encodes text (len bytes). add_bos: prepend BOS if the model has one. parse_special: text like
  * "<|im_start|>" becomes the special token. Returns the count written, or -1 with err; if the
@@ -49,7 +53,8 @@ typedef struct mk_tok_stream {
   int n_pending;
 } mk_tok_stream_t;
 /* Appends token id's text; writes complete UTF-8 bytes to out (cap >= 256 is enough for any
- * token); returns bytes written. */
+ * token); returns bytes written. The output is always valid UTF-8 (an invalid byte sequence
+ * becomes U+FFFD). -1 for a bad id or if out is too small (then nothing is consumed). */
 int mk_tok_stream_push(const mk_tokenizer_t *t, mk_tok_stream_t *s, int32_t id, char *out, int cap);
 /* Flushes what is pending (invalid sequences become U+FFFD). */
 int mk_tok_stream_flush(mk_tok_stream_t *s, char *out, int cap);
@@ -62,5 +67,14 @@ int mk_chat_parse(const char *name, mk_chat_tmpl_t *out); /* "chatml", "llama3",
 /* Renders one user turn (with the model's default system prompt where the template has one, or
  * `system` if non-NULL) followed by the assistant prefix. Returns a malloc'd string. */
 char *mk_chat_render(mk_chat_tmpl_t tmpl, const char *system, const char *user);
+/* Notes on mk_chat_render: system == NULL means the template's default (ChatML: SmolLM2's
+ * "You are a helpful AI assistant named SmolLM, trained by Hugging Face"; Llama 2/3: none); a
+ * non-NULL system (even "") renders a system turn. No template writes the BOS text (as in
+ * llama.cpp's built-in templates): encode the result with add_bos = mk_tok_add_bos(t) and
+ * parse_special = true. Llama 2/3 trim the contents as their Jinja templates do.
+ * The default system prompt written literally in the model's ChatML template
+ * ("<|im_start|>system\n...<|im_end|>"), malloc'd, or NULL if it has none: pass it as `system`
+ * to match another ChatML model exactly. */
+char *mk_chat_default_system(const mk_gguf_t *g);
 
 #endif
