@@ -1,0 +1,811 @@
+/* morphkv: the command-line front end (generate, inspect, eval).
+ *
+ * An MPI program from the start: run without mpirun it is a world of one. Every rank parses the
+ * same argv. In `generate`, rank 0 alone reads the prompt, renders the chat template and
+ * tokenizes, then hands the request (token ids, sampling, cache settings, stop strings) to every
+ * rank as a protobuf message (parallel/request.h). All ranks then run the same loop: the engine
+ * gives every rank the same full-vocabulary logits, the sampler is seeded identically, and the
+ * stop rules are deterministic, so every rank picks the same token and stops at the same step
+ * without a per-token message. Rank 0 alone prints text, progress and statistics.
+ *
+ * Failures: a phase every rank reaches on its own (options, prompt, cache allocation) ends with
+ * mk_ctx_agree, so all ranks exit together with rank 0 printing the message; a failure inside a
+ * collective phase (model load, forward pass) calls mk_ctx_abort, which takes every rank down.
+ * Exit codes: 0 ok, 1 runtime failure, 2 usage error. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <limits.h>
+#include <mpi.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "parallel/ctx.h"
+#include "parallel/request.h"
+#include "src/config.h"
+#include "src/engine.h"
+#include "src/eval.h"
+#include "src/gguf.h"
+#include "src/model.h"
+#include "src/quant.h"
+#include "src/sampler.h"
+#include "src/stats.h"
+#include "src/tokenizer.h"
+
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+static void usage_top(FILE *f) {
+  fprintf(f,
+          "usage: morphkv <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  generate   generate text from a prompt (text to stdout, statistics to stderr)\n"
+          "  inspect    show a GGUF model: architecture, hyperparameters, tensors, tokenizer\n"
+          "  eval       fidelity harness: cache policies against the full cache\n"
+          "\n"
+          "  morphkv <command> --help    options of a command\n"
+          "  morphkv --version\n"
+          "\n"
+          "Run under `mpirun -np T morphkv ...` (or srun) for T-way tensor parallelism;\n"
+          "a plain run is a world of one.\n");
+}
+
+static void usage_generate(FILE *f) {
+  fprintf(f,
+          "usage: morphkv generate --model PATH (--prompt TEXT | --prompt-file FILE) [options]\n"
+          "\n"
+          "Streams the generated text to stdout; prints load time, prefill and decode tokens/s\n"
+          "and KV-cache bytes to stderr. Stops at an end-of-generation token, a --stop string,\n"
+          "or --max-new-tokens.\n"
+          "\n"
+          "options:\n");
+  mk_gen_opts_usage(f);
+}
+
+static void usage_inspect(FILE *f) {
+  fprintf(f,
+          "usage: morphkv inspect [--all] PATH\n"
+          "\n"
+          "Prints the architecture, hyperparameters, tensor table (name, type, shape, bytes),\n"
+          "tokenizer and chat template of a GGUF model.\n"
+          "\n"
+          "options:\n"
+          "  --all     also list every metadata key and value\n");
+}
+
+static void print_version(void) {
+  printf("morphkv %s (CUDA backend: %s, NCCL: %s, best CPU kernels: %s)\n", MK_VERSION_STRING,
+#ifdef MORPHKV_HAVE_CUDA
+         "yes",
+#else
+         "no",
+#endif
+#ifdef MORPHKV_HAVE_NCCL
+         "yes",
+#else
+         "no",
+#endif
+         mk_simd_name(mk_simd_best()));
+}
+
+/* ---- generated text: streaming with stop strings ------------------------------------------- */
+
+/* The whole generated text. Bytes before `printed` are on stdout; the rest is held back while
+ * it could still be the start of a stop string. A stop string found ends the text where it
+ * starts (the stop string itself is not printed). */
+typedef struct out_text {
+  char *buf; /* (cap) NUL-terminated */
+  size_t len, cap, printed;
+  bool print;
+} out_text_t;
+
+static int out_append(out_text_t *o, const char *s, size_t n) {
+  if (o->len + n + 1 > o->cap) {
+    size_t cap = (o->len + n + 1) * 2;
+    char *t = realloc(o->buf, cap);
+    if (!t) return -1;
+    o->buf = t;
+    o->cap = cap;
+  }
+  memcpy(o->buf + o->len, s, n);
+  o->len += n;
+  o->buf[o->len] = 0;
+  return 0;
+}
+
+static void out_emit(out_text_t *o, size_t upto) {
+  if (upto > o->printed) {
+    if (o->print) {
+      fwrite(o->buf + o->printed, 1, upto - o->printed, stdout);
+      fflush(stdout);
+    }
+    o->printed = upto;
+  }
+}
+
+static const char *find_bytes(const char *hay, size_t hn, const char *needle, size_t nn) {
+  if (nn == 0 || nn > hn) return NULL;
+  for (size_t i = 0; i + nn <= hn; i++)
+    if (hay[i] == needle[0] && memcmp(hay + i, needle, nn) == 0) return hay + i;
+  return NULL;
+}
+
+/* After an append: true if a stop string occurs (then the text is cut before it and everything
+ * before is printed); otherwise prints all that cannot be the start of a stop string. */
+static bool out_advance(out_text_t *o, char *const *stop, size_t n_stop) {
+  /* a match cannot start before `printed`: those bytes were released because no stop string
+   * could start there */
+  const char *first = NULL;
+  for (size_t i = 0; i < n_stop; i++) {
+    const char *m = find_bytes(o->buf + o->printed, o->len - o->printed, stop[i], strlen(stop[i]));
+    if (m && (!first || m < first)) first = m;
+  }
+  if (first) {
+    o->len = (size_t)(first - o->buf);
+    o->buf[o->len] = 0;
+    out_emit(o, o->len);
+    return true;
+  }
+  size_t hold = 0;
+  for (size_t i = 0; i < n_stop; i++) {
+    size_t sl = strlen(stop[i]);
+    for (size_t k = sl - 1; k > hold; k--) {
+      if (k > o->len - o->printed) continue;
+      if (memcmp(o->buf + o->len - k, stop[i], k) == 0) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  out_emit(o, o->len - hold);
+  return false;
+}
+
+/* ---- helpers -------------------------------------------------------------------------------- */
+
+static char *read_text_file(const char *path, mk_error_t *err) {
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    mk_fail(err, "--prompt-file %s: %s", path, strerror(errno));
+    return NULL;
+  }
+  size_t n = 0, cap = 1 << 16;
+  char *buf = malloc(cap);
+  while (buf) {
+    size_t r = fread(buf + n, 1, cap - n - 1, f);
+    n += r;
+    if (n + 1 < cap) break;
+    char *t = realloc(buf, cap * 2);
+    if (!t) {
+      free(buf);
+      buf = NULL;
+      break;
+    }
+    buf = t;
+    cap *= 2;
+  }
+  bool bad = !buf || ferror(f);
+  fclose(f);
+  if (bad) {
+    free(buf);
+    mk_fail(err, "--prompt-file %s: read error", path);
+    return NULL;
+  }
+  buf[n] = 0;
+  return buf;
+}
+
+/* Threads per rank when --threads is 0: the CPUs this process may use, shared among the ranks
+ * of the node unless the launcher already bound each rank to its own set. */
+static int default_threads(const mk_ctx_t *ctx) {
+  int avail = omp_get_num_procs();
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  int n = avail;
+  if (online > 0 && avail >= online && ctx->local_size > 1) n = avail / ctx->local_size;
+  return n < 1 ? 1 : n;
+}
+
+/* Rank 0: the prompt's token ids (malloc'd). */
+static int prepare_prompt(const mk_gen_opts_t *o, const mk_engine_t *e, int32_t **ids_out,
+                          int *n_out, mk_error_t *err) {
+  *ids_out = NULL;
+  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
+  char *text = o->prompt_file ? read_text_file(o->prompt_file, err) : strdup(o->prompt);
+  if (!text) return o->prompt_file ? -1 : mk_fail(err, "out of memory");
+  bool parse_special = true, add_bos = mk_tok_add_bos(tok);
+  if (o->chat) {
+    mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
+    if (o->chat_template) {
+      if (mk_chat_parse(o->chat_template, &tmpl) != 0) {
+        free(text);
+        return mk_fail(err, "--chat-template %s: unknown template", o->chat_template);
+      }
+    } else {
+      tmpl = mk_chat_detect(mk_engine_gguf(e));
+      if (tmpl == MK_CHAT_NONE) {
+        free(text);
+        return mk_fail(err, "--chat: %s has no chat template this build recognises; pass "
+                            "--chat-template chatml|llama3|llama2", o->model);
+      }
+    }
+    char *dflt = NULL;
+    if (!o->system && tmpl == MK_CHAT_CHATML) dflt = mk_chat_default_system(mk_engine_gguf(e));
+    char *rendered = mk_chat_render(tmpl, o->system ? o->system : dflt, text);
+    free(dflt);
+    free(text);
+    if (!rendered) return mk_fail(err, "--chat: rendering the template failed");
+    text = rendered;
+  }
+  /* a template (or prompt) that already starts with the BOS text gets no second BOS */
+  int32_t bos = mk_tok_bos(tok);
+  if (add_bos && bos >= 0) {
+    const char *bt = mk_tok_text(tok, bos);
+    if (bt && *bt && strncmp(text, bt, strlen(bt)) == 0) add_bos = false;
+  }
+  size_t len = strlen(text);
+  int cap = (int)(len < (size_t)INT_MAX / 2 ? len + 8 : (size_t)INT_MAX / 2);
+  int32_t *ids = malloc((size_t)cap * sizeof *ids);
+  if (!ids) {
+    free(text);
+    return mk_fail(err, "out of memory for the prompt's tokens");
+  }
+  int n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, cap, err);
+  if (n > cap) {
+    int32_t *t = realloc(ids, (size_t)n * sizeof *ids);
+    if (!t) {
+      free(ids);
+      free(text);
+      return mk_fail(err, "out of memory for the prompt's tokens");
+    }
+    ids = t;
+    n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, n, err);
+  }
+  free(text);
+  if (n < 0) {
+    free(ids);
+    return -1;
+  }
+  if (n == 0) {
+    free(ids);
+    return mk_fail(err, "the prompt is empty (no tokens)");
+  }
+  *ids_out = ids;
+  *n_out = n;
+  return 0;
+}
+
+/* The context a run may use and the check that prompt + new tokens fit in it. */
+static int check_context(const mk_gen_opts_t *o, const mk_model_config_t *cfg, int n_prompt,
+                         mk_error_t *err) {
+  int n_ctx = cfg->n_ctx_train > 0 ? cfg->n_ctx_train : INT_MAX / 2;
+  if (o->ctx_size > 0) {
+    if (o->ctx_size > n_ctx)
+      return mk_fail(err, "--ctx-size %d exceeds the model's training context of %d tokens",
+                     o->ctx_size, n_ctx);
+    n_ctx = o->ctx_size;
+  }
+  const char *what = o->ctx_size > 0 ? "--ctx-size" : "the model's context";
+  if (n_prompt > n_ctx)
+    return mk_fail(err, "the prompt has %d tokens, more than %s of %d tokens", n_prompt, what,
+                   n_ctx);
+  if ((long)n_prompt + o->max_new_tokens > n_ctx)
+    return mk_fail(err,
+                   "the prompt (%d tokens) + --max-new-tokens %d = %ld tokens exceed %s of %d "
+                   "tokens; lower --max-new-tokens to %d",
+                   n_prompt, o->max_new_tokens, (long)n_prompt + o->max_new_tokens, what, n_ctx,
+                   n_ctx - n_prompt);
+  return 0;
+}
+
+/* Every rank, collectively: this rank's memory figures, all-gathered over ctx->mpi. */
+static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_stats_t *all,
+                             mk_error_t *err) {
+  mk_engine_stats_t es;
+  mk_engine_get_stats(e, &es);
+  mk_rank_stats_t mine = {es.weight_bytes,     es.kv_live_bytes,    es.kv_peak_bytes,
+                          es.kv_alloc_bytes,   es.policy_state_bytes, es.comm_model_bytes,
+                          es.comm_score_bytes, (uint64_t)es.kv_slots};
+  if (ctx->world == 1) {
+    all[0] = mine;
+    return 0;
+  }
+  int n = (int)(sizeof mine / sizeof(uint64_t));
+  int rc = MPI_Allgather(&mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi);
+  if (rc != MPI_SUCCESS) return mk_fail(err, "rank %d: MPI_Allgather of the statistics failed", ctx->rank);
+  return 0;
+}
+
+/* Every rank, collectively: KV live bytes summed over ranks, appended to kv_bytes_by_step. */
+static int sample_kv(const mk_ctx_t *ctx, const mk_engine_t *e, mk_run_stats_t *st, int n_tokens,
+                     mk_error_t *err) {
+  mk_engine_stats_t es;
+  mk_engine_get_stats(e, &es);
+  uint64_t live = es.kv_live_bytes, sum = live;
+  if (ctx->world > 1 &&
+      MPI_Allreduce(&live, &sum, 1, MPI_UINT64_T, MPI_SUM, ctx->mpi) != MPI_SUCCESS)
+    return mk_fail(err, "rank %d: MPI_Allreduce of the KV bytes failed", ctx->rank);
+  return mk_run_stats_sample(st, n_tokens, (int64_t)sum, err);
+}
+
+/* A failure on this rank where the others may be inside a collective. */
+static int fail_here(const mk_ctx_t *ctx, const mk_error_t *err) {
+  if (ctx->world > 1) mk_ctx_abort(ctx, err->msg);
+  fprintf(stderr, "morphkv: %s\n", err->msg);
+  return EXIT_FAIL;
+}
+
+/* A phase every rank reaches: all ranks learn whether any failed; rank 0 prints the message
+ * (its own, or "rank R: ..." for the first failing rank). Returns 0 when all passed. */
+static int agree(const mk_ctx_t *ctx, int status, mk_error_t *err) {
+  if (ctx->world > 1) status = mk_ctx_agree(ctx, status, err);
+  if (status != 0 && ctx->rank == 0) fprintf(stderr, "morphkv generate: %s\n", err->msg);
+  return status;
+}
+
+/* ---- generate ------------------------------------------------------------------------------- */
+
+static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
+  const bool r0 = ctx->rank == 0;
+  mk_error_t err = {{0}};
+  mk_gen_opts_t o;
+  mk_gen_opts_default(&o);
+  bool help = false;
+  if (mk_gen_opts_parse_args(&o, argc, argv, &help, &err) != 0 ||
+      (!help && mk_gen_opts_check(&o, &err) != 0)) {
+    if (r0) {
+      fprintf(stderr, "morphkv generate: %s\n\n", err.msg);
+      usage_generate(stderr);
+    }
+    mk_gen_opts_free(&o);
+    return EXIT_USAGE;
+  }
+  if (help) {
+    if (r0) usage_generate(stdout);
+    mk_gen_opts_free(&o);
+    return EXIT_OK;
+  }
+  if (o.tp > 0 && o.tp != ctx->world) {
+    if (r0)
+      fprintf(stderr,
+              "morphkv generate: --tp %d but the MPI world has %d rank%s; launch with "
+              "`mpirun -np %d morphkv generate ...`\n",
+              o.tp, ctx->world, ctx->world == 1 ? "" : "s", o.tp);
+    mk_gen_opts_free(&o);
+    return EXIT_USAGE;
+  }
+  struct stat sb;
+  errno = 0;
+  int status = 0;
+  if (stat(o.model, &sb) != 0 || !S_ISREG(sb.st_mode))
+    status = mk_fail(&err, "model file %s: %s", o.model, errno ? strerror(errno) : "not a regular file");
+  if (agree(ctx, status, &err) != 0) {
+    mk_gen_opts_free(&o);
+    return EXIT_FAIL;
+  }
+
+  int rc = EXIT_FAIL;
+  mk_engine_t *e = NULL;
+  mk_sampler_t *smp = NULL;
+  mk_request_t req;
+  mk_request_init(&req);
+  mk_run_stats_t st;
+  mk_run_stats_init(&st);
+  out_text_t out = {.print = r0};
+  int32_t *hist = NULL;
+  float *logits = NULL;
+
+  /* load (collective) */
+  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp};
+  ep.backend.kind = o.backend;
+  ep.backend.n_threads = o.threads > 0 ? o.threads : default_threads(ctx);
+  ep.backend.simd = o.simd;
+  ep.backend.device = ctx->local_rank;
+  double t0 = MPI_Wtime();
+  if (mk_engine_open(&e, &ep, ctx, &err) != 0) {
+    rc = fail_here(ctx, &err);
+    goto done;
+  }
+  st.load_s = MPI_Wtime() - t0;
+  const mk_model_config_t *cfg = mk_engine_config(e);
+  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
+  int n_vocab = mk_engine_n_vocab(e);
+  if (r0 && o.progress)
+    fprintf(stderr, "[morphkv] loaded %s (%s, %d layers) in %.2f s\n", o.model, cfg->arch_name,
+            cfg->n_layer, st.load_s);
+
+  /* rank 0: the request */
+  if (r0) {
+    int32_t *ids = NULL;
+    int n = 0;
+    status = prepare_prompt(&o, e, &ids, &n, &err);
+    if (status == 0) status = check_context(&o, cfg, n, &err);
+    if (status == 0) {
+      req.kind = MK_REQUEST_GENERATE;
+      req.prompt = ids;
+      req.n_prompt = (size_t)n;
+      ids = NULL;
+      req.sampling.temperature = o.sampling.temperature;
+      req.sampling.top_k = o.sampling.top_k;
+      req.sampling.top_p = o.sampling.top_p;
+      req.sampling.min_p = o.sampling.min_p;
+      req.sampling.repeat_penalty = o.sampling.repeat_penalty;
+      req.sampling.repeat_last_n =
+          o.sampling.repeat_last_n < 0 ? n + o.max_new_tokens : o.sampling.repeat_last_n;
+      req.sampling.seed = o.sampling.seed;
+      req.sampling.max_new_tokens = o.max_new_tokens;
+      req.cache = o.kv;
+      if (o.n_stop > 0) {
+        req.stop = calloc((size_t)o.n_stop, sizeof *req.stop);
+        if (!req.stop) status = mk_fail(&err, "out of memory");
+        for (int i = 0; status == 0 && i < o.n_stop; i++) {
+          req.stop[i] = strdup(o.stop[i]);
+          if (!req.stop[i]) status = mk_fail(&err, "out of memory");
+          else req.n_stop++;
+        }
+      }
+    }
+    free(ids);
+  }
+  if (agree(ctx, status, &err) != 0) goto done;
+  if (mk_request_bcast(ctx, &req, n_vocab, &err) != 0) {
+    if (r0) fprintf(stderr, "morphkv generate: request: %s\n", err.msg);
+    goto done;
+  }
+  const int n_prompt = (int)req.n_prompt;
+  const int max_new = req.sampling.max_new_tokens;
+
+  /* the run (every rank allocates its own cache) */
+  mk_sampler_params_t sp = {.temperature = req.sampling.temperature,
+                            .top_k = req.sampling.top_k,
+                            .top_p = req.sampling.top_p,
+                            .min_p = req.sampling.min_p,
+                            .repeat_penalty = req.sampling.repeat_penalty,
+                            .repeat_last_n = req.sampling.repeat_last_n,
+                            .seed = req.sampling.seed};
+  status = mk_engine_begin(e, &req.cache, 1, n_prompt, n_prompt + max_new, &err);
+  if (status == 0) status = mk_sampler_new(&sp, n_vocab, &smp, &err);
+  if (status == 0) {
+    hist = malloc(((size_t)n_prompt + (size_t)max_new + 1) * sizeof *hist);
+    logits = malloc((size_t)n_vocab * sizeof *logits);
+    if (!hist || !logits) status = mk_fail(&err, "out of memory");
+  }
+  if (agree(ctx, status, &err) != 0) goto done;
+  memcpy(hist, req.prompt, (size_t)n_prompt * sizeof *hist);
+  int n_hist = n_prompt;
+
+  st.model_path = o.model;
+  st.model_name = cfg->name[0] ? cfg->name : NULL;
+  st.arch = cfg->arch_name;
+  st.backend = o.backend == MK_BACKEND_CUDA ? "cuda" : "cpu";
+  st.simd = o.backend == MK_BACKEND_CUDA ? "-"
+                                         : mk_simd_name(o.simd < 0 ? mk_simd_best() : (mk_simd_t)o.simd);
+  st.comm = ctx->comm && ctx->comm->ops ? ctx->comm->ops->name : "mpi";
+  st.kv_policy = mk_kv_policy_name(req.cache.policy);
+  st.kv_dtype = req.cache.dtype == MK_KV_F16 ? "f16" : "f32";
+  st.kv_window = req.cache.window;
+  st.kv_capacity = req.cache.capacity;
+  st.threads = ep.backend.n_threads;
+  st.world = ctx->world;
+  st.n_layer = cfg->n_layer;
+  st.n_kv_head = cfg->n_kv_head;
+  st.head_dim = cfg->head_dim;
+  st.prompt_tokens = n_prompt;
+  st.stop_reason = "max_new_tokens";
+
+  /* prefill */
+  t0 = MPI_Wtime();
+  if (mk_engine_step(e, 0, req.prompt, n_prompt, false, logits, &err) != 0) {
+    rc = fail_here(ctx, &err);
+    goto done;
+  }
+  st.prefill_s = MPI_Wtime() - t0;
+  if (sample_kv(ctx, e, &st, n_prompt, &err) != 0) {
+    rc = fail_here(ctx, &err);
+    goto done;
+  }
+  if (r0 && o.progress)
+    fprintf(stderr, "[morphkv] prefill: %d tokens in %.3f s (%.1f tok/s)\n", n_prompt,
+            st.prefill_s, st.prefill_s > 0 ? n_prompt / st.prefill_s : 0.0);
+
+  /* decode */
+  mk_tok_stream_t stream = {{0}, 0};
+  char piece[512];
+  double t_gen0 = MPI_Wtime();
+  int n_gen = 0;
+  while (n_gen < max_new) {
+    double ts = MPI_Wtime();
+    int32_t id = mk_sampler_sample(smp, logits, hist, n_hist);
+    st.sample_s += MPI_Wtime() - ts;
+    if (mk_tok_is_eog(tok, id)) {
+      st.stop_reason = "eos";
+      break;
+    }
+    hist[n_hist++] = id;
+    n_gen++;
+    int nb = mk_tok_stream_push(tok, &stream, id, piece, (int)sizeof piece);
+    if (nb < 0 || out_append(&out, piece, (size_t)nb) != 0) {
+      mk_fail(&err, "detokenizing token %d failed", id);
+      rc = fail_here(ctx, &err);
+      goto done;
+    }
+    if (out_advance(&out, req.stop, req.n_stop)) {
+      st.stop_reason = "stop_string";
+      break;
+    }
+    if (n_gen == max_new) break; /* the last token needs no forward pass */
+    t0 = MPI_Wtime();
+    if (mk_engine_step(e, 0, &id, 1, false, logits, &err) != 0) {
+      rc = fail_here(ctx, &err);
+      goto done;
+    }
+    st.decode_s += MPI_Wtime() - t0;
+    st.decode_steps++;
+    int n_tok = n_prompt + st.decode_steps;
+    if (n_tok % o.stats_every == 0) {
+      if (sample_kv(ctx, e, &st, n_tok, &err) != 0) {
+        rc = fail_here(ctx, &err);
+        goto done;
+      }
+      if (r0 && o.progress)
+        fprintf(stderr, "\n[morphkv] %d/%d tokens, %.1f tok/s, KV live %lld bytes\n", n_gen,
+                max_new, st.decode_s > 0 ? st.decode_steps / st.decode_s : 0.0,
+                (long long)st.by_step[st.n_by_step - 1][1]);
+    }
+  }
+  if (strcmp(st.stop_reason, "stop_string") != 0) {
+    /* the detokenizer's pending bytes, then whatever was held back for the stop strings */
+    int nb = mk_tok_stream_flush(&stream, piece, (int)sizeof piece);
+    if (nb > 0 && out_append(&out, piece, (size_t)nb) == 0 && out_advance(&out, req.stop, req.n_stop))
+      st.stop_reason = "stop_string";
+    else
+      out_emit(&out, out.len);
+  }
+  if (r0) {
+    fputc('\n', stdout);
+    fflush(stdout);
+  }
+  st.wall_s = MPI_Wtime() - t_gen0;
+  st.generated_tokens = n_gen;
+  if (sample_kv(ctx, e, &st, n_prompt + st.decode_steps, &err) != 0) {
+    rc = fail_here(ctx, &err);
+    goto done;
+  }
+
+  /* statistics (collective gather; rank 0 prints and writes) */
+  st.ranks = calloc((size_t)ctx->world, sizeof *st.ranks);
+  status = st.ranks ? 0 : mk_fail(&err, "out of memory");
+  if (agree(ctx, status, &err) != 0) goto done;
+  if (gather_rank_stats(ctx, e, st.ranks, &err) != 0) {
+    rc = fail_here(ctx, &err);
+    goto done;
+  }
+  mk_run_stats_sum(&st);
+  st.output_ids = hist + n_prompt;
+  st.output_text = out.buf ? out.buf : "";
+  rc = EXIT_OK;
+  if (r0) {
+    if (!o.quiet) mk_run_stats_print(&st, stderr);
+    if (o.stats_json && mk_run_stats_write_json(&st, o.stats_json, &err) != 0) {
+      fprintf(stderr, "morphkv generate: %s\n", err.msg);
+      rc = EXIT_FAIL;
+    }
+  }
+
+done:
+  free(out.buf);
+  free(hist);
+  free(logits);
+  mk_sampler_free(smp);
+  mk_request_free(&req);
+  mk_run_stats_free(&st);
+  mk_engine_close(e);
+  mk_gen_opts_free(&o);
+  return rc;
+}
+
+/* ---- inspect -------------------------------------------------------------------------------- */
+
+static void print_value(const mk_gguf_value_t *v) {
+  switch (v->type) {
+    case MK_GGUF_UINT8:
+    case MK_GGUF_UINT16:
+    case MK_GGUF_UINT32:
+    case MK_GGUF_UINT64: printf("%llu", (unsigned long long)v->v.u64); break;
+    case MK_GGUF_INT8:
+    case MK_GGUF_INT16:
+    case MK_GGUF_INT32:
+    case MK_GGUF_INT64: printf("%lld", (long long)v->v.i64); break;
+    case MK_GGUF_FLOAT32:
+    case MK_GGUF_FLOAT64: printf("%g", v->v.f64); break;
+    case MK_GGUF_BOOL: printf("%s", v->v.b ? "true" : "false"); break;
+    case MK_GGUF_STRING: {
+      uint64_t n = v->v.str.len;
+      putchar('"');
+      for (uint64_t i = 0; i < n && i < 120; i++) {
+        char c = v->v.str.ptr[i];
+        if (c == '\n') fputs("\\n", stdout);
+        else if ((unsigned char)c < 0x20) printf("\\x%02x", (unsigned char)c);
+        else putchar(c);
+      }
+      putchar('"');
+      if (n > 120) printf("... (%llu bytes)", (unsigned long long)n);
+      break;
+    }
+    case MK_GGUF_ARRAY: {
+      printf("[%s x %llu]", mk_gguf_vtype_name(v->v.arr.elem_type), (unsigned long long)v->v.arr.n);
+      if (v->v.arr.elem_type == MK_GGUF_STRING && v->v.arr.strs) {
+        printf(" ");
+        for (uint64_t i = 0; i < v->v.arr.n && i < 5; i++) {
+          mk_gguf_value_t s = {.type = MK_GGUF_STRING};
+          s.v.str = v->v.arr.strs[i];
+          print_value(&s);
+          printf(i + 1 < v->v.arr.n ? ", " : "");
+        }
+        if (v->v.arr.n > 5) printf("...");
+      }
+      break;
+    }
+  }
+}
+
+static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
+  const bool r0 = ctx->rank == 0;
+  const char *path = NULL;
+  bool all = false;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      if (r0) usage_inspect(stdout);
+      return EXIT_OK;
+    }
+  }
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--all")) {
+      all = true;
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      if (r0) {
+        fprintf(stderr, "morphkv inspect: unknown flag '%s'\n\n", argv[i]);
+        usage_inspect(stderr);
+      }
+      return EXIT_USAGE;
+    } else if (path) {
+      if (r0) {
+        fprintf(stderr, "morphkv inspect: one model at a time ('%s' and '%s')\n\n", path, argv[i]);
+        usage_inspect(stderr);
+      }
+      return EXIT_USAGE;
+    } else {
+      path = argv[i];
+    }
+  }
+  if (!path) {
+    if (r0) {
+      fprintf(stderr, "morphkv inspect: no model file given\n\n");
+      usage_inspect(stderr);
+    }
+    return EXIT_USAGE;
+  }
+  if (!r0) return EXIT_OK;
+
+  mk_error_t err = {{0}};
+  mk_gguf_t *g = NULL;
+  if (mk_gguf_open(path, &g, &err) != 0) {
+    fprintf(stderr, "morphkv inspect: %s\n", err.msg);
+    return EXIT_FAIL;
+  }
+  printf("file:          %s (%zu bytes, GGUF v%u, alignment %zu, %zu metadata keys)\n", path,
+         mk_gguf_file_size(g), mk_gguf_version(g), mk_gguf_alignment(g), mk_gguf_n_kv(g));
+  char *arch = NULL, *name = NULL;
+  if (mk_gguf_get_str(g, "general.architecture", &arch, &err) != MK_GGUF_OK) arch = NULL;
+  if (mk_gguf_get_str(g, "general.name", &name, &err) != MK_GGUF_OK) name = NULL;
+  printf("name:          %s\n", name ? name : "(none)");
+  mk_model_config_t cfg;
+  if (mk_model_config_read(g, &cfg, &err) == 0) {
+    printf("architecture:  %s\n", cfg.arch_name);
+    printf("hyperparameters:\n");
+    printf("  n_layer %d, n_embd %d, n_head %d, n_kv_head %d, head_dim %d, n_ff %d\n", cfg.n_layer,
+           cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.n_ff);
+    printf("  n_vocab %d, n_ctx_train %d, rope_dim %d, rope_theta %g, rope %s, norm_eps %g\n",
+           cfg.n_vocab, cfg.n_ctx_train, cfg.rope_dim, (double)cfg.rope_theta,
+           cfg.rope_neox ? "neox" : "normal", (double)cfg.norm_eps);
+    printf("  qkv_bias %s, output %s\n", cfg.qkv_bias ? "yes" : "no",
+           cfg.tied_output ? "tied to token_embd" : "separate");
+  } else {
+    printf("architecture:  %s (not supported: %s)\n", arch ? arch : "(none)", err.msg);
+  }
+  mk_tokenizer_t *tok = NULL;
+  char *tmodel = NULL;
+  if (mk_gguf_get_str(g, "tokenizer.ggml.model", &tmodel, &err) != MK_GGUF_OK) tmodel = NULL;
+  if (mk_tok_load(g, &tok, &err) == 0) {
+    printf("tokenizer:     %s (%s), pre \"%s\"%s, vocab %d, bos %d, eos %d, add_bos %s\n",
+           tmodel ? tmodel : "?",
+           mk_tok_kind(tok) == MK_TOK_BPE ? "byte-level BPE" : "SentencePiece BPE",
+           mk_tok_pre_name(tok) ? mk_tok_pre_name(tok) : "", mk_tok_pre_known(tok) ? "" : " (unknown: default regex)",
+           mk_tok_n_vocab(tok), mk_tok_bos(tok), mk_tok_eos(tok), mk_tok_add_bos(tok) ? "yes" : "no");
+    mk_tok_free(tok);
+  } else {
+    printf("tokenizer:     %s (not loadable: %s)\n", tmodel ? tmodel : "(none)", err.msg);
+  }
+  static const char *tmpl_names[] = {"none", "chatml", "llama3", "llama2"};
+  mk_chat_tmpl_t ct = mk_chat_detect(g);
+  printf("chat template: %s%s\n", (unsigned)ct < 4 ? tmpl_names[ct] : "?",
+         mk_gguf_find(g, "tokenizer.chat_template") ? "" : " (the model has none)");
+
+  size_t nt = mk_gguf_n_tensors(g);
+  size_t total = 0;
+  printf("tensors:       %zu\n", nt);
+  printf("  %-4s %-36s %-6s %-22s %12s\n", "#", "name", "type", "shape", "bytes");
+  for (size_t i = 0; i < nt; i++) {
+    const mk_tensor_info_t *t = mk_gguf_tensor_at(g, i);
+    char shape[64] = "";
+    size_t off = 0;
+    for (int d = 0; d < t->n_dims; d++)
+      off += (size_t)snprintf(shape + off, sizeof shape - off, d ? " x %lld" : "%lld",
+                              (long long)t->ne[d]);
+    printf("  %-4zu %-36s %-6s %-22s %12zu\n", i, t->name, mk_type_name(t->type), shape, t->nbytes);
+    total += t->nbytes;
+  }
+  char b[32];
+  printf("tensor bytes:  %zu (%s)\n", total, mk_fmt_bytes(total, b, sizeof b));
+  if (all) {
+    printf("metadata:\n");
+    for (size_t i = 0; i < mk_gguf_n_kv(g); i++) {
+      const mk_gguf_kv_t *kv = mk_gguf_kv_at(g, i);
+      printf("  %s = ", kv->key);
+      print_value(&kv->value);
+      putchar('\n');
+    }
+  }
+  free(arch);
+  free(name);
+  free(tmodel);
+  mk_gguf_close(g);
+  return EXIT_OK;
+}
+
+/* ---- main ----------------------------------------------------------------------------------- */
+
+static int dispatch(int argc, char **argv, mk_ctx_t *ctx) {
+  const bool r0 = ctx->rank == 0;
+  if (argc < 2) {
+    if (r0) usage_top(stderr);
+    return EXIT_USAGE;
+  }
+  const char *cmd = argv[1];
+  if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+    if (r0) usage_top(stdout);
+    return EXIT_OK;
+  }
+  if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+    if (r0) print_version();
+    return EXIT_OK;
+  }
+  if (!strcmp(cmd, "generate")) return cmd_generate(argc - 1, argv + 1, ctx);
+  if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1, ctx);
+  if (!strcmp(cmd, "eval")) return mk_eval_main(argc - 1, argv + 1, ctx);
+  if (r0) {
+    fprintf(stderr, "morphkv: unknown command '%s'\n\n", cmd);
+    usage_top(stderr);
+  }
+  return EXIT_USAGE;
+}
+
+int main(int argc, char **argv) {
+  if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+    fprintf(stderr, "morphkv: MPI_Init failed\n");
+    return EXIT_FAIL;
+  }
+  mk_ctx_t ctx;
+  memset(&ctx, 0, sizeof ctx);
+  mk_error_t err = {{0}};
+  if (mk_ctx_init(&ctx, MPI_COMM_WORLD, &err) != 0) mk_ctx_abort(NULL, err.msg);
+  int rc = dispatch(argc, argv, &ctx);
+  fflush(stdout);
+  mk_ctx_free(&ctx);
+  MPI_Finalize();
+  return rc;
+}
