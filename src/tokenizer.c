@@ -21,7 +21,9 @@
  *    becomes one U+FFFD).
  *  - The tokenizer is immutable after load: encode/piece/stream may run from several threads
  *    (all scratch memory is per call). */
-#define _GNU_SOURCE /* memmem, strndup */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem, strndup (the build also defines it) */
+#endif
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "src/tokenizer.h"
 
