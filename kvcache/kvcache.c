@@ -92,6 +92,7 @@ int mk_kv_cache_init(mk_kv_cache_t *c, const mk_kv_config_t *cfg, const mk_kv_ca
         hd->layer = l;
         hd->kv_head = p->first_kv_head + h;
         hd->seq = s;
+        hd->group = p->group > 0 ? p->group : 1;
       }
   for (int s = 0; s < p->n_seq; s++) mk_kv_cache_reset_seq(c, s);
   return 0;

@@ -74,6 +74,7 @@ typedef struct mk_kv_head {
   void *k, *v;    /* (n_slots, head_dim) of dtype */
   void *state;    /* policy state, policy-owned layout, inside the cache's state arena */
   int layer, kv_head, seq; /* for messages; kv_head is the model's (global) index */
+  int group;      /* query heads reading this head (sizes per-head policy state, e.g. prob_max) */
 } mk_kv_head_t;
 
 /* A query's scores over one head's slots (index = slot). Entries of free slots and of slots with
