@@ -1,5 +1,14 @@
 /* The process context: who this process is in the run and how it talks to the others.
- * Passed explicitly everywhere (no globals), so two contexts could live in one test process. */
+ * Passed explicitly everywhere (no globals), so two contexts could live in one test process.
+ *
+ * Two channels: ctx->mpi (host memory, control messages such as the request, failure agreement)
+ * and ctx->comm (the forward pass's collectives: MPI on the CPU path, NCCL on the GPU path after
+ * mk_ctx_use_nccl). Both are private duplicates of the run's communicator with
+ * MPI_ERRORS_RETURN, so MPI failures come back as mk_error_t messages naming call and rank.
+ *
+ * Failure rule: a rank that cannot go on calls mk_ctx_abort, which takes every rank down (no rank
+ * is left waiting in a collective). Where all ranks reach the same point anyway, mk_ctx_agree
+ * lets them fail together with the failing rank's own message (rank 0 can then print it). */
 #ifndef MK_CTX_H
 #define MK_CTX_H
 
@@ -9,19 +18,37 @@
 #include "src/mk_error.h"
 
 typedef struct mk_ctx {
-  int rank, world;             /* in the run's communicator */
-  int local_rank, local_size;  /* on this node (MPI_Comm_split_type SHARED) */
-  MPI_Comm mpi;                /* duplicate of the run's communicator, owned */
-  mk_comm_t *comm;             /* collectives for the forward pass (MPI or NCCL) */
+  int rank, world;            /* in the run's communicator */
+  int local_rank, local_size; /* on this node (MPI_Comm_split_type SHARED) */
+  MPI_Comm mpi;               /* duplicate of the run's communicator, owned */
+  mk_comm_t *comm;            /* collectives for the forward pass (MPI or NCCL), owned */
 } mk_ctx_t;
 
-/* MPI must be initialised. Builds the context over `world` (usually MPI_COMM_WORLD) with the
- * MPI communicator for collectives. */
+/* MPI must be initialised. Collective over `world` (usually MPI_COMM_WORLD). Builds the context
+ * with the MPI communicator (MK_COMM_MPI_ALLREDUCE) for collectives. On failure nothing is left
+ * allocated. */
 int mk_ctx_init(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err);
+/* Local (not collective once MPI is finalized); frees comm and mpi. Safe on a zeroed ctx. */
 void mk_ctx_free(mk_ctx_t *ctx);
 
-/* A rank that fails calls this: it prints "rank R: <msg>" on stderr and aborts every rank
- * (MPI_Abort), so no rank is left waiting in a collective. Does not return. */
+/* Replaces ctx->comm with an MPI communicator of the given mode (collective). Counters carry
+ * over. */
+int mk_ctx_use_mpi(mk_ctx_t *ctx, mk_comm_mpi_mode_t mode, mk_error_t *err);
+#ifdef MORPHKV_HAVE_NCCL
+/* Replaces ctx->comm with an NCCL communicator on `device` and `cuda_stream` (a cudaStream_t;
+ * see mk_comm_nccl_create). Collective. Counters carry over. */
+int mk_ctx_use_nccl(mk_ctx_t *ctx, int device, void *cuda_stream, mk_error_t *err);
+#endif
+
+/* Collective over ctx->mpi: every rank passes its own status (0 or -1, with *err filled when -1).
+ * Returns 0 when every rank passed 0. Otherwise returns -1 on every rank, with err set everywhere
+ * to "rank R: <R's message>" for the lowest failing rank R. */
+int mk_ctx_agree(const mk_ctx_t *ctx, int status, mk_error_t *err);
+
+/* A rank that fails calls this: it prints "morphkv: rank R: <msg>" on stderr and aborts every
+ * rank (MPI_Abort with code 1), so no rank is left waiting in a collective. ctx may be NULL (or
+ * not yet initialised, zeroed): then MPI_COMM_WORLD is aborted, or the process exits with 1 when
+ * MPI is not running. Does not return. */
 void mk_ctx_abort(const mk_ctx_t *ctx, const char *msg) __attribute__((noreturn));
 
 #endif

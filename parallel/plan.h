@@ -37,7 +37,7 @@ typedef struct mk_plan {
   int kv_begin, kv_end; /* KV heads held [kv_begin, kv_end) */
   int ff_begin, ff_end; /* MLP hidden units [ff_begin, ff_end) */
   int vocab_begin, vocab_end;
-  bool any_replicated;  /* some KV head (of any rank) is held by more than one rank */
+  bool any_replicated; /* some KV head (of any rank) is held by more than one rank */
   /* for held head kv_begin + i: number of ranks holding it (1 = not replicated) */
   int kv_replicas[MK_PLAN_MAX_KV_HELD];
   /* for held head kv_begin + i: the lowest rank holding it (the replica group's "owner") */

@@ -1,0 +1,249 @@
+/* Sharding plan: exhaustive checks over every T from 1 to n_head for several shapes (the demo
+ * model's 9/3 heads, Llama/Qwen-like shapes, synthetic 8/2), plus the refusals. The properties are
+ * checked against brute-force recomputation from the plan's own definition (a query head's KV head
+ * is h / (n_head / n_kv_head)), not against the plan's internal arithmetic. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "parallel/plan.h"
+
+typedef struct shape {
+  const char *name;
+  mk_plan_dims_t d;
+} shape_t;
+
+static const shape_t shapes[] = {
+    /* n_head, n_kv, head_dim, n_ff, n_vocab, n_embd, ff_align, vocab_align */
+    {"smollm2-135m 9/3", {9, 3, 64, 1536, 49152, 576, 32, 32}},
+    {"llama3-8b 32/8", {32, 8, 128, 14336, 128256, 4096, 256, 32}},
+    {"synthetic 8/2", {8, 2, 16, 256, 1000, 128, 32, 32}},
+    {"qwen2.5-7b 28/4", {28, 4, 128, 18944, 152064, 3584, 32, 32}},
+    {"synthetic 40/10", {40, 10, 128, 13824, 32000, 5120, 256, 64}},
+    {"llama-70b 64/8", {64, 8, 128, 28672, 128256, 8192, 256, 32}},
+    {"mha 12/12", {12, 12, 64, 3072, 50257, 768, 1, 1}},
+    {"mqa 16/1", {16, 1, 64, 4096, 32000, 1024, 32, 32}},
+};
+
+/* Checks one contiguous partition of [0, n) given per-rank [b, e): starts at 0, no gaps, no
+ * overlap, ends at n, each part non-empty, sizes within one `unit` of each other. */
+static void check_partition(const char *what, const shape_t *s, int tp, const int *b, const int *e,
+                            int n, int unit) {
+  int lo = n, hi = 0;
+  for (int r = 0; r < tp; r++) {
+    int expect_b = r == 0 ? 0 : e[r - 1];
+    if (b[r] != expect_b || e[r] <= b[r]) {
+      print_error("%s, T=%d, rank %d: %s range [%d, %d) (expected to start at %d, non-empty)\n",
+                  s->name, tp, r, what, b[r], e[r], expect_b);
+      fail();
+    }
+    int len = e[r] - b[r];
+    if (len < lo) lo = len;
+    if (len > hi) hi = len;
+  }
+  assert_int_equal(e[tp - 1], n);
+  /* Balanced within one unit (the vocab's last partial block may make it shorter still). */
+  if (hi - lo > unit && !(strcmp(what, "vocab") == 0 && hi - lo < 2 * unit)) {
+    print_error("%s, T=%d: %s range sizes %d..%d differ by more than %d\n", s->name, tp, what, lo,
+                hi, unit);
+    fail();
+  }
+}
+
+static void check_shape_all_tp(const shape_t *s) {
+  const mk_plan_dims_t *d = &s->d;
+  const int g = d->n_head / d->n_kv_head;
+  mk_error_t err;
+  assert_int_equal(mk_plan_max_tp(d, &err), d->n_head); /* these shapes are head-limited */
+  for (int tp = 1; tp <= d->n_head; tp++) {
+    static mk_plan_t p[128];
+    int qb[128], qe[128], fb[128], fe[128], vb[128], ve[128];
+    int holders[1024];
+    memset(holders, 0, sizeof holders);
+    for (int r = 0; r < tp; r++) {
+      if (mk_plan_make(d, tp, r, &p[r], &err) != 0) {
+        print_error("%s, T=%d, rank %d refused: %s\n", s->name, tp, r, err.msg);
+        fail();
+      }
+      assert_int_equal(p[r].tp, tp);
+      assert_int_equal(p[r].rank, r);
+      qb[r] = p[r].q_begin, qe[r] = p[r].q_end;
+      fb[r] = p[r].ff_begin, fe[r] = p[r].ff_end;
+      vb[r] = p[r].vocab_begin, ve[r] = p[r].vocab_end;
+      assert_int_equal(p[r].ff_begin % d->ff_align, 0);
+      assert_int_equal(p[r].ff_end % d->ff_align, 0);
+      assert_int_equal(p[r].vocab_begin % d->vocab_align, 0);
+      /* KV heads held = exactly the KV heads of the owned query heads. */
+      assert_true(p[r].kv_begin >= 0 && p[r].kv_end <= d->n_kv_head);
+      for (int k = 0; k < d->n_kv_head; k++) {
+        int needed = 0;
+        for (int h = p[r].q_begin; h < p[r].q_end; h++) needed |= (h / g == k);
+        int held = k >= p[r].kv_begin && k < p[r].kv_end;
+        if (needed != held) {
+          print_error("%s, T=%d, rank %d: KV head %d needed=%d held=%d (q [%d,%d) kv [%d,%d))\n",
+                      s->name, tp, r, k, needed, held, p[r].q_begin, p[r].q_end, p[r].kv_begin,
+                      p[r].kv_end);
+          fail();
+        }
+        holders[k] += held;
+      }
+    }
+    check_partition("query-head", s, tp, qb, qe, d->n_head, 1);
+    check_partition("ff", s, tp, fb, fe, d->n_ff, d->ff_align);
+    check_partition("vocab", s, tp, vb, ve, d->n_vocab, d->vocab_align);
+
+    bool any = false;
+    for (int k = 0; k < d->n_kv_head; k++) {
+      assert_true(holders[k] >= 1);
+      any |= holders[k] > 1;
+    }
+    for (int r = 0; r < tp; r++) {
+      assert_int_equal(p[r].any_replicated, any);
+      for (int k = p[r].kv_begin; k < p[r].kv_end; k++) {
+        int i = k - p[r].kv_begin;
+        assert_int_equal(p[r].kv_replicas[i], holders[k]);
+        /* the first holder really holds it, and the one before it does not */
+        int f = p[r].kv_first_rank[i];
+        assert_true(f >= 0 && f <= r);
+        assert_true(k >= p[f].kv_begin && k < p[f].kv_end);
+        if (f > 0) assert_false(k >= p[f - 1].kv_begin && k < p[f - 1].kv_end);
+      }
+    }
+    if (d->n_kv_head % tp == 0 && any) {
+      print_error("%s, T=%d divides n_kv_head %d but KV heads are replicated\n", s->name, tp,
+                  d->n_kv_head);
+      fail();
+    }
+    if (tp == 1) {
+      assert_int_equal(p[0].q_end, d->n_head);
+      assert_int_equal(p[0].kv_end - p[0].kv_begin, d->n_kv_head);
+      assert_int_equal(p[0].ff_end, d->n_ff);
+      assert_int_equal(p[0].vocab_end, d->n_vocab);
+      assert_false(p[0].any_replicated);
+    }
+  }
+}
+
+static void test_all_shapes_all_tp(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_shape_all_tp(&shapes[i]);
+}
+
+/* The demo model over 2 ranks, written out by hand: 9 heads in groups of 3 -> 5 + 4 query heads;
+ * the cut falls inside group 1 (heads 3,4,5), so KV head 1 lives on both ranks. */
+static void test_demo_model_t2_by_hand(void **state) {
+  (void)state;
+  mk_plan_t a, b;
+  mk_error_t err;
+  assert_int_equal(mk_plan_make(&shapes[0].d, 2, 0, &a, &err), 0);
+  assert_int_equal(mk_plan_make(&shapes[0].d, 2, 1, &b, &err), 0);
+  assert_int_equal(a.q_begin, 0), assert_int_equal(a.q_end, 5);
+  assert_int_equal(a.kv_begin, 0), assert_int_equal(a.kv_end, 2);
+  assert_int_equal(a.kv_replicas[0], 1), assert_int_equal(a.kv_replicas[1], 2);
+  assert_int_equal(b.q_begin, 5), assert_int_equal(b.q_end, 9);
+  assert_int_equal(b.kv_begin, 1), assert_int_equal(b.kv_end, 3);
+  assert_int_equal(b.kv_replicas[0], 2), assert_int_equal(b.kv_replicas[1], 1);
+  assert_int_equal(b.kv_first_rank[0], 0), assert_int_equal(b.kv_first_rank[1], 1);
+  assert_true(a.any_replicated && b.any_replicated);
+  /* 1536 = 48 blocks of 32 -> 24 blocks each */
+  assert_int_equal(a.ff_end, 768), assert_int_equal(b.ff_begin, 768),
+      assert_int_equal(b.ff_end, 1536);
+  assert_int_equal(a.vocab_end, 24576);
+
+  /* T = 3 = n_kv: one whole group per rank, nothing replicated */
+  mk_plan_t c;
+  for (int r = 0; r < 3; r++) {
+    assert_int_equal(mk_plan_make(&shapes[0].d, 3, r, &c, &err), 0);
+    assert_int_equal(c.kv_end - c.kv_begin, 1);
+    assert_int_equal(c.kv_begin, r);
+    assert_int_equal(c.kv_replicas[0], 1);
+    assert_false(c.any_replicated);
+  }
+  /* T = 9: one query head each, every KV head on 3 ranks */
+  assert_int_equal(mk_plan_make(&shapes[0].d, 9, 4, &c, &err), 0);
+  assert_int_equal(c.q_begin, 4);
+  assert_int_equal(c.kv_begin, 1);
+  assert_int_equal(c.kv_replicas[0], 3);
+  assert_int_equal(c.kv_first_rank[0], 3);
+}
+
+/* The 8/2 synthetic model with a vocab of 1000 = 31 blocks of 32 + 8: the last rank's range ends
+ * at 1000. */
+static void test_vocab_partial_block(void **state) {
+  (void)state;
+  mk_plan_t p;
+  mk_error_t err;
+  assert_int_equal(mk_plan_make(&shapes[2].d, 3, 2, &p, &err), 0);
+  assert_int_equal(p.vocab_end, 1000);
+  assert_int_equal(p.vocab_begin, 22 * 32); /* 32 blocks over 3: 11, 11, 10 */
+}
+
+static void expect_refusal(const mk_plan_dims_t *d, int tp, int rank, const char *needle1,
+                           const char *needle2) {
+  mk_plan_t p;
+  mk_error_t err = {{0}};
+  assert_int_equal(mk_plan_make(d, tp, rank, &p, &err), -1);
+  if (!strstr(err.msg, needle1) || (needle2 && !strstr(err.msg, needle2))) {
+    print_error("T=%d rank %d: message \"%s\" lacks \"%s\" / \"%s\"\n", tp, rank, err.msg, needle1,
+                needle2 ? needle2 : "");
+    fail();
+  }
+}
+
+static void test_refusals(void **state) {
+  (void)state;
+  const mk_plan_dims_t *demo = &shapes[0].d;
+  /* too many ranks for the heads: says why and which T works */
+  expect_refusal(demo, 10, 0, "9 query heads", "use T <= 9");
+  expect_refusal(demo, 10, 0, "T in {1, 3}", NULL);
+  expect_refusal(&shapes[1].d, 33, 5, "32 query heads", "use T <= 32");
+  expect_refusal(&shapes[1].d, 33, 5, "T in {1, 2, 4, 8}", NULL);
+  expect_refusal(demo, 0, 0, "T=0", ">= 1");
+  expect_refusal(demo, -2, 0, "T=-2", NULL);
+  expect_refusal(demo, 2, 2, "rank 2", "0..1");
+  expect_refusal(demo, 2, -1, "rank -1", NULL);
+
+  /* the MLP limits T: 8 heads but only 2 blocks of 32 hidden units */
+  mk_plan_dims_t small_ff = {8, 2, 16, 64, 1000, 128, 32, 32};
+  mk_error_t err;
+  assert_int_equal(mk_plan_max_tp(&small_ff, &err), 2);
+  expect_refusal(&small_ff, 3, 0, "MLP has 64 hidden units = 2 blocks of 32", "use T <= 2");
+  /* the vocabulary limits T: 100 rows in blocks of 32 = 4 blocks (last partial) */
+  mk_plan_dims_t small_vocab = {8, 2, 16, 256, 100, 128, 32, 32};
+  assert_int_equal(mk_plan_max_tp(&small_vocab, &err), 4);
+  expect_refusal(&small_vocab, 5, 0, "vocabulary has 100 rows = 4 blocks", "use T <= 4");
+  mk_plan_t p;
+  assert_int_equal(mk_plan_make(&small_vocab, 4, 3, &p, &err), 0);
+  assert_int_equal(p.vocab_begin, 96), assert_int_equal(p.vocab_end, 100);
+
+  /* invalid dims */
+  mk_plan_dims_t bad = *demo;
+  bad.n_kv_head = 4;
+  expect_refusal(&bad, 1, 0, "not a multiple of n_kv_head", NULL);
+  bad = *demo;
+  bad.n_ff = 1540;
+  expect_refusal(&bad, 1, 0, "n_ff 1540 is not a multiple of ff_align 32", NULL);
+  bad = *demo;
+  bad.ff_align = 0;
+  expect_refusal(&bad, 1, 0, "ff_align 0", NULL);
+  bad = *demo;
+  bad.n_head = 0;
+  expect_refusal(&bad, 1, 0, "invalid model dims", NULL);
+  assert_int_equal(mk_plan_max_tp(&bad, &err), -1);
+  expect_refusal(NULL, 1, 0, "no model dims", NULL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_all_shapes_all_tp),
+      cmocka_unit_test(test_demo_model_t2_by_hand),
+      cmocka_unit_test(test_vocab_partial_block),
+      cmocka_unit_test(test_refusals),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
