@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_BACKEND, O_SIMD, O_TP, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -64,6 +64,8 @@ static const opt_def_t OPTS[] = {
     {O_STATS_EVERY, "stats-every", K_INT, "N",
      "sample KV bytes every N tokens for kv_bytes_by_step (default 64)", false},
     {O_STOP, "stop", K_LIST, "STR", "stop when the output contains STR (repeatable)", false},
+    {O_IGNORE_EOS, "ignore-eos", K_BOOL, NULL,
+     "keep generating past end-of-generation tokens (benchmarks)", false},
     {O_KV_POLICY, "kv-policy", K_ENUM, "full|morphkv|streaming|h2o|snapkv",
      "KV-cache policy (default full)", false},
     {O_KV_WINDOW, "kv-window", K_INT, "W", "recent window W (default 32)", false},
@@ -372,6 +374,7 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
       o->simd = e == 0 ? -1 : e == 1 ? MK_SIMD_SCALAR : e == 2 ? MK_SIMD_AVX2 : MK_SIMD_AVX512;
       return 0;
     case O_TP: return parse_int(d, v, 0, 65536, &o->tp, err);
+    case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);
     case O_QUIET: return parse_bool(d, v, &o->quiet, err);
     case O_PROGRESS: return parse_bool(d, v, &o->progress, err);
   }

@@ -521,7 +521,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     double ts = MPI_Wtime();
     int32_t id = mk_sampler_sample(smp, logits, hist, n_hist);
     st.sample_s += MPI_Wtime() - ts;
-    if (mk_tok_is_eog(tok, id)) {
+    if (!o.ignore_eos && mk_tok_is_eog(tok, id)) {
       st.stop_reason = "eos";
       break;
     }
@@ -713,7 +713,7 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
            cfg.n_vocab, cfg.n_ctx_train, cfg.rope_dim, (double)cfg.rope_theta,
            cfg.rope_neox ? "neox" : "normal", (double)cfg.norm_eps);
     printf("  qkv_bias %s, output %s\n", cfg.qkv_bias ? "yes" : "no",
-           cfg.tied_output ? "tied to token_embd" : "separate");
+           mk_gguf_tensor_find(g, "output.weight") ? "output.weight" : "tied to token_embd");
   } else {
     printf("architecture:  %s (not supported: %s)\n", arch ? arch : "(none)", err.msg);
   }

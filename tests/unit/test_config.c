@@ -59,7 +59,8 @@ static void test_json_keys(void **state) {
       " \"kv_capacity\": 128, \"kv_fusion\": \"max\", \"kv_gqa\": \"prob_max\", \"kv_sinks\": 2,"
       " \"kv_evict_after\": 1.5, \"kv_dtype\": \"f16\", \"kv_h2o_mode\": \"per_head\","
       " \"kv_snapkv_pool\": 7, \"kv_snapkv_pooling\": \"max\", \"backend\": \"cpu\","
-      " \"simd\": \"scalar\", \"tp\": 1, \"quiet\": true, \"progress\": false}";
+      " \"simd\": \"scalar\", \"tp\": 1, \"quiet\": true, \"progress\": false,"
+      " \"ignore_eos\": true}";
   if (load_text(&o, json, &err) != 0) fail_msg("%s", err.msg);
   assert_string_equal(o.model, "/m.gguf");
   assert_string_equal(o.prompt, "hi");
@@ -96,6 +97,7 @@ static void test_json_keys(void **state) {
   assert_int_equal(o.tp, 1);
   assert_true(o.quiet);
   assert_false(o.progress);
+  assert_true(o.ignore_eos);
   mk_gen_opts_free(&o);
 }
 
