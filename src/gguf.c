@@ -231,7 +231,7 @@ static int cur_u64(cursor_t *c, uint64_t *v, const char *what) {
 
 /* u64 length + bytes; the bytes are borrowed. */
 static int cur_str(cursor_t *c, mk_gguf_str_t *s, const char *what) {
-  uint64_t len;
+  uint64_t len = 0;
   size_t at = c->pos;
   if (cur_u64(c, &len, what)) return -1;
   if (len > cur_left(c))
@@ -245,7 +245,7 @@ static int cur_str(cursor_t *c, mk_gguf_str_t *s, const char *what) {
 
 /* A key or tensor name: non-empty, no NUL bytes; returns a NUL-terminated arena copy. */
 static int cur_name(cursor_t *c, const char **out, const char *what) {
-  mk_gguf_str_t s;
+  mk_gguf_str_t s = {0};
   size_t at = c->pos;
   if (cur_str(c, &s, what)) return -1;
   if (s.len == 0) return cur_fail(c, "%s at offset %zu is empty", what, at);
@@ -326,8 +326,8 @@ static int parse_value(cursor_t *c, mk_gguf_vtype_t type, mk_gguf_value_t *out, 
  * array's level (a top-level array has depth 1). */
 static int parse_array(cursor_t *c, mk_gguf_value_t *out, int depth) {
   size_t at = c->pos;
-  uint32_t et;
-  uint64_t n;
+  uint32_t et = 0;
+  uint64_t n = 0;
   if (cur_u32(c, &et, "array element type") || cur_u64(c, &n, "array length")) return -1;
   if (!vtype_valid(et)) return cur_fail(c, "array at offset %zu has unknown element type %" PRIu32, at, et);
   const char *ename = mk_gguf_vtype_name((mk_gguf_vtype_t)et);
@@ -402,7 +402,7 @@ static int parse_kvs(mk_gguf_t *g, cursor_t *c) {
     c->ctx_name = kv->key;
     if (!name_index_put(&g->kv_index, kv->key, i)) return cur_fail(c, "duplicate key at offset %zu", at);
     size_t type_at = c->pos;
-    uint32_t type;
+    uint32_t type = 0;
     if (cur_u32(c, &type, "value type")) return -1;
     if (!vtype_valid(type)) return cur_fail(c, "unknown value type %" PRIu32 " at offset %zu", type, type_at);
     if (parse_value(c, (mk_gguf_vtype_t)type, &kv->value, 1)) return -1;
@@ -452,7 +452,7 @@ static int parse_tensor_table(mk_gguf_t *g, cursor_t *c, data_ref_t *refs) {
       return cur_fail(c, "duplicate tensor name at offset %zu", at);
 
     size_t dims_at = c->pos;
-    uint32_t n_dims;
+    uint32_t n_dims = 0;
     if (cur_u32(c, &n_dims, "n_dims")) return -1;
     if (n_dims < 1 || n_dims > MK_MAX_DIMS)
       return cur_fail(c, "n_dims %" PRIu32 " at offset %zu is outside 1..%d", n_dims, dims_at, MK_MAX_DIMS);
@@ -461,7 +461,7 @@ static int parse_tensor_table(mk_gguf_t *g, cursor_t *c, data_ref_t *refs) {
     for (int d = 0; d < MK_MAX_DIMS; d++) t->ne[d] = 1;
     for (uint32_t d = 0; d < n_dims; d++) {
       size_t ne_at = c->pos;
-      uint64_t ne;
+      uint64_t ne = 0;
       if (cur_u64(c, &ne, "dimension")) return -1;
       if (ne == 0 || ne > (uint64_t)INT64_MAX)
         return cur_fail(c, "ne[%" PRIu32 "] = %" PRIu64 " at offset %zu is %s", d, ne, ne_at,
@@ -473,7 +473,7 @@ static int parse_tensor_table(mk_gguf_t *g, cursor_t *c, data_ref_t *refs) {
     }
 
     size_t type_at = c->pos;
-    uint32_t type;
+    uint32_t type = 0;
     if (cur_u32(c, &type, "tensor type")) return -1;
     /* known = sized; whether the kernels can multiply it is the model binder's question */
     if (type >= MK_TYPE_COUNT || mk_type_block_elems((mk_type_t)type) <= 0 ||
@@ -534,7 +534,7 @@ static int parse(mk_gguf_t *g, mk_error_t *err) {
     return mk_fail(err, "%s: unsupported GGUF version %" PRIu32 " at offset 4 (supported: 2, 3)%s", g->label, v,
                    swapped >= 1 && swapped <= 3 ? "; the file looks big-endian" : "");
   }
-  uint64_t n_tensors, n_kv;
+  uint64_t n_tensors = 0, n_kv = 0;
   if (cur_u64(&c, &n_tensors, "tensor count") || cur_u64(&c, &n_kv, "key-value count")) return -1;
   size_t left = cur_left(&c);
   if (n_kv > left / MK_GGUF_MIN_KV_BYTES)
