@@ -8,6 +8,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 typedef struct mk_error {
   char msg[1024];
@@ -37,8 +38,18 @@ static inline void mk_error_prefix(mk_error_t *err, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(head, sizeof head, fmt, ap);
   va_end(ap);
-  snprintf(old, sizeof old, "%s", err->msg);
-  snprintf(err->msg, sizeof err->msg, "%s: %s", head, old);
+  memcpy(old, err->msg, sizeof old);
+  old[sizeof old - 1] = 0;
+  /* truncation is fine here: a long message keeps its head */
+  size_t h = strlen(head);
+  if (h > sizeof err->msg - 3) h = sizeof err->msg - 3;
+  memcpy(err->msg, head, h);
+  err->msg[h] = ':';
+  err->msg[h + 1] = ' ';
+  size_t rest = sizeof err->msg - h - 3, o = strlen(old);
+  if (o > rest) o = rest;
+  memcpy(err->msg + h + 2, old, o);
+  err->msg[h + 2 + o] = 0;
 }
 
 #endif
