@@ -59,7 +59,7 @@ const char *mk_fmt_bytes(uint64_t b, char *buf, size_t cap) {
 static double rate(double n, double s) { return s > 0.0 ? n / s : 0.0; }
 
 void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
-  char a[32], b[32], c[32], d[32];
+  char a[32], b[32], c[32], d[32], e[32];
   fprintf(f, "\n--- morphkv: %s (%s), backend %s/%s, %d thread%s x %d rank%s ---\n",
           s->model_name ? s->model_name : "?", s->arch ? s->arch : "?", s->backend, s->simd,
           s->threads, s->threads == 1 ? "" : "s", s->world, s->world == 1 ? "" : "s");
@@ -85,7 +85,7 @@ void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
       fprintf(f, "rank %d:    weights %s, KV live %s, peak %s, allocated %s, policy state %s\n", r,
               mk_fmt_bytes(x->weight_bytes, a, sizeof a), mk_fmt_bytes(x->kv_live_bytes, b, sizeof b),
               mk_fmt_bytes(x->kv_peak_bytes, c, sizeof c), mk_fmt_bytes(x->kv_alloc_bytes, d, sizeof d),
-              mk_fmt_bytes(x->policy_state_bytes, a, sizeof a));
+              mk_fmt_bytes(x->policy_state_bytes, e, sizeof e));
     }
   }
 }

@@ -92,7 +92,8 @@ def run_llamacpp(llm, ids, gen_tokens):
     llm.eval(ids)
     toks = []
     for i in range(gen_tokens):
-        logits = llm.scores[llm.n_tokens - 1]
+        # the last evaluated token's logits (llm.scores is only filled with logits_all=True)
+        logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
         tok = int(np.argmax(logits))
         toks.append(tok)
         if i + 1 < gen_tokens:  # the last token needs no forward pass (as in morphkv)
