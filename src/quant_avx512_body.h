@@ -23,47 +23,50 @@
   _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (s)), _mm512_set1_epi16(1)))
 #endif
 
-static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
-    mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t cols, const char *act, size_t stride,
-    const int T, float *y, int64_t ys) {
+/* One group of nblk (<= 8) blocks starting at block b0, for R rows x T tokens (R*T <= 4);
+ * accumulators are indexed [r*T + t]. */
+static inline __attribute__((always_inline)) void MK_SFX(group8)(
+    mk_type_t ty, size_t bbytes, const uint8_t *const *rows, const int R, int64_t b0,
+    const int nblk, const int T, const mk_xq_view_t *x, __m512 (*acc)[2], __m512 *macc) {
   const bool q8 = ty == MK_TYPE_Q8_0, q5 = ty == MK_TYPE_Q5_0 || ty == MK_TYPE_Q5_1;
   const bool has_min = ty == MK_TYPE_Q4_1 || ty == MK_TYPE_Q5_1;
   const size_t qoff = ty == MK_TYPE_Q4_0 ? 2 : ty == MK_TYPE_Q4_1 ? 4 : ty == MK_TYPE_Q5_0 ? 6 : 8;
   const size_t hoff = ty == MK_TYPE_Q5_0 ? 2 : 4;
-  int64_t nb = cols / 32;
-  mk_xq_view_t x[MK_512_TT];
-  __m512 acc[MK_512_TT][2], macc[MK_512_TT];
-  for (int t = 0; t < T; t++) {
-    x[t] = mk_xq_view(act + (size_t)t * stride, cols);
-    acc[t][0] = acc[t][1] = macc[t] = _mm512_setzero_ps();
-  }
   const __m512i m0f = _mm512_set1_epi8(0x0F);
   const __m512i il = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   /* scale lanes: quads (4 int32 lanes per block) and pairs (8 lanes per block) */
   const __m512i qidx0 = _mm512_set_epi32(6, 6, 6, 6, 4, 4, 4, 4, 2, 2, 2, 2, 0, 0, 0, 0);
   const __m512i qidx1 = _mm512_add_epi32(qidx0, _mm512_set1_epi32(8));
   const __m512i pidx0 = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-  for (int64_t b0 = 0; b0 < nb; b0 += 8) {
-    int nblk = nb - b0 < 8 ? (int)(nb - b0) : 8;
+  const __mmask8 kb = (__mmask8)((1u << nblk) - 1);
+  __m512 dxs[MK_512_TT];
+  for (int t = 0; t < T; t++)
+    dxs[t] = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].d + b0)), il,
+                                    _mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].s + b0)));
+  for (int r = 0; r < R; r++) {
     const uint8_t *pb[8];
-    for (int j = 0; j < 8; j++) pb[j] = row + (size_t)(b0 + (j < nblk ? j : 0)) * bbytes;
-    /* fp16 scale words of the 8 blocks -> [d0 c0 .. d7 c7] */
+    for (int j = 0; j < 8; j++) pb[j] = rows[r] + (size_t)(b0 + (j < nblk ? j : 0)) * bbytes;
+    /* fp16 scale words of the 8 blocks -> [d0 c0 .. d7 c7]; absent blocks: scale 0 */
     __m256i w32 = _mm256_setzero_si256();
-    for (int j = 0; j < 8; j++) w32 = _mm256_mask_set1_epi32(w32, (__mmask8)(1u << j), (int)ld_u32(pb[j]));
+    for (int j = 0; j < 8; j++)
+      if (j < nblk) w32 = _mm256_mask_set1_epi32(w32, (__mmask8)(1u << j), (int)ld_u32(pb[j]));
     __m512 dm = _mm512_cvtph_ps(w32);
     if (!has_min) dm = _mm512_moveldup_ps(dm); /* [d0 d0 d1 d1 ..] */
-    const __mmask8 kb = (__mmask8)((1u << nblk) - 1);
-
+    __m512 prod[MK_512_TT];
+    for (int t = 0; t < T; t++) {
+      prod[t] = _mm512_mul_ps(dm, dxs[t]);
+      if (!q8 || MK_VNNI) macc[r * T + t] = _mm512_add_ps(macc[r * T + t], prod[t]);
+    }
     if (!q8) {
-      __m512i lo[2], hi[2];
-      for (int qd = 0; qd < 2; qd++) { /* (absent blocks read clamped, valid addresses) */
+      for (int qd = 0; qd < 2; qd++) {
+        if (4 * qd >= nblk) break;
         const uint8_t *const *p = pb + 4 * qd;
         __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + qoff)));
         v = _mm512_mask_broadcast_i32x4(v, 0x00F0, _mm_loadu_si128((const __m128i *)(p[1] + qoff)));
         v = _mm512_mask_broadcast_i32x4(v, 0x0F00, _mm_loadu_si128((const __m128i *)(p[2] + qoff)));
         v = _mm512_mask_broadcast_i32x4(v, 0xF000, _mm_loadu_si128((const __m128i *)(p[3] + qoff)));
-        lo[qd] = _mm512_and_si512(v, m0f);
-        hi[qd] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
+        __m512i lo = _mm512_and_si512(v, m0f);
+        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m0f);
         if (q5) { /* 5th bits: qh bit i (i < 16) -> lo byte 16j+i, bit 16+i -> hi byte 16j+i */
           uint64_t ml = 0, mh = 0;
           for (int j = 0; j < 4; j++) {
@@ -72,78 +75,106 @@ static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
             mh |= (h >> 16) << (16 * j);
           }
           const __m512i b10 = _mm512_set1_epi8(0x10);
-          lo[qd] = _mm512_mask_add_epi8(lo[qd], (__mmask64)ml, lo[qd], b10);
-          hi[qd] = _mm512_mask_add_epi8(hi[qd], (__mmask64)mh, hi[qd], b10);
+          lo = _mm512_mask_add_epi8(lo, (__mmask64)ml, lo, b10);
+          hi = _mm512_mask_add_epi8(hi, (__mmask64)mh, hi, b10);
         }
-      }
-      for (int t = 0; t < T; t++) {
-        __m512 dxs = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].d + b0)), il,
-                                            _mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].s + b0)));
-        __m512 prod = _mm512_mul_ps(dm, dxs);
-        macc[t] = _mm512_add_ps(macc[t], prod);
-        const int8_t *xq = x[t].qs + 32 * b0;
-        for (int qd = 0; qd < 2; qd++) {
-          if (4 * qd >= nblk) break;
-          __m512i isum = MK_DOT_ACC(_mm512_setzero_si512(), lo[qd], _mm512_loadu_si512(xq + 128 * qd));
-          isum = MK_DOT_ACC(isum, hi[qd], _mm512_loadu_si512(xq + 128 * qd + 64));
-          __m512 sc = _mm512_permutexvar_ps(qd ? qidx1 : qidx0, prod);
-          acc[t][qd] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[t][qd]);
+        for (int t = 0; t < T; t++) {
+          const int8_t *xq = x[t].qs + 32 * b0 + 128 * qd;
+          __m512i isum = MK_DOT_ACC(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
+          isum = MK_DOT_ACC(isum, hi, _mm512_loadu_si512(xq + 64));
+          __m512 sc = _mm512_permutexvar_ps(qd ? qidx1 : qidx0, prod[t]);
+          acc[r * T + t][qd] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[r * T + t][qd]);
         }
       }
     } else {
-      __m512i wq[4];
-      __mmask64 neg[4];
       for (int pr = 0; pr < 4; pr++) {
+        if (2 * pr >= nblk) break;
         __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(pb[2 * pr] + 2)));
         v = _mm512_inserti64x4(v, _mm256_loadu_si256((const __m256i *)(pb[2 * pr + 1] + 2)), 1);
 #if MK_VNNI
-        wq[pr] = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); /* w + 128 */
-        neg[pr] = 0;
+        __m512i wq = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)); /* w + 128 */
 #else
-        neg[pr] = _mm512_movepi8_mask(v);
-        wq[pr] = _mm512_abs_epi8(v);
+        __mmask64 neg = _mm512_movepi8_mask(v);
+        __m512i wq = _mm512_abs_epi8(v);
 #endif
-      }
-      for (int t = 0; t < T; t++) {
-        __m512 dxs = _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].d + b0)), il,
-                                            _mm512_castps256_ps512(_mm256_maskz_loadu_ps(kb, x[t].s + b0)));
-        __m512 prod = _mm512_mul_ps(dm, dxs);
-        if (MK_VNNI) macc[t] = _mm512_add_ps(macc[t], prod);
-        const int8_t *xq = x[t].qs + 32 * b0;
-        for (int pr = 0; pr < 4; pr++) {
-          if (2 * pr >= nblk) break;
-          __m512i xv = _mm512_loadu_si512(xq + 64 * pr);
-          if (!MK_VNNI) xv = _mm512_mask_sub_epi8(xv, neg[pr], _mm512_setzero_si512(), xv);
-          __m512i isum = MK_DOT_ACC(_mm512_setzero_si512(), wq[pr], xv);
-          __m512 sc = _mm512_permutexvar_ps(_mm512_add_epi32(pidx0, _mm512_set1_epi32(4 * pr)), prod);
-          acc[t][pr & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[t][pr & 1]);
+        __m512i sidx = _mm512_add_epi32(pidx0, _mm512_set1_epi32(4 * pr));
+        for (int t = 0; t < T; t++) {
+          __m512i xv = _mm512_loadu_si512(x[t].qs + 32 * b0 + 64 * pr);
+#if !MK_VNNI
+          xv = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv);
+#endif
+          __m512i isum = MK_DOT_ACC(_mm512_setzero_si512(), wq, xv);
+          __m512 sc = _mm512_permutexvar_ps(sidx, prod[t]);
+          acc[r * T + t][pr & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[r * T + t][pr & 1]);
         }
       }
     }
   }
+}
+
+/* y[t*ys + r] = dot(row r, token t) for r < R, t < T (R*T <= 4). */
+static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
+    mk_type_t ty, size_t bbytes, const uint8_t *const *rows, const int R, int64_t cols,
+    const char *act, size_t stride, const int T, float *y, int64_t ys) {
+  int64_t nb = cols / 32;
+  mk_xq_view_t x[MK_512_TT];
+  __m512 acc[4][2], macc[4];
+  for (int t = 0; t < T; t++) x[t] = mk_xq_view(act + (size_t)t * stride, cols);
+  for (int i = 0; i < R * T; i++) acc[i][0] = acc[i][1] = macc[i] = _mm512_setzero_ps();
+  int64_t b0 = 0;
+  for (; b0 + 8 <= nb; b0 += 8) MK_SFX(group8)(ty, bbytes, rows, R, b0, 8, T, x, acc, macc);
+  if (b0 < nb) MK_SFX(group8)(ty, bbytes, rows, R, b0, (int)(nb - b0), T, x, acc, macc);
   const float kmin = ty == MK_TYPE_Q4_0 ? -8.0f
                      : ty == MK_TYPE_Q5_0 ? -16.0f
                      : ty == MK_TYPE_Q8_0 ? (MK_VNNI ? -128.0f : 0.0f)
                                           : 1.0f;
-  for (int t = 0; t < T; t++)
-    y[t * ys] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1])) +
-                kmin * _mm512_mask_reduce_add_ps(0xAAAA, macc[t]);
+  __m512 v[4];
+  for (int i = 0; i < R * T; i++) { /* odd lanes of macc carry the min/offset part */
+    v[i] = _mm512_add_ps(acc[i][0], acc[i][1]);
+    v[i] = _mm512_mask3_fmadd_ps(macc[i], _mm512_set1_ps(kmin), v[i], 0xAAAA);
+  }
+  if (R == 4 && T == 1) { /* four horizontal sums at once: transpose-add */
+    __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
+    __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
+    __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    _mm_storeu_ps(y, q); /* rows are consecutive outputs */
+    return;
+  }
+  for (int r = 0; r < R; r++)
+    for (int t = 0; t < T; t++) y[t * ys + r] = _mm512_reduce_add_ps(v[r * T + t]);
 }
 #undef MK_DOT_ACC
 
+/* Decode (one token): 4 rows per call. Prefill: one row x up to MK_512_TT tokens per call. */
 #define MK_512_ROWS(name, TY, BT)                                                              \
   static void MK_SFX(name)(MK_ROWS_PARAMS) {                                                   \
     int64_t cols = w->cols;                                                                    \
+    const uint8_t *base = (const uint8_t *)w->data;                                            \
+    if (n_tok == 1) {                                                                          \
+      int64_t r = r0;                                                                          \
+      for (; r + 4 <= r1; r += 4) {                                                            \
+        const uint8_t *rw[4] = {base + (size_t)r * w->row_bytes, base + (size_t)(r + 1) * w->row_bytes, \
+                                base + (size_t)(r + 2) * w->row_bytes, base + (size_t)(r + 3) * w->row_bytes}; \
+        MK_SFX(micro_g8)(TY, sizeof(BT), rw, 4, cols, act, act_stride, 1, y + r, y_stride);   \
+      }                                                                                        \
+      for (; r < r1; r++) {                                                                    \
+        const uint8_t *rw[1] = {base + (size_t)r * w->row_bytes};                              \
+        MK_SFX(micro_g8)(TY, sizeof(BT), rw, 1, cols, act, act_stride, 1, y + r, y_stride);   \
+      }                                                                                        \
+      return;                                                                                  \
+    }                                                                                          \
     for (int64_t r = r0; r < r1; r++) {                                                        \
-      const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;                \
+      const uint8_t *rw[1] = {base + (size_t)r * w->row_bytes};                                \
       for (int64_t t0 = 0; t0 < n_tok; t0 += MK_512_TT) {                                      \
         const char *a = (const char *)act + (size_t)t0 * act_stride;                           \
         float *yt = y + t0 * y_stride + r;                                                     \
         switch (n_tok - t0 < MK_512_TT ? n_tok - t0 : MK_512_TT) {                             \
-          case 1: MK_SFX(micro_g8)(TY, sizeof(BT), row, cols, a, act_stride, 1, yt, y_stride); break; \
-          case 2: MK_SFX(micro_g8)(TY, sizeof(BT), row, cols, a, act_stride, 2, yt, y_stride); break; \
-          case 3: MK_SFX(micro_g8)(TY, sizeof(BT), row, cols, a, act_stride, 3, yt, y_stride); break; \
-          default: MK_SFX(micro_g8)(TY, sizeof(BT), row, cols, a, act_stride, 4, yt, y_stride); break; \
+          case 1: MK_SFX(micro_g8)(TY, sizeof(BT), rw, 1, cols, a, act_stride, 1, yt, y_stride); break; \
+          case 2: MK_SFX(micro_g8)(TY, sizeof(BT), rw, 1, cols, a, act_stride, 2, yt, y_stride); break; \
+          case 3: MK_SFX(micro_g8)(TY, sizeof(BT), rw, 1, cols, a, act_stride, 3, yt, y_stride); break; \
+          default: MK_SFX(micro_g8)(TY, sizeof(BT), rw, 1, cols, a, act_stride, 4, yt, y_stride); break; \
         }                                                                                      \
       }                                                                                        \
     }                                                                                          \

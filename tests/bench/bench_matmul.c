@@ -79,6 +79,8 @@ int main(void) {
     bench(k, ln, MK_TYPE_Q4_1, 576, 1536, 1, 1);
     bench(k, ln, MK_TYPE_Q4_1, 1536, 576, 1, 1);
     if (scalar) continue;
+    bench(k, ln, MK_TYPE_Q4_1, 576, 576, 1, 1);
+    bench(k, ln, MK_TYPE_Q4_1, 192, 576, 1, 1);
     bench(k, ln, MK_TYPE_Q4_1, 576, 1536, 1, 30);
     bench(k, ln, MK_TYPE_Q4_1, 1536, 576, 1, 30);
     bench(k, ln, MK_TYPE_Q8_0, 49152, 576, 1, 1);
