@@ -202,7 +202,7 @@ void mk_matmul(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, in
   int64_t rows = w->rows, cols = w->cols;
   if (n_tok <= 0 || rows <= 0) return;
   mk_rows_fn fn = ((int)w->type >= 0 && (int)w->type < MK_TYPE_COUNT) ? im->rows[w->type] : NULL;
-  if (!fn || cols <= 0) { /* unsupported type: make the misuse visible */
+  if (!fn || cols <= 0 || cols % mk_type_block_elems(w->type) != 0) { /* misuse: make it visible */
     for (int64_t i = 0; i < n_tok * rows; i++) y[i] = NAN;
     return;
   }

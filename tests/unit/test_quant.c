@@ -520,9 +520,9 @@ static void test_matmul_threads(void **state) {
   const mk_cpu_kernels_t *k = mk_cpu_kernels_get(mk_simd_best());
   uint64_t s = 99;
   const mk_type_t types[] = {MK_TYPE_Q4_1, MK_TYPE_Q8_0, MK_TYPE_Q6_K};
-  for (size_t ti = 0; ti < 3; ti++) {
-    mk_type_t t = types[ti];
-    int64_t rows = 203, cols = 512, n_tok = 9;
+  for (size_t ti = 0; ti < 6; ti++) {
+    mk_type_t t = types[ti % 3];
+    int64_t rows = 203, cols = 512, n_tok = ti < 3 ? 9 : 1; /* prefill and decode paths */
     size_t rb = mk_type_row_bytes(t, cols);
     uint8_t *wd = malloc(rb * rows);
     for (int64_t r = 0; r < rows; r++) rand_row(t, cols, wd + r * rb, &s);
@@ -540,6 +540,21 @@ static void test_matmul_threads(void **state) {
     assert_memory_equal(y1, y3, 4 * n_tok * rows);
     free(wd), free(x), free(y1), free(y3), free(scratch);
   }
+}
+
+/* Unsupported types and rows that are not whole blocks give NaN, not garbage or a crash. */
+static void test_matmul_misuse(void **state) {
+  (void)state;
+  const mk_cpu_kernels_t *k = mk_cpu_kernels_get(mk_simd_best());
+  uint8_t wd[64 * 40] = {0};
+  float x[2 * 80] = {0}, y[2 * 3];
+  mk_qmat_t w = {MK_TYPE_Q8_K, wd, 3, 256, 292};
+  mk_matmul(k, &w, x, 2, y, NULL);
+  for (int i = 0; i < 6; i++) assert_true(isnan(y[i]));
+  mk_qmat_t w2 = {MK_TYPE_Q4_1, wd, 3, 80, 60};
+  char scratch[4096];
+  mk_matmul(k, &w2, x, 2, y, scratch);
+  for (int i = 0; i < 6; i++) assert_true(isnan(y[i]));
 }
 
 /* ---- vector kernels ---------------------------------------------------------------------- */
@@ -608,6 +623,7 @@ int main(void) {
       cmocka_unit_test(test_f16_vs_hardware),   cmocka_unit_test(test_bf16),
       cmocka_unit_test(test_golden_dequant),    cmocka_unit_test(test_simd_dequant_random),
       cmocka_unit_test(test_matmul_all_levels), cmocka_unit_test(test_matmul_threads),
+      cmocka_unit_test(test_matmul_misuse),
       cmocka_unit_test(test_dot_axpy),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
