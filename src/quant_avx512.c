@@ -1,7 +1,7 @@
 /* AVX-512 (F+BW+VL+DQ) kernels; compiled with those flags, used only when CPUID says so.
  *
- * Specialised here: activation quantization, the 32-element block types (two blocks per zmm,
- * see quant_avx512_body.h), the fp32/fp16 vector kernels. The K types and the float-weight
+ * Specialised here: activation quantization (both XQ layouts), the 32-element block types
+ * (groups of 8 blocks, see quant_avx512_body.h), the fp32/fp16 vector kernels. The K types and the float-weight
  * matmuls reuse the AVX2 row kernels (every AVX-512 CPU has AVX2). Two tables come out of this
  * file: mk_kernels_avx512 (maddubs+madd) and mk_kernels_avx512_vnni (vpdpbusd, compiled for
  * avx512vnni and chosen only when CPUID reports it). */

@@ -24,6 +24,18 @@
 
 #include <stdint.h>
 
+/* The header is also compiled as C++ / CUDA (the GPU kernels read the same blocks). */
+#ifdef __cplusplus
+#define MK_STATIC_ASSERT static_assert
+#else
+#define MK_STATIC_ASSERT _Static_assert
+#endif
+#ifdef __CUDACC__
+#define MK_HD __host__ __device__
+#else
+#define MK_HD
+#endif
+
 #define MK_QK 32   /* elements per block of the simple types */
 #define MK_QK_K 256 /* elements per super-block of the K types */
 #define MK_K_SCALE_SIZE 12
@@ -34,33 +46,33 @@ typedef struct {
   mk_half_t d;
   uint8_t qs[MK_QK / 2];
 } mk_block_q4_0;
-_Static_assert(sizeof(mk_block_q4_0) == 18, "q4_0 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q4_0) == 18, "q4_0 block size");
 
 typedef struct {
   mk_half_t d, m;
   uint8_t qs[MK_QK / 2];
 } mk_block_q4_1;
-_Static_assert(sizeof(mk_block_q4_1) == 20, "q4_1 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q4_1) == 20, "q4_1 block size");
 
 typedef struct {
   mk_half_t d;
   uint8_t qh[4];
   uint8_t qs[MK_QK / 2];
 } mk_block_q5_0;
-_Static_assert(sizeof(mk_block_q5_0) == 22, "q5_0 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q5_0) == 22, "q5_0 block size");
 
 typedef struct {
   mk_half_t d, m;
   uint8_t qh[4];
   uint8_t qs[MK_QK / 2];
 } mk_block_q5_1;
-_Static_assert(sizeof(mk_block_q5_1) == 24, "q5_1 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q5_1) == 24, "q5_1 block size");
 
 typedef struct {
   mk_half_t d;
   int8_t qs[MK_QK];
 } mk_block_q8_0;
-_Static_assert(sizeof(mk_block_q8_0) == 34, "q8_0 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q8_0) == 34, "q8_0 block size");
 
 /* Current GGML layout (two halves: d and s = d*sum(qs)). Older files used two floats (40 bytes);
  * Q8_1 is an intermediate type that GGUF files do not carry in practice. */
@@ -68,14 +80,14 @@ typedef struct {
   mk_half_t d, s;
   int8_t qs[MK_QK];
 } mk_block_q8_1;
-_Static_assert(sizeof(mk_block_q8_1) == 36, "q8_1 block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q8_1) == 36, "q8_1 block size");
 
 typedef struct {
   uint8_t scales[MK_QK_K / 16]; /* lo 4 bits scale, hi 4 bits min */
   uint8_t qs[MK_QK_K / 4];
   mk_half_t d, dmin;
 } mk_block_q2_k;
-_Static_assert(sizeof(mk_block_q2_k) == 84, "q2_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q2_k) == 84, "q2_K block size");
 
 typedef struct {
   uint8_t hmask[MK_QK_K / 8];
@@ -83,14 +95,14 @@ typedef struct {
   uint8_t scales[12];
   mk_half_t d;
 } mk_block_q3_k;
-_Static_assert(sizeof(mk_block_q3_k) == 110, "q3_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q3_k) == 110, "q3_K block size");
 
 typedef struct {
   mk_half_t d, dmin;
   uint8_t scales[MK_K_SCALE_SIZE];
   uint8_t qs[MK_QK_K / 2];
 } mk_block_q4_k;
-_Static_assert(sizeof(mk_block_q4_k) == 144, "q4_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q4_k) == 144, "q4_K block size");
 
 typedef struct {
   mk_half_t d, dmin;
@@ -98,7 +110,7 @@ typedef struct {
   uint8_t qh[MK_QK_K / 8];
   uint8_t qs[MK_QK_K / 2];
 } mk_block_q5_k;
-_Static_assert(sizeof(mk_block_q5_k) == 176, "q5_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q5_k) == 176, "q5_K block size");
 
 typedef struct {
   uint8_t ql[MK_QK_K / 2];
@@ -106,19 +118,19 @@ typedef struct {
   int8_t scales[MK_QK_K / 16];
   mk_half_t d;
 } mk_block_q6_k;
-_Static_assert(sizeof(mk_block_q6_k) == 210, "q6_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q6_k) == 210, "q6_K block size");
 
 typedef struct {
   float d;
   int8_t qs[MK_QK_K];
   int16_t bsums[MK_QK_K / 16];
 } mk_block_q8_k;
-_Static_assert(sizeof(mk_block_q8_k) == 292, "q8_K block size");
+MK_STATIC_ASSERT(sizeof(mk_block_q8_k) == 292, "q8_K block size");
 
 /* Q4_K/Q5_K: 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
  * Bytes 0-3: scales 0-3 in bits 0-5, bits 6-7 are bits 4-5 of scales 4-7; bytes 4-7: the same
  * for mins; bytes 8-11: lo nibble = bits 0-3 of scale 4+i, hi nibble = bits 0-3 of min 4+i. */
-static inline void mk_q4k_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
+static inline MK_HD void mk_q4k_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *m) {
   if (j < 4) {
     *sc = s[j] & 63;
     *m = s[j + 4] & 63;
@@ -130,7 +142,7 @@ static inline void mk_q4k_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_
 
 /* Q3_K: signed scale of sub-block j (0..15) from the 12 packed bytes: lo 4 bits in byte j (j<8,
  * lo nibble) or byte j-8 (hi nibble); hi 2 bits at bits 2*(j/4) of byte 8 + j%4; minus 32. */
-static inline int mk_q3k_scale(const uint8_t *s, int j) {
+static inline MK_HD int mk_q3k_scale(const uint8_t *s, int j) {
   int lo = j < 8 ? (s[j] & 0x0F) : (s[j - 8] >> 4);
   int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
   return (lo | (hi << 4)) - 32;
