@@ -133,13 +133,19 @@ static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
     v[i] = _mm512_add_ps(acc[i][0], acc[i][1]);
     v[i] = _mm512_mask3_fmadd_ps(macc[i], _mm512_set1_ps(kmin), v[i], 0xAAAA);
   }
-  if (R == 4 && T == 1) { /* four horizontal sums at once: transpose-add */
+  if (R * T == 4) { /* four horizontal sums at once: transpose-add */
     __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(v[0], v[1]), _mm512_unpackhi_ps(v[0], v[1]));
     __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(v[2], v[3]), _mm512_unpackhi_ps(v[2], v[3]));
     __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, 0x44), _mm512_shuffle_ps(s01, s23, 0xEE));
     __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    _mm_storeu_ps(y, q); /* rows are consecutive outputs */
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)); /* [v0..v3] */
+    if (T == 1) {
+      _mm_storeu_ps(y, q); /* four consecutive rows */
+    } else {
+      float out[4];
+      _mm_storeu_ps(out, q);
+      for (int i = 0; i < 4; i++) y[(i % T) * ys + i / T] = out[i];
+    }
     return;
   }
   for (int r = 0; r < R; r++)
