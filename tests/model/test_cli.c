@@ -331,7 +331,7 @@ static void test_kv_bytes_series(void **state) {
   if (!mk_kv_policy_get(MK_KV_MORPHKV)) skip();
   const char *js = "/tmp/mk_cli_series.json";
   run_result_t r = RUN("generate", "--model", model(), "--prompt", PROMPT, "--temperature", "0",
-                       "--max-new-tokens", "96", "--stats-json", js, "--stats-every", "8",
+                       "--max-new-tokens", "80", "--stats-json", js, "--stats-every", "8",
                        "--kv-policy", "morphkv", "--kv-window", "8", "--kv-capacity", "32",
                        "--repeat-penalty", "1.3", "--quiet");
   expect(&r, 0, NULL, NULL);
@@ -347,7 +347,7 @@ static void test_kv_bytes_series(void **state) {
     if (b != steady) fail_msg("morphkv: KV bytes %lld at %lld tokens, %lld before", (long long)b, (long long)n, (long long)steady);
     n_steady++;
   }
-  if (json_integer_value(json_object_get(j, "generated_tokens")) >= 90) assert_true(n_steady >= 5);
+  if (json_integer_value(json_object_get(j, "generated_tokens")) >= 72) assert_true(n_steady >= 4);
   json_decref(j);
   run_free(&r);
 
