@@ -289,13 +289,7 @@ void mk_engine_reset_seq(mk_engine_t *e, int seq) {
 }
 
 static int comm_allreduce(mk_engine_t *e, float *buf, size_t n, bool score, mk_error_t *err) {
-  mk_comm_t *c = e->ctx->comm;
-  if (c->ops->allreduce_sum_f32(c, buf, n, err) != 0) return -1;
-  if (score)
-    c->bytes_score += n * sizeof(float);
-  else
-    c->bytes_model += n * sizeof(float);
-  return 0;
+  return mk_comm_allreduce_sum_f32(e->ctx->comm, score ? MK_COMM_SCORE : MK_COMM_MODEL, buf, n, err);
 }
 
 /* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host). */
@@ -383,8 +377,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   for (int i = 0; i < n_out; i++) {
     memcpy(stage, e->logits_host + (size_t)i * vl, sizeof(float) * (size_t)vl);
     for (int j = vl; j < vm; j++) stage[j] = 0.0f;
-    if (cm->ops->allgather(cm, stage, gathered, sizeof(float) * (size_t)vm, err) != 0) return -1;
-    cm->bytes_other += (uint64_t)tp * vm * sizeof(float);
+    if (mk_comm_allgather(cm, MK_COMM_MODEL, stage, gathered, sizeof(float) * (size_t)vm, err) != 0) return -1;
     for (int r = 0; r < tp; r++)
       memcpy(logits + (size_t)i * V + e->vocab_begin_r[r], gathered + (size_t)r * vm,
              sizeof(float) * (size_t)e->vocab_len_r[r]);
