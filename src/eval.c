@@ -1,20 +1,1060 @@
-/* Placeholder until the fidelity harness lands (helper 'kv' replaces this file). */
+/* `morphkv eval`: the fidelity harness. How much does a cache policy change what the model says?
+ *
+ * For each prompt, a reference engine with the full cache generates greedily; every policy under
+ * test (one engine per policy and budget, all on the same memory-mapped weights) is fed exactly
+ * the reference's tokens (teacher forcing). The engines run in lockstep, one token at a time, so
+ * the reference's step-t logits are compared at once with each policy's step-t logits and no
+ * (positions x vocabulary) logits are ever stored. Generating first and replaying afterwards
+ * would give the same numbers: the policy engines only ever see the reference's tokens.
+ *
+ * Per position t (t = 0 is the distribution after the prompt, which predicts generated token 0):
+ *   kl      = KL(full || policy) = sum_i p_i (log p_i - log q_i), log-softmax in fp64
+ *   agree   = the policy's greedy choice equals the reference token
+ *   loglik  = log q(reference token)
+ *   kv      = the policy's live K/V bytes at that point (after its eviction)
+ * The reference never picks an end-of-generation token (their logits are skipped by the argmax;
+ * HF's min_new_tokens does the same), so every prompt yields exactly N tokens of the assistant's
+ * turn; --stop-at-eos ends a prompt at its first end-of-generation token instead. The KL still
+ * covers the whole vocabulary. KL of nearly equal distributions can come out a few ulps below 0
+ * in floating point; such values are written as 0.
+ *
+ * Budgets: --capacity gives C in tokens; --budget-frac f gives C = round(f x (prompt + N)), the
+ * fraction of the full cache at the end of the prompt. `full` in --policies runs a second
+ * full-cache engine: its KL must be exactly 0 (a determinism check of the whole setup).
+ *
+ * Collective: every rank of ctx parses the same arguments, reads the same prompt file and runs the
+ * same steps (the engine gives every rank the full logits); rank 0 alone writes files and
+ * progress. A failure where all ranks stand at the same point ends with mk_ctx_agree; a failure
+ * inside a step aborts the run (mk_ctx_abort), as in `generate`. */
+#define _POSIX_C_SOURCE 200809L
 #include "src/eval.h"
 
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <spawn.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "src/config.h"
+#include "src/engine.h"
+#include "src/tokenizer.h"
+
+extern char **environ;
+
+enum { EV_OK = 0, EV_FAIL = 1, EV_USAGE = 2 };
+#define EV_MAX_BUDGETS 16
+
+/* ---- options -------------------------------------------------------------------------------- */
+
+typedef struct eval_opts {
+  mk_gen_opts_t g; /* model, threads, chat template, system, kv-* settings, backend, simd, tp */
+  char *prompts, *out, *plot_script;
+  int new_tokens, n_prompts, min_words, skip;
+  mk_kv_policy_kind_t pol[MK_KV_POLICY_COUNT];
+  int n_pol;
+  int caps[EV_MAX_BUDGETS];
+  int n_caps;
+  double fracs[EV_MAX_BUDGETS];
+  int n_fracs;
+  bool chat, stop_at_eos, plot, quiet;
+} eval_opts_t;
+
+static void usage_eval(FILE *f) {
+  fprintf(f,
+          "usage: morphkv eval --model M --prompts FILE.jsonl --new-tokens N\n"
+          "                    --policies full,morphkv,streaming,h2o,snapkv\n"
+          "                    (--capacity C1,C2,... | --budget-frac F1,F2,...) --out DIR [options]\n"
+          "\n"
+          "Fidelity harness. For each prompt, the full cache generates N tokens greedily (the\n"
+          "reference); every policy and budget replays exactly those tokens, in lockstep with the\n"
+          "reference, and is scored per position: KL(full || policy) of the next-token\n"
+          "distributions (fp64), top-1 agreement with the reference token, and the policy's\n"
+          "log-likelihood of it. Writes DIR/<prompt>_<policy>_<budget>.csv (position, kl,\n"
+          "top1_agree, loglik, kv_bytes), DIR/<prompt>_reference.txt, DIR/summary.md,\n"
+          "DIR/summary.csv, and PNG plots via tools/plot_eval.py when python3 with matplotlib\n"
+          "is available. Progress on stderr.\n"
+          "\n"
+          "options:\n"
+          "  --model PATH            GGUF model\n"
+          "  --prompts FILE          JSON lines, one object a line with a \"prompt\" string\n"
+          "                          (and optionally \"length\", the requested words)\n"
+          "  --new-tokens N          tokens generated per prompt\n"
+          "  --policies LIST         comma-separated: full,morphkv,streaming,h2o,snapkv\n"
+          "                          (full = a second full-cache engine; its KL must be 0)\n"
+          "  --capacity LIST         cache budgets C in tokens, e.g. 256,512\n"
+          "  --budget-frac LIST      budgets as fractions of prompt + N, e.g. 0.1,0.25,0.5\n"
+          "  --window W              recent window W (morphkv, h2o; snapkv's observation\n"
+          "                          window) (default 32)\n"
+          "  --out DIR               output directory (created)\n"
+          "  --n-prompts K           use the first K prompts that pass the filters (default all)\n"
+          "  --min-words N           only prompts whose \"length\" is >= N\n"
+          "  --skip K                skip the first K prompts that pass the filters\n"
+          "  --chat / --no-chat      apply the model's chat template (default on)\n"
+          "  --chat-template T       chatml|llama3|llama2 (default: detected from the model)\n"
+          "  --system TEXT           system prompt for --chat\n"
+          "  --stop-at-eos           end a prompt at the reference's first end-of-generation\n"
+          "                          token (default: the reference never picks one)\n"
+          "  --threads N             CPU threads (default: cores / ranks per node)\n"
+          "  --kv-fusion sum|max, --kv-gqa logit_sum|prob_max, --kv-sinks S,\n"
+          "  --kv-evict-after F, --kv-dtype f32|f16, --kv-h2o-mode group|per_head,\n"
+          "  --kv-snapkv-pool N, --kv-snapkv-pooling avg|max\n"
+          "                          policy settings, as in `morphkv generate` (all runs;\n"
+          "                          --kv-dtype applies to the reference too)\n"
+          "  --backend cpu|cuda, --simd auto|scalar|avx2|avx512, --tp N\n"
+          "  --plot-script PATH      plotting script (default: tools/plot_eval.py found next to\n"
+          "                          the binary's source tree, or $MORPHKV_PLOT_SCRIPT)\n"
+          "  --no-plot               do not make plots\n"
+          "  --quiet                 no progress on stderr\n");
+}
+
+/* flags of `generate` that eval accepts and passes to mk_gen_opts_set */
+static const char *const SHARED_FLAGS[] = {
+    "model",      "threads",         "chat-template",  "system",   "kv-fusion",
+    "kv-gqa",     "kv-sinks",        "kv-evict-after", "kv-dtype", "kv-h2o-mode",
+    "kv-snapkv-pool", "kv-snapkv-pooling", "backend",  "simd",     "tp",
+};
+
+static int parse_int_arg(const char *flag, const char *v, long lo, long hi, int *out,
+                         mk_error_t *err) {
+  char *end;
+  errno = 0;
+  long x = strtol(v, &end, 10);
+  if (errno || end == v || *end) return mk_fail(err, "--%s: '%s' is not an integer", flag, v);
+  if (x < lo || x > hi) return mk_fail(err, "--%s: %ld is out of range [%ld, %ld]", flag, x, lo, hi);
+  *out = (int)x;
+  return 0;
+}
+
+/* Splits a comma-separated list into at most cap items (in place on a copy). */
+static int split_list(const char *flag, const char *v, char *buf, size_t bufcap, char **items,
+                      int cap, mk_error_t *err) {
+  if (strlen(v) >= bufcap) return mk_fail(err, "--%s: list too long", flag);
+  strcpy(buf, v);
+  int n = 0;
+  char *s = buf;
+  for (;;) {
+    char *comma = strchr(s, ',');
+    if (comma) *comma = 0;
+    if (!*s) return mk_fail(err, "--%s: empty item in '%s'", flag, v);
+    if (n >= cap) return mk_fail(err, "--%s: at most %d items", flag, cap);
+    items[n++] = s;
+    if (!comma) break;
+    s = comma + 1;
+  }
+  return n;
+}
+
+static int set_str(char **dst, const char *v, mk_error_t *err) {
+  char *s = mk_expand_path(v, err);
+  if (!s) return -1;
+  free(*dst);
+  *dst = s;
+  return 0;
+}
+
+static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_t *err) {
+  char buf[1024];
+  char *items[EV_MAX_BUDGETS > MK_KV_POLICY_COUNT ? EV_MAX_BUDGETS : MK_KV_POLICY_COUNT];
+  if (!strcmp(name, "prompts")) return set_str(&o->prompts, v, err);
+  if (!strcmp(name, "out")) return set_str(&o->out, v, err);
+  if (!strcmp(name, "plot-script")) return set_str(&o->plot_script, v, err);
+  if (!strcmp(name, "new-tokens")) return parse_int_arg(name, v, 1, INT_MAX / 4, &o->new_tokens, err);
+  if (!strcmp(name, "n-prompts")) return parse_int_arg(name, v, 1, INT_MAX, &o->n_prompts, err);
+  if (!strcmp(name, "min-words")) return parse_int_arg(name, v, 0, INT_MAX, &o->min_words, err);
+  if (!strcmp(name, "skip")) return parse_int_arg(name, v, 0, INT_MAX, &o->skip, err);
+  if (!strcmp(name, "window")) return parse_int_arg(name, v, 0, INT_MAX / 4, &o->g.kv.window, err);
+  if (!strcmp(name, "policies")) {
+    int n = split_list(name, v, buf, sizeof buf, items, MK_KV_POLICY_COUNT, err);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+      mk_kv_policy_kind_t k;
+      if (mk_kv_policy_parse(items[i], &k) != 0)
+        return mk_fail(err, "--policies: unknown policy '%s' (full|morphkv|streaming|h2o|snapkv)",
+                       items[i]);
+      for (int j = 0; j < i; j++)
+        if (o->pol[j] == k) return mk_fail(err, "--policies: '%s' given twice", items[i]);
+      if (!mk_kv_policy_get(k))
+        return mk_fail(err, "--policies: %s is not available in this build", items[i]);
+      o->pol[i] = k;
+    }
+    o->n_pol = n;
+    return 0;
+  }
+  if (!strcmp(name, "capacity")) {
+    int n = split_list(name, v, buf, sizeof buf, items, EV_MAX_BUDGETS, err);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++)
+      if (parse_int_arg(name, items[i], 1, INT_MAX / 4, &o->caps[i], err) != 0) return -1;
+    o->n_caps = n;
+    return 0;
+  }
+  if (!strcmp(name, "budget-frac")) {
+    int n = split_list(name, v, buf, sizeof buf, items, EV_MAX_BUDGETS, err);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+      char *end;
+      errno = 0;
+      double f = strtod(items[i], &end);
+      if (errno || end == items[i] || *end || !isfinite(f))
+        return mk_fail(err, "--budget-frac: '%s' is not a number", items[i]);
+      if (!(f > 0.0 && f <= 1.0)) return mk_fail(err, "--budget-frac: %g is not in (0, 1]", f);
+      o->fracs[i] = f;
+    }
+    o->n_fracs = n;
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof SHARED_FLAGS / sizeof SHARED_FLAGS[0]; i++)
+    if (!strcmp(name, SHARED_FLAGS[i])) return mk_gen_opts_set(&o->g, name, v, err);
+  return mk_fail(err, "unknown flag '--%s'", name);
+}
+
+static bool is_bool_flag(const char *name) {
+  return !strcmp(name, "chat") || !strcmp(name, "no-chat") || !strcmp(name, "stop-at-eos") ||
+         !strcmp(name, "no-plot") || !strcmp(name, "quiet");
+}
+
+static void opts_free(eval_opts_t *o) {
+  mk_gen_opts_free(&o->g);
+  free(o->prompts);
+  free(o->out);
+  free(o->plot_script);
+  memset(o, 0, sizeof *o);
+}
+
+static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_error_t *err) {
+  memset(o, 0, sizeof *o);
+  mk_gen_opts_default(&o->g);
+  o->chat = true;
+  o->plot = true;
+  *help = false;
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      *help = true;
+      return 0;
+    }
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-' || a[1] != '-' || !a[2])
+      return mk_fail(err, "unexpected argument '%s' (eval takes only --flags)", a);
+    char name[64];
+    const char *eq = strchr(a + 2, '=');
+    size_t nl = eq ? (size_t)(eq - (a + 2)) : strlen(a + 2);
+    if (nl >= sizeof name) return mk_fail(err, "unknown flag '%s'", a);
+    memcpy(name, a + 2, nl);
+    name[nl] = 0;
+    if (is_bool_flag(name)) {
+      if (eq) return mk_fail(err, "--%s takes no value", name);
+      if (!strcmp(name, "chat")) o->chat = true;
+      else if (!strcmp(name, "no-chat")) o->chat = false;
+      else if (!strcmp(name, "stop-at-eos")) o->stop_at_eos = true;
+      else if (!strcmp(name, "no-plot")) o->plot = false;
+      else o->quiet = true;
+      continue;
+    }
+    const char *v;
+    if (eq) {
+      v = eq + 1;
+    } else {
+      if (i + 1 >= argc) return mk_fail(err, "--%s needs a value", name);
+      v = argv[++i];
+    }
+    if (opts_apply(o, name, v, err) != 0) return -1;
+  }
+  /* what only makes sense once everything is set */
+  if (!o->g.model) return mk_fail(err, "no model: pass --model PATH");
+  if (!o->prompts) return mk_fail(err, "no prompts: pass --prompts FILE.jsonl");
+  if (!o->out) return mk_fail(err, "no output directory: pass --out DIR");
+  if (o->new_tokens <= 0) return mk_fail(err, "pass --new-tokens N (N >= 1)");
+  if (o->n_pol == 0) return mk_fail(err, "no policies: pass --policies, e.g. morphkv,streaming");
+  if (o->g.system && !o->chat) return mk_fail(err, "--system needs --chat");
+  bool budgeted = false;
+  for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i] != MK_KV_FULL;
+  if (o->n_caps && o->n_fracs) return mk_fail(err, "--capacity and --budget-frac both given: pass one");
+  if (budgeted && !o->n_caps && !o->n_fracs)
+    return mk_fail(err, "no budgets: pass --capacity C1,C2,... or --budget-frac F1,F2,...");
+  /* settings checked by each policy (fraction budgets are checked per prompt) */
+  for (int i = 0; i < o->n_pol; i++) {
+    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->pol[i]);
+    mk_kv_config_t kv = o->g.kv;
+    kv.policy = o->pol[i];
+    int n_check = o->pol[i] == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
+    for (int b = 0; b < n_check; b++) {
+      /* fraction budgets: only the settings other than the capacity can be checked here */
+      kv.capacity = o->n_caps ? o->caps[b] : (kv.window > kv.sinks ? kv.window : kv.sinks) + 1;
+      if (ops->validate && ops->validate(&kv, err) != 0) {
+        mk_error_prefix(err, "--policies %s", mk_kv_policy_name(o->pol[i]));
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---- prompts -------------------------------------------------------------------------------- */
+
+typedef struct eval_prompt {
+  int line;    /* 0-based line in the file (names the output files) */
+  char *text;  /* the "prompt" string */
+} eval_prompt_t;
+
+static void prompts_free(eval_prompt_t *p, int n) {
+  for (int i = 0; i < n; i++) free(p[i].text);
+  free(p);
+}
+
+/* Reads the JSON-lines file; keeps prompts with length >= min_words, skips `skip`, keeps at most
+ * n_max (0 = all). */
+static int prompts_read(const eval_opts_t *o, eval_prompt_t **out, int *n_out, mk_error_t *err) {
+  *out = NULL;
+  *n_out = 0;
+  FILE *f = fopen(o->prompts, "rb");
+  if (!f) return mk_fail(err, "--prompts %s: %s", o->prompts, strerror(errno));
+  eval_prompt_t *ps = NULL;
+  int n = 0, cap = 0, passed = 0, rc = 0;
+  char *line = NULL;
+  size_t lcap = 0;
+  ssize_t len;
+  for (int ln = 0; (len = getline(&line, &lcap, f)) >= 0; ln++) {
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+    if (len == 0) continue;
+    json_error_t je;
+    json_t *obj = json_loads(line, 0, &je);
+    if (!obj || !json_is_object(obj)) {
+      rc = mk_fail(err, "--prompts %s:%d: %s", o->prompts, ln + 1, obj ? "not a JSON object" : je.text);
+      json_decref(obj);
+      break;
+    }
+    json_t *pt = json_object_get(obj, "prompt");
+    if (!json_is_string(pt)) {
+      rc = mk_fail(err, "--prompts %s:%d: no \"prompt\" string", o->prompts, ln + 1);
+      json_decref(obj);
+      break;
+    }
+    json_t *lt = json_object_get(obj, "length");
+    long words = json_is_integer(lt) ? (long)json_integer_value(lt) : -1;
+    bool keep = o->min_words <= 0 || words >= o->min_words;
+    if (keep && passed++ < o->skip) keep = false;
+    if (keep && (o->n_prompts <= 0 || n < o->n_prompts)) {
+      if (n == cap) {
+        cap = cap ? cap * 2 : 16;
+        eval_prompt_t *t = realloc(ps, sizeof *ps * (size_t)cap);
+        if (!t) {
+          rc = mk_fail(err, "out of memory");
+          json_decref(obj);
+          break;
+        }
+        ps = t;
+      }
+      ps[n].line = ln;
+      ps[n].text = strdup(json_string_value(pt));
+      if (!ps[n].text) {
+        rc = mk_fail(err, "out of memory");
+        json_decref(obj);
+        break;
+      }
+      n++;
+    }
+    json_decref(obj);
+  }
+  free(line);
+  if (rc == 0 && ferror(f)) rc = mk_fail(err, "--prompts %s: read error", o->prompts);
+  fclose(f);
+  if (rc == 0 && n == 0) rc = mk_fail(err, "--prompts %s: no prompt passes the filters", o->prompts);
+  if (rc != 0) {
+    prompts_free(ps, n);
+    return -1;
+  }
+  *out = ps;
+  *n_out = n;
+  return 0;
+}
+
+/* The prompt's token ids (malloc'd), with the chat template when o->chat. */
+static int prompt_tokenize(const eval_opts_t *o, const mk_engine_t *e, const char *prompt,
+                           int32_t **ids_out, int *n_out, mk_error_t *err) {
+  *ids_out = NULL;
+  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
+  char *text = NULL;
+  if (o->chat) {
+    mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
+    if (o->g.chat_template) {
+      if (mk_chat_parse(o->g.chat_template, &tmpl) != 0)
+        return mk_fail(err, "--chat-template %s: unknown template", o->g.chat_template);
+    } else {
+      tmpl = mk_chat_detect(mk_engine_gguf(e));
+      if (tmpl == MK_CHAT_NONE)
+        return mk_fail(err, "%s has no chat template this build recognises; pass --chat-template "
+                            "chatml|llama3|llama2 or --no-chat", o->g.model);
+    }
+    char *dflt = NULL;
+    if (!o->g.system && tmpl == MK_CHAT_CHATML) dflt = mk_chat_default_system(mk_engine_gguf(e));
+    text = mk_chat_render(tmpl, o->g.system ? o->g.system : dflt, prompt);
+    free(dflt);
+  } else {
+    text = strdup(prompt);
+  }
+  if (!text) return mk_fail(err, "out of memory rendering the prompt");
+  bool add_bos = mk_tok_add_bos(tok);
+  int32_t bos = mk_tok_bos(tok);
+  if (add_bos && bos >= 0) {
+    const char *bt = mk_tok_text(tok, bos);
+    if (bt && *bt && strncmp(text, bt, strlen(bt)) == 0) add_bos = false;
+  }
+  size_t len = strlen(text);
+  int cap = (int)(len + 8 < (size_t)INT_MAX / 2 ? len + 8 : (size_t)INT_MAX / 2);
+  int32_t *ids = malloc(sizeof *ids * (size_t)cap);
+  int n = ids ? mk_tok_encode(tok, text, len, add_bos, true, ids, cap, err) : -1;
+  if (!ids) mk_fail(err, "out of memory");
+  if (n > cap) {
+    int32_t *t = realloc(ids, sizeof *ids * (size_t)n);
+    if (t) {
+      ids = t;
+      n = mk_tok_encode(tok, text, len, add_bos, true, ids, n, err);
+    } else {
+      n = mk_fail(err, "out of memory");
+    }
+  }
+  free(text);
+  if (n <= 0) {
+    free(ids);
+    return n == 0 ? mk_fail(err, "the prompt is empty (no tokens)") : -1;
+  }
+  *ids_out = ids;
+  *n_out = n;
+  return 0;
+}
+
+/* ---- runs ----------------------------------------------------------------------------------- */
+
+/* One (policy, budget) replay: an engine, its settings for the current prompt, its figures. */
+typedef struct eval_run {
+  mk_kv_policy_kind_t policy;
+  int budget;        /* index into caps/fracs; -1: no budget (full) */
+  char label[32];    /* budget label in file names: "c256", "10pct", "all" */
+  mk_engine_t *e;
+  mk_kv_config_t kv; /* capacity set per prompt */
+  float *logits;     /* (n_vocab) */
+  FILE *csv;
+  /* this prompt */
+  double p_kl, p_agree, p_ll, p_step_s, p_prefill_s;
+  long p_n, p_steps;
+  size_t p_peak, p_state;
+  /* all prompts */
+  double kl, agree, ll, step_s, prefill_s, cap_sum;
+  long n, steps;
+  int n_prompts;
+  size_t peak, state; /* max over prompts of peak K/V bytes and policy state bytes */
+  double max_kl;
+} eval_run_t;
+
+static double now_s(void) { return MPI_Wtime(); }
+
+/* log-sum-exp of logits (fp64) */
+static double lse_f64(const float *l, int n) {
+  double m = -INFINITY;
+  for (int i = 0; i < n; i++)
+    if (l[i] > m) m = l[i];
+  double s = 0.0;
+  for (int i = 0; i < n; i++) s += exp((double)l[i] - m);
+  return m + log(s);
+}
+
+/* Greedy choice: the largest logit (ties to the lowest id), skipping masked ids (mask may be
+ * NULL). */
+static int32_t argmax_masked(const float *l, int n, const unsigned char *mask) {
+  int32_t best = -1;
+  float bv = -INFINITY;
+  for (int i = 0; i < n; i++) {
+    if (mask && mask[i]) continue;
+    if (best < 0 || l[i] > bv) {
+      best = i;
+      bv = l[i];
+    }
+  }
+  return best;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *path, mk_error_t *err) {
+  char buf[4096];
+  size_t n = strlen(path);
+  if (n == 0 || n >= sizeof buf) return mk_fail(err, "--out %s: bad path", path);
+  memcpy(buf, path, n + 1);
+  for (size_t i = 1; i <= n; i++) {
+    if (buf[i] == '/' || buf[i] == 0) {
+      char c = buf[i];
+      buf[i] = 0;
+      if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+        return mk_fail(err, "--out: cannot create %s: %s", buf, strerror(errno));
+      buf[i] = c;
+    }
+  }
+  struct stat sb;
+  if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return mk_fail(err, "--out %s: not a directory", path);
+  return 0;
+}
+
+static FILE *open_out(const char *dir, const char *name, mk_error_t *err) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  if (!f) mk_fail(err, "cannot write %s: %s", path, strerror(errno));
+  return f;
+}
+
+/* The command line, shell-quoted where needed. */
+static void print_cmdline(FILE *f, int argc, char **argv) {
+  fputs("morphkv", f);
+  for (int i = 0; i < argc; i++) {
+    const char *a = argv[i];
+    bool plain = *a != 0;
+    for (const char *c = a; *c; c++)
+      if (!(isalnum((unsigned char)*c) || strchr("-_.,/=:+@%", *c))) plain = false;
+    if (plain) {
+      fprintf(f, " %s", a);
+    } else {
+      fputs(" '", f);
+      for (const char *c = a; *c; c++) {
+        if (*c == '\'') fputs("'\\''", f);
+        else fputc(*c, f);
+      }
+      fputc('\'', f);
+    }
+  }
+}
+
+static const char *fmt_mib(size_t b, char *buf, size_t cap) {
+  snprintf(buf, cap, "%.2f MiB", (double)b / (1024.0 * 1024.0));
+  return buf;
+}
+
+/* ---- plots ---------------------------------------------------------------------------------- */
+
+static int spawn_wait(char *const argv[], bool quiet_io) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  if (quiet_io) {
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  } else {
+    posix_spawn_file_actions_adddup2(&fa, 2, 1); /* the script's output goes to stderr */
+  }
+  pid_t pid;
+  int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return -1;
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* The plotting script: --plot-script, $MORPHKV_PLOT_SCRIPT, or tools/plot_eval.py above the
+ * binary (build trees sit inside the source tree). malloc'd, or NULL. */
+static char *find_plot_script(const eval_opts_t *o) {
+  if (o->plot_script) return strdup(o->plot_script);
+  const char *env = getenv("MORPHKV_PLOT_SCRIPT");
+  if (env && *env) return strdup(env);
+  char exe[4096];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0) return NULL;
+  exe[n] = 0;
+  char *slash = strrchr(exe, '/');
+  if (!slash) return NULL;
+  *slash = 0;
+  static const char *const rel[] = {"/../tools/plot_eval.py", "/../../tools/plot_eval.py",
+                                    "/../share/morphkv/plot_eval.py", "/tools/plot_eval.py"};
+  for (size_t i = 0; i < sizeof rel / sizeof rel[0]; i++) {
+    char cand[4096 + 64];
+    snprintf(cand, sizeof cand, "%s%s", exe, rel[i]);
+    if (access(cand, R_OK) == 0) return strdup(cand);
+  }
+  return NULL;
+}
+
+/* Rank 0: makes the plots, or says why not. */
+static void make_plots(const eval_opts_t *o) {
+  char *script = find_plot_script(o);
+  if (!script) {
+    fprintf(stderr, "[eval] plots skipped: tools/plot_eval.py not found (pass --plot-script)\n");
+    return;
+  }
+  char *chk[] = {"python3", "-c", "import matplotlib", NULL};
+  if (spawn_wait(chk, true) != 0) {
+    fprintf(stderr,
+            "[eval] plots skipped: python3 with matplotlib not found (pip install matplotlib, "
+            "then run: python3 %s %s)\n", script, o->out);
+    free(script);
+    return;
+  }
+  char *args[] = {"python3", script, o->out, NULL};
+  int rc = spawn_wait(args, false);
+  if (rc != 0)
+    fprintf(stderr, "[eval] plotting failed (python3 %s %s exited with %d)\n", script, o->out, rc);
+  else if (!o->quiet)
+    fprintf(stderr, "[eval] plots written to %s\n", o->out);
+  free(script);
+}
+
+/* ---- the harness ---------------------------------------------------------------------------- */
+
+typedef struct eval_state {
+  const eval_opts_t *o;
+  mk_ctx_t *ctx;
+  bool r0;
+  mk_engine_t *ref;
+  eval_run_t *runs;
+  int n_runs, n_vocab;
+  float *ref_logits;     /* (n_vocab) */
+  double *ref_lp;        /* (n_vocab) log-softmax of the reference, fp64 */
+  double *ref_p;         /* (n_vocab) its probabilities */
+  unsigned char *eog;    /* (n_vocab) 1 for end-of-generation ids */
+  /* reference figures */
+  double ref_ll, ref_step_s, ref_prefill_s;
+  long ref_n, ref_steps;
+  size_t ref_peak;
+  FILE *summary_csv;
+} eval_state_t;
+
+static int fail_step(const eval_state_t *s, mk_error_t *err) {
+  if (s->ctx->world > 1) mk_ctx_abort(s->ctx, err->msg);
+  fprintf(stderr, "morphkv eval: %s\n", err->msg);
+  return EV_FAIL;
+}
+
+static int agree(const eval_state_t *s, int status, mk_error_t *err) {
+  if (s->ctx->world > 1) status = mk_ctx_agree(s->ctx, status, err);
+  if (status != 0 && s->r0) fprintf(stderr, "morphkv eval: %s\n", err->msg);
+  return status;
+}
+
+/* Scores one run's logits against the reference at one position. */
+static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, double *kl, int *agree_out,
+                      double *ll) {
+  const int V = s->n_vocab;
+  const float *q = r->logits;
+  double lse = lse_f64(q, V), acc = 0.0;
+  for (int i = 0; i < V; i++) acc += s->ref_p[i] * (s->ref_lp[i] - ((double)q[i] - lse));
+  *kl = acc > 0.0 ? acc : 0.0;
+  *agree_out = argmax_masked(q, V, s->o->stop_at_eos ? NULL : s->eog) == y;
+  *ll = (double)q[y] - lse;
+}
+
+/* One prompt: begin every engine, prefill, then N positions in lockstep. */
+static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_pr, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  const int V = s->n_vocab, N = o->new_tokens;
+  int32_t *ids = NULL;
+  int n_prompt = 0;
+  int status = prompt_tokenize(o, s->ref, pr->text, &ids, &n_prompt, err);
+  const int total = n_prompt + N;
+  /* budgets of this prompt */
+  for (int r = 0; status == 0 && r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    if (run->budget < 0) continue;
+    if (o->n_fracs) {
+      double f = o->fracs[run->budget];
+      run->kv.capacity = (int)lround(f * total);
+      const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
+      if (ops->validate(&run->kv, err) != 0) {
+        mk_error_prefix(err, "prompt line %d: budget %g x (%d prompt + %d new tokens) = capacity %d",
+                        pr->line, f, n_prompt, N, run->kv.capacity);
+        status = -1;
+      }
+    } else {
+      run->kv.capacity = o->caps[run->budget];
+    }
+  }
+  mk_kv_config_t ref_kv;
+  mk_kv_config_default(&ref_kv);
+  ref_kv.dtype = o->g.kv.dtype;
+  if (status == 0) status = mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err);
+  for (int r = 0; status == 0 && r < s->n_runs; r++)
+    status = mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err);
+  /* rank 0: the per-run CSV files */
+  char name[256];
+  if (status == 0 && s->r0) {
+    for (int r = 0; status == 0 && r < s->n_runs; r++) {
+      eval_run_t *run = &s->runs[r];
+      snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
+      run->csv = open_out(o->out, name, err);
+      if (!run->csv) status = -1;
+      else fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
+    }
+  }
+  if (agree(s, status, err) != 0) {
+    free(ids);
+    return EV_FAIL;
+  }
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    run->p_kl = run->p_agree = run->p_ll = run->p_step_s = run->p_prefill_s = 0.0;
+    run->p_n = run->p_steps = 0;
+  }
+  if (!o->quiet && s->r0)
+    fprintf(stderr, "[eval] prompt %d/%d (line %d): %d prompt tokens + %d new, %d runs\n", pi + 1,
+            n_pr, pr->line, n_prompt, N, s->n_runs);
+
+  /* prefill */
+  double t0 = now_s();
+  if (mk_engine_step(s->ref, 0, ids, n_prompt, false, s->ref_logits, err) != 0) return fail_step(s, err);
+  double ref_prefill = now_s() - t0;
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    t0 = now_s();
+    if (mk_engine_step(run->e, 0, ids, n_prompt, false, run->logits, err) != 0) {
+      mk_error_prefix(err, "%s/%s", mk_kv_policy_name(run->policy), run->label);
+      return fail_step(s, err);
+    }
+    run->p_prefill_s = now_s() - t0;
+  }
+  free(ids);
+  ids = NULL;
+
+  int32_t *gen = malloc(sizeof *gen * (size_t)N);
+  double *kl = malloc(sizeof *kl * (size_t)s->n_runs), *ll = malloc(sizeof *ll * (size_t)s->n_runs);
+  int *ag = malloc(sizeof *ag * (size_t)s->n_runs);
+  if (!gen || !kl || !ll || !ag) {
+    free(gen), free(kl), free(ll), free(ag);
+    mk_fail(err, "out of memory");
+    return fail_step(s, err);
+  }
+  double ref_step = 0.0, p_ref_ll = 0.0, t_start = now_s(), t_last = t_start;
+  long ref_steps = 0;
+  int n_pos = 0;
+  for (int t = 0; t < N; t++) {
+    /* the reference token and the reference distribution */
+    int32_t y = argmax_masked(s->ref_logits, V, o->stop_at_eos ? NULL : s->eog);
+    double lse = lse_f64(s->ref_logits, V);
+    for (int i = 0; i < V; i++) {
+      s->ref_lp[i] = (double)s->ref_logits[i] - lse;
+      s->ref_p[i] = exp(s->ref_lp[i]);
+    }
+    p_ref_ll += s->ref_lp[y];
+    gen[t] = y;
+    n_pos++;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &kl[r], &ag[r], &ll[r]);
+    for (int r = 0; r < s->n_runs; r++) {
+      eval_run_t *run = &s->runs[r];
+      mk_engine_stats_t es;
+      mk_engine_get_stats(run->e, &es);
+      run->p_kl += kl[r];
+      run->p_agree += ag[r];
+      run->p_ll += ll[r];
+      run->p_n++;
+      if (kl[r] > run->max_kl) run->max_kl = kl[r];
+      if (run->csv)
+        fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu\n", t, kl[r], ag[r], ll[r], es.kv_live_bytes);
+    }
+    if (o->stop_at_eos && s->eog[y]) break;
+    if (t == N - 1) break; /* the last token needs no forward pass */
+    t0 = now_s();
+    if (mk_engine_step(s->ref, 0, &y, 1, false, s->ref_logits, err) != 0) {
+      free(gen), free(kl), free(ll), free(ag);
+      return fail_step(s, err);
+    }
+    ref_step += now_s() - t0;
+    ref_steps++;
+    for (int r = 0; r < s->n_runs; r++) {
+      eval_run_t *run = &s->runs[r];
+      t0 = now_s();
+      if (mk_engine_step(run->e, 0, &y, 1, false, run->logits, err) != 0) {
+        mk_error_prefix(err, "%s/%s", mk_kv_policy_name(run->policy), run->label);
+        free(gen), free(kl), free(ll), free(ag);
+        return fail_step(s, err);
+      }
+      run->p_step_s += now_s() - t0;
+      run->p_steps++;
+    }
+    double tn = now_s();
+    if (!o->quiet && s->r0 && (tn - t_last >= 15.0 || t + 2 == N)) {
+      double el = tn - t_start;
+      fprintf(stderr, "[eval]   %d/%d positions, %.0f s, eta %.0f s; reference %.1f tok/s\n", t + 2,
+              N, el, el / (t + 2) * (N - t - 2), ref_steps / (ref_step > 0 ? ref_step : 1e-9));
+      t_last = tn;
+    }
+  }
+
+  /* this prompt's figures */
+  mk_engine_stats_t es;
+  mk_engine_get_stats(s->ref, &es);
+  s->ref_ll += p_ref_ll;
+  s->ref_n += n_pos;
+  s->ref_step_s += ref_step;
+  s->ref_steps += ref_steps;
+  s->ref_prefill_s += ref_prefill;
+  if (es.kv_peak_bytes > s->ref_peak) s->ref_peak = es.kv_peak_bytes;
+  int fail = 0;
+  if (s->r0) {
+    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f\n", pr->line,
+            n_prompt, n_pos, total, p_ref_ll / n_pos, es.kv_peak_bytes,
+            ref_steps / (ref_step > 0 ? ref_step : 1e-9));
+  }
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    mk_engine_get_stats(run->e, &es);
+    run->kl += run->p_kl;
+    run->agree += run->p_agree;
+    run->ll += run->p_ll;
+    run->n += run->p_n;
+    run->step_s += run->p_step_s;
+    run->steps += run->p_steps;
+    run->prefill_s += run->p_prefill_s;
+    run->cap_sum += run->budget < 0 ? total : run->kv.capacity;
+    run->n_prompts++;
+    if (es.kv_peak_bytes > run->peak) run->peak = es.kv_peak_bytes;
+    if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
+    if (s->r0) {
+      fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f\n", pr->line,
+              mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n,
+              run->budget < 0 ? total : run->kv.capacity, run->p_kl / run->p_n,
+              run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes,
+              es.policy_state_bytes, run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
+      if (fclose(run->csv) != 0) fail = 1;
+      run->csv = NULL;
+      if (!o->quiet)
+        fprintf(stderr, "[eval]   %-9s %-6s C=%-5d mean KL %.4f  agree %.3f  loglik %.3f\n",
+                mk_kv_policy_name(run->policy), run->label,
+                run->budget < 0 ? total : run->kv.capacity, run->p_kl / run->p_n,
+                run->p_agree / run->p_n, run->p_ll / run->p_n);
+    }
+  }
+  FILE *ref_txt = NULL;
+  if (s->r0) {
+    snprintf(name, sizeof name, "p%02d_reference.txt", pr->line);
+    ref_txt = open_out(o->out, name, err);
+  }
+  if (ref_txt) {
+    /* the reference continuation: ids, then text */
+    fprintf(ref_txt, "# prompt line %d, %d prompt tokens, %d generated tokens (greedy, full cache)\n",
+            pr->line, n_prompt, n_pos);
+    fprintf(ref_txt, "# ids:");
+    for (int t = 0; t < n_pos; t++) fprintf(ref_txt, " %d", gen[t]);
+    fprintf(ref_txt, "\n");
+    mk_tok_stream_t st = {{0}, 0};
+    char piece[512];
+    for (int t = 0; t < n_pos; t++) {
+      int nb = mk_tok_stream_push(mk_engine_tokenizer(s->ref), &st, gen[t], piece, (int)sizeof piece);
+      if (nb > 0) fwrite(piece, 1, (size_t)nb, ref_txt);
+    }
+    int nb = mk_tok_stream_flush(&st, piece, (int)sizeof piece);
+    if (nb > 0) fwrite(piece, 1, (size_t)nb, ref_txt);
+    fputc('\n', ref_txt);
+    if (fclose(ref_txt) != 0) fail = 1;
+  } else if (s->r0) {
+    fail = 1;
+  }
+  if (s->r0) fflush(s->summary_csv);
+  free(gen), free(kl), free(ll), free(ag);
+  if (agree(s, fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
+    return EV_FAIL;
+  return EV_OK;
+}
+
+static void write_summary_md(const eval_state_t *s, int argc, char **argv, const eval_prompt_t *ps,
+                             int n_ps, FILE *f) {
+  const eval_opts_t *o = s->o;
+  char b1[64], b2[64];
+  fprintf(f, "# morphkv eval summary\n\n");
+  fprintf(f, "Command:\n\n```\n");
+  print_cmdline(f, argc, argv);
+  fprintf(f, "\n```\n\n");
+  fprintf(f, "- model: `%s`\n", o->g.model);
+  fprintf(f, "- prompts: %d from `%s` (lines", n_ps, o->prompts);
+  for (int i = 0; i < n_ps; i++) fprintf(f, " %d", ps[i].line);
+  fprintf(f, "), chat template %s\n", o->chat ? "on" : "off");
+  fprintf(f, "- reference: greedy continuation with the full cache, %d new tokens per prompt, %s\n",
+          o->new_tokens,
+          o->stop_at_eos ? "ending at the first end-of-generation token"
+                         : "end-of-generation tokens never chosen");
+  fprintf(f, "- window W = %d, sinks S = %d, fusion %s, GQA rule %s, cache dtype %s\n",
+          o->g.kv.window, o->g.kv.sinks, o->g.kv.fusion == MK_KV_FUSION_SUM ? "sum" : "max",
+          o->g.kv.gqa == MK_KV_GQA_LOGIT_SUM ? "logit_sum" : "prob_max",
+          o->g.kv.dtype == MK_KV_F16 ? "f16" : "f32");
+  if (o->n_fracs)
+    fprintf(f, "- budgets: capacity = round(fraction x (prompt + %d)) per prompt\n", o->new_tokens);
+  fprintf(f, "- threads: %d, ranks: %d\n\n", o->g.threads, s->ctx->world);
+  fprintf(f, "Means over all positions of all prompts. KL = KL(full || policy) in nats; agreement = "
+             "the policy's greedy token equals the reference token; log-lik = the policy's "
+             "log-probability of the reference token (the reference's own is in the first row). "
+             "Peak KV = the largest K/V bytes held at once (max over prompts); state = the "
+             "policy's scoring state. tok/s = decode steps per second of that engine alone.\n\n");
+  fprintf(f, "| policy | budget | capacity (mean) | mean KL | max KL | top-1 agreement | mean log-lik "
+             "| peak KV | policy state | decode tok/s |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| full (reference) | - | - | 0 | 0 | 1 | %.4f | %s | 0 | %.1f |\n",
+          s->ref_n ? s->ref_ll / s->ref_n : 0.0, fmt_mib(s->ref_peak, b1, sizeof b1),
+          s->ref_steps / (s->ref_step_s > 0 ? s->ref_step_s : 1e-9));
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    double n = run->n ? (double)run->n : 1.0;
+    char budget[32];
+    if (run->budget < 0) snprintf(budget, sizeof budget, "all");
+    else if (o->n_fracs) snprintf(budget, sizeof budget, "%g%%", o->fracs[run->budget] * 100.0);
+    else snprintf(budget, sizeof budget, "C=%d", o->caps[run->budget]);
+    fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %.1f |\n",
+            mk_kv_policy_name(run->policy), budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
+            run->kl / n, run->max_kl, run->agree / n, run->ll / n, fmt_mib(run->peak, b1, sizeof b1),
+            fmt_mib(run->state, b2, sizeof b2),
+            run->steps / (run->step_s > 0 ? run->step_s : 1e-9));
+  }
+  fprintf(f, "\nPer prompt: `summary.csv`. Per position: `p<line>_<policy>_<budget>.csv`. "
+             "Reference texts: `p<line>_reference.txt`.\n");
+}
 
 int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
+  const bool r0 = ctx->rank == 0;
+  mk_error_t err = {{0}};
+  eval_opts_t o;
   bool help = false;
-  for (int i = 1; i < argc; i++)
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) help = true;
-  if (ctx->rank == 0) {
-    if (help)
-      printf("usage: morphkv eval --model M --prompts FILE.jsonl --new-tokens N --policies LIST "
-             "--capacity C1,C2,... --window W --out DIR\n(not implemented yet)\n");
-    else
-      fprintf(stderr, "eval: not implemented yet\n");
+  if (opts_parse(&o, argc, argv, &help, &err) != 0) {
+    if (r0) {
+      fprintf(stderr, "morphkv eval: %s\n(morphkv eval --help lists the options)\n", err.msg);
+    }
+    opts_free(&o);
+    return EV_USAGE;
   }
-  return help ? 0 : 2;
+  if (help) {
+    if (r0) usage_eval(stdout);
+    opts_free(&o);
+    return EV_OK;
+  }
+  if (o.g.tp > 0 && o.g.tp != ctx->world) {
+    if (r0)
+      fprintf(stderr, "morphkv eval: --tp %d but the MPI world has %d rank(s)\n", o.g.tp, ctx->world);
+    opts_free(&o);
+    return EV_USAGE;
+  }
+  if (o.g.threads <= 0) {
+    int n = omp_get_num_procs();
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    if (online > 0 && n >= online && ctx->local_size > 1) n /= ctx->local_size;
+    o.g.threads = n < 1 ? 1 : n;
+  }
+
+  eval_state_t s = {.o = &o, .ctx = ctx, .r0 = r0};
+  eval_prompt_t *ps = NULL;
+  int n_ps = 0, rc = EV_FAIL;
+  int status = prompts_read(&o, &ps, &n_ps, &err);
+  struct stat sb;
+  if (status == 0 && (stat(o.g.model, &sb) != 0 || !S_ISREG(sb.st_mode)))
+    status = mk_fail(&err, "model file %s: %s", o.g.model, errno ? strerror(errno) : "not a regular file");
+  if (status == 0 && r0) status = make_dirs(o.out, &err);
+  if (status == 0 && r0) {
+    s.summary_csv = open_out(o.out, "summary.csv", &err);
+    if (!s.summary_csv) status = -1;
+    else
+      fprintf(s.summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
+                             "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
+  }
+  if (agree(&s, status, &err) != 0) goto done;
+
+  /* the runs: every policy x every budget (full: once) */
+  int n_budgets = o.n_caps ? o.n_caps : o.n_fracs;
+  s.runs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1), sizeof *s.runs);
+  if (!s.runs) {
+    mk_fail(&err, "out of memory");
+    rc = fail_step(&s, &err);
+    goto done;
+  }
+  for (int p = 0; p < o.n_pol; p++) {
+    int nb = o.pol[p] == MK_KV_FULL ? 1 : n_budgets;
+    for (int b = 0; b < nb; b++) {
+      eval_run_t *run = &s.runs[s.n_runs++];
+      run->policy = o.pol[p];
+      run->kv = o.g.kv;
+      run->kv.policy = o.pol[p];
+      run->budget = o.pol[p] == MK_KV_FULL ? -1 : b;
+      if (run->budget < 0) snprintf(run->label, sizeof run->label, "all");
+      else if (o.n_fracs) snprintf(run->label, sizeof run->label, "%gpct", o.fracs[b] * 100.0);
+      else snprintf(run->label, sizeof run->label, "c%d", o.caps[b]);
+    }
+  }
+
+  /* engines: weights are memory-mapped and borrowed, so each extra engine costs only its cache */
+  mk_engine_params_t ep = {.model_path = o.g.model, .tp = o.g.tp};
+  ep.backend.kind = o.g.backend;
+  ep.backend.n_threads = o.g.threads;
+  ep.backend.simd = o.g.simd;
+  ep.backend.device = ctx->local_rank;
+  double t0 = now_s();
+  if (mk_engine_open(&s.ref, &ep, ctx, &err) != 0) {
+    rc = fail_step(&s, &err);
+    goto done;
+  }
+  for (int r = 0; r < s.n_runs; r++)
+    if (mk_engine_open(&s.runs[r].e, &ep, ctx, &err) != 0) {
+      rc = fail_step(&s, &err);
+      goto done;
+    }
+  s.n_vocab = mk_engine_n_vocab(s.ref);
+  const int V = s.n_vocab;
+  s.ref_logits = malloc(sizeof(float) * (size_t)V);
+  s.ref_lp = malloc(sizeof(double) * (size_t)V);
+  s.ref_p = malloc(sizeof(double) * (size_t)V);
+  s.eog = calloc((size_t)V, 1);
+  status = (s.ref_logits && s.ref_lp && s.ref_p && s.eog) ? 0 : mk_fail(&err, "out of memory");
+  for (int r = 0; status == 0 && r < s.n_runs; r++)
+    if (!(s.runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(&err, "out of memory");
+  if (agree(&s, status, &err) != 0) goto done;
+  for (int i = 0; i < V; i++) s.eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s.ref), i) ? 1 : 0;
+  if (!o.quiet && r0)
+    fprintf(stderr, "[eval] %d engines on %s loaded in %.2f s; %d prompts x %d new tokens, %d threads\n",
+            s.n_runs + 1, o.g.model, now_s() - t0, n_ps, o.new_tokens, o.g.threads);
+
+  for (int i = 0; i < n_ps; i++)
+    if ((rc = eval_prompt(&s, &ps[i], i, n_ps, &err)) != EV_OK) goto done;
+
+  rc = EV_OK;
+  if (r0) {
+    FILE *f = open_out(o.out, "summary.md", &err);
+    if (!f) {
+      fprintf(stderr, "morphkv eval: %s\n", err.msg);
+      rc = EV_FAIL;
+    } else {
+      write_summary_md(&s, argc, argv, ps, n_ps, f);
+      if (fclose(f) != 0) {
+        fprintf(stderr, "morphkv eval: writing %s/summary.md failed\n", o.out);
+        rc = EV_FAIL;
+      }
+    }
+    if (fclose(s.summary_csv) != 0) rc = EV_FAIL;
+    s.summary_csv = NULL;
+    if (rc == EV_OK && !o.quiet) {
+      fprintf(stderr, "[eval] summary: %s/summary.md\n", o.out);
+      FILE *sf = stderr;
+      write_summary_md(&s, argc, argv, ps, n_ps, sf);
+    }
+    if (rc == EV_OK && o.plot) make_plots(&o);
+  }
+done:
+  if (s.summary_csv) fclose(s.summary_csv);
+  for (int r = 0; r < s.n_runs; r++) {
+    if (s.runs[r].csv) fclose(s.runs[r].csv);
+    free(s.runs[r].logits);
+    mk_engine_close(s.runs[r].e);
+  }
+  free(s.runs);
+  mk_engine_close(s.ref);
+  free(s.ref_logits);
+  free(s.ref_lp);
+  free(s.ref_p);
+  free(s.eog);
+  prompts_free(ps, n_ps);
+  opts_free(&o);
+  return rc;
 }

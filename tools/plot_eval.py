@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Plots of a `morphkv eval` output directory (matplotlib).
+
+    python3 tools/plot_eval.py DIR [--smooth N]
+
+Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv written by
+`morphkv eval`, and writes, for every budget:
+    DIR/kl_<budget>.png   KL(full || policy) against position, one line per policy: the mean
+                          over prompts at each position, then a trailing moving average over
+                          N positions (default 50), log scale
+    DIR/kv_<budget>.png   live K/V bytes against position, one line per policy (the full cache,
+                          if it was run, on every plot), mean over prompts
+and DIR/kl_vs_budget.png (mean KL per policy against the budget) when there are several budgets.
+The per-position data are not changed; smoothing only affects the drawing.
+"""
+import argparse
+import csv
+import glob
+import os
+import re
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"full": "black", "morphkv": "tab:red", "streaming": "tab:blue", "h2o": "tab:green",
+          "snapkv": "tab:purple"}
+ORDER = ["full", "morphkv", "streaming", "h2o", "snapkv"]
+# equal KV curves (morphkv, streaming, h2o hold the same budget) stay visible through style
+STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "h2o": (":", 2.2),
+          "snapkv": ("-.", 1.4)}
+NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.]+)\.csv$")
+
+
+def read_runs(d):
+    """{(policy, budget): {prompt: {"kl": [...], "kv": [...]}}}"""
+    runs = {}
+    for path in sorted(glob.glob(os.path.join(d, "p*_*_*.csv"))):
+        m = NAME_RE.match(os.path.basename(path))
+        if not m:
+            continue
+        prompt, policy, budget = m.groups()
+        kl, kv = [], []
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                kl.append(float(row["kl"]))
+                kv.append(float(row["kv_bytes"]))
+        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv}
+    return runs
+
+
+def mean_over_prompts(per_prompt, key):
+    """Mean at each position over the prompts that reach it."""
+    n = max(len(v[key]) for v in per_prompt.values())
+    out = []
+    for t in range(n):
+        vals = [v[key][t] for v in per_prompt.values() if t < len(v[key])]
+        out.append(sum(vals) / len(vals))
+    return out
+
+
+def moving_average(xs, w):
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= w:
+            acc -= xs[i - w]
+        out.append(acc / min(i + 1, w))
+    return out
+
+
+def budget_key(b):
+    m = re.match(r"^([0-9.]+)pct$", b)
+    if m:
+        return (0, float(m.group(1)))
+    m = re.match(r"^c(\d+)$", b)
+    if m:
+        return (1, float(m.group(1)))
+    return (2, 0.0)
+
+
+def budget_title(b):
+    m = re.match(r"^([0-9.]+)pct$", b)
+    if m:
+        return "budget %s%% of the full cache" % m.group(1)
+    m = re.match(r"^c(\d+)$", b)
+    if m:
+        return "capacity C = %s" % m.group(1)
+    return b
+
+
+def policies_sorted(ps):
+    return sorted(ps, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("dir")
+    ap.add_argument("--smooth", type=int, default=50, help="moving average over N positions")
+    ap.add_argument("--dpi", type=int, default=80)
+    a = ap.parse_args()
+    runs = read_runs(a.dir)
+    if not runs:
+        print("plot_eval: no per-run CSV files in %s" % a.dir, file=sys.stderr)
+        return 1
+    budgets = sorted({b for (p, b) in runs if p != "full"}, key=budget_key)
+    full = runs.get(("full", "all"))
+    written = []
+    for b in budgets:
+        pols = policies_sorted([p for (p, bb) in runs if bb == b])
+        n_prompts = max(len(runs[(p, b)]) for p in pols)
+        # KL
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        for p in pols:
+            y = moving_average(mean_over_prompts(runs[(p, b)], "kl"), a.smooth)
+            y = [max(v, 1e-7) for v in y]
+            ax.plot(range(len(y)), y, label=p, color=COLORS.get(p), linewidth=1.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("generated token position")
+        ax.set_ylabel("KL(full || policy), nats")
+        ax.set_title("%s: mean over %d prompts, %d-position moving average" % (budget_title(b), n_prompts, a.smooth),
+                     fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = os.path.join(a.dir, "kl_%s.png" % b)
+        fig.savefig(out, dpi=a.dpi)
+        plt.close(fig)
+        written.append(out)
+        # KV bytes
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        series = [(p, runs[(p, b)]) for p in pols]
+        if full:
+            series = [("full", full)] + series
+        for p, per_prompt in series:
+            y = [v / 2**20 for v in mean_over_prompts(per_prompt, "kv")]
+            ls, lw = STYLES.get(p, ("-", 1.2))
+            ax.plot(range(len(y)), y, label=p, color=COLORS.get(p), linewidth=lw, linestyle=ls)
+        ax.set_xlabel("generated token position")
+        ax.set_ylabel("live K/V (MiB)")
+        ax.set_title("%s: KV cache held, mean over %d prompts" % (budget_title(b), n_prompts), fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = os.path.join(a.dir, "kv_%s.png" % b)
+        fig.savefig(out, dpi=a.dpi)
+        plt.close(fig)
+        written.append(out)
+    if len(budgets) > 1:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        pols = policies_sorted({p for (p, b) in runs if p != "full"})
+        xs = list(range(len(budgets)))
+        for p in pols:
+            ys = []
+            for b in budgets:
+                pp = runs.get((p, b))
+                if not pp:
+                    ys.append(float("nan"))
+                    continue
+                vals = [v for r in pp.values() for v in r["kl"]]
+                ys.append(max(sum(vals) / len(vals), 1e-7))
+            ax.plot(xs, ys, marker="o", label=p, color=COLORS.get(p))
+        ax.set_xticks(xs)
+        ax.set_xticklabels([budget_title(b).replace("budget ", "").replace(" of the full cache", "") for b in budgets])
+        ax.set_yscale("log")
+        ax.set_xlabel("cache budget")
+        ax.set_ylabel("mean KL(full || policy), nats")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = os.path.join(a.dir, "kl_vs_budget.png")
+        fig.savefig(out, dpi=a.dpi)
+        plt.close(fig)
+        written.append(out)
+    for w in written:
+        print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
