@@ -70,7 +70,7 @@ typedef struct eval_opts {
   int n_caps;
   double fracs[EV_MAX_BUDGETS];
   int n_fracs;
-  bool chat, stop_at_eos, plot, quiet;
+  bool chat, stop_at_eos, plot, quiet, concurrent;
 } eval_opts_t;
 
 static void usage_eval(FILE *f) {
@@ -109,6 +109,8 @@ static void usage_eval(FILE *f) {
           "  --stop-at-eos           end a prompt at the reference's first end-of-generation\n"
           "                          token (default: the reference never picks one)\n"
           "  --threads N             CPU threads (default: cores / ranks per node)\n"
+          "  --concurrent            step the engines at the same time, one thread each (a\n"
+          "                          world of one only); decode tok/s is then per thread\n"
           "  --kv-fusion sum|max, --kv-gqa logit_sum|prob_max, --kv-sinks S,\n"
           "  --kv-evict-after F, --kv-dtype f32|f16, --kv-h2o-mode group|per_head,\n"
           "  --kv-snapkv-pool N, --kv-snapkv-pooling avg|max\n"
@@ -224,7 +226,7 @@ static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_
 
 static bool is_bool_flag(const char *name) {
   return !strcmp(name, "chat") || !strcmp(name, "no-chat") || !strcmp(name, "stop-at-eos") ||
-         !strcmp(name, "no-plot") || !strcmp(name, "quiet");
+         !strcmp(name, "no-plot") || !strcmp(name, "quiet") || !strcmp(name, "concurrent");
 }
 
 static void opts_free(eval_opts_t *o) {
@@ -262,6 +264,7 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
       else if (!strcmp(name, "no-chat")) o->chat = false;
       else if (!strcmp(name, "stop-at-eos")) o->stop_at_eos = true;
       else if (!strcmp(name, "no-plot")) o->plot = false;
+      else if (!strcmp(name, "concurrent")) o->concurrent = true;
       else o->quiet = true;
       continue;
     }
@@ -281,6 +284,7 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
   if (o->new_tokens <= 0) return mk_fail(err, "pass --new-tokens N (N >= 1)");
   if (o->n_pol == 0) return mk_fail(err, "no policies: pass --policies, e.g. morphkv,streaming");
   if (o->g.system && !o->chat) return mk_fail(err, "--system needs --chat");
+  if (o->concurrent && o->g.tp > 1) return mk_fail(err, "--concurrent needs a world of one (no --tp)");
   bool budgeted = false;
   for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i] != MK_KV_FULL;
   if (o->n_caps && o->n_fracs) return mk_fail(err, "--capacity and --budget-frac both given: pass one");
@@ -627,6 +631,7 @@ typedef struct eval_state {
   long ref_n, ref_steps;
   size_t ref_peak;
   FILE *summary_csv;
+  mk_error_t *errs; /* (n_runs + 1) per-engine errors of step_all */
 } eval_state_t;
 
 static int fail_step(const eval_state_t *s, mk_error_t *err) {
@@ -651,6 +656,43 @@ static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, double *kl, int
   *kl = acc > 0.0 ? acc : 0.0;
   *agree_out = argmax_masked(q, V, s->o->stop_at_eos ? NULL : s->eog) == y;
   *ll = (double)q[y] - lse;
+}
+
+/* Feeds n tokens to the reference and to every run (a prefill when prefill). Each engine's time
+ * goes to its run (p_prefill_s, or p_step_s and p_steps), the reference's to *ref_s. With
+ * --concurrent the engines step at the same time, one thread each. */
+static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, double *ref_s,
+                    mk_error_t *err) {
+  const int n_eng = s->n_runs + 1;
+  int failed = -1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->o->g.threads) if (s->o->concurrent)
+  for (int k = 0; k < n_eng; k++) {
+    eval_run_t *run = k < s->n_runs ? &s->runs[k] : NULL;
+    mk_engine_t *e = run ? run->e : s->ref;
+    float *logits = run ? run->logits : s->ref_logits;
+    double t0 = now_s();
+    if (mk_engine_step(e, 0, ids, n, false, logits, &s->errs[k]) != 0) {
+#pragma omp critical(eval_fail)
+      if (failed < 0 || k < failed) failed = k;
+      continue;
+    }
+    double dt = now_s() - t0;
+    if (!run) {
+      *ref_s = dt;
+    } else if (prefill) {
+      run->p_prefill_s = dt;
+    } else {
+      run->p_step_s += dt;
+      run->p_steps++;
+    }
+  }
+  if (failed < 0) return 0;
+  *err = s->errs[failed];
+  if (failed < s->n_runs)
+    mk_error_prefix(err, "%s/%s", mk_kv_policy_name(s->runs[failed].policy), s->runs[failed].label);
+  else
+    mk_error_prefix(err, "reference");
+  return -1;
 }
 
 /* One prompt: begin every engine, prefill, then N positions in lockstep. */
@@ -709,17 +751,10 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
             n_pr, pr->line, n_prompt, N, s->n_runs);
 
   /* prefill */
-  double t0 = now_s();
-  if (mk_engine_step(s->ref, 0, ids, n_prompt, false, s->ref_logits, err) != 0) return fail_step(s, err);
-  double ref_prefill = now_s() - t0;
-  for (int r = 0; r < s->n_runs; r++) {
-    eval_run_t *run = &s->runs[r];
-    t0 = now_s();
-    if (mk_engine_step(run->e, 0, ids, n_prompt, false, run->logits, err) != 0) {
-      mk_error_prefix(err, "%s/%s", mk_kv_policy_name(run->policy), run->label);
-      return fail_step(s, err);
-    }
-    run->p_prefill_s = now_s() - t0;
+  double ref_prefill = 0.0;
+  if (step_all(s, ids, n_prompt, true, &ref_prefill, err) != 0) {
+    free(ids);
+    return fail_step(s, err);
   }
   free(ids);
   ids = NULL;
@@ -762,24 +797,13 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     }
     if (o->stop_at_eos && s->eog[y]) break;
     if (t == N - 1) break; /* the last token needs no forward pass */
-    t0 = now_s();
-    if (mk_engine_step(s->ref, 0, &y, 1, false, s->ref_logits, err) != 0) {
+    double ts = 0.0;
+    if (step_all(s, &y, 1, false, &ts, err) != 0) {
       free(gen), free(kl), free(ll), free(ag);
       return fail_step(s, err);
     }
-    ref_step += now_s() - t0;
+    ref_step += ts;
     ref_steps++;
-    for (int r = 0; r < s->n_runs; r++) {
-      eval_run_t *run = &s->runs[r];
-      t0 = now_s();
-      if (mk_engine_step(run->e, 0, &y, 1, false, run->logits, err) != 0) {
-        mk_error_prefix(err, "%s/%s", mk_kv_policy_name(run->policy), run->label);
-        free(gen), free(kl), free(ll), free(ag);
-        return fail_step(s, err);
-      }
-      run->p_step_s += now_s() - t0;
-      run->p_steps++;
-    }
     double tn = now_s();
     if (!o->quiet && s->r0 && (tn - t_last >= 15.0 || t + 2 == N)) {
       double el = tn - t_start;
@@ -887,7 +911,8 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
           o->g.kv.dtype == MK_KV_F16 ? "f16" : "f32");
   if (o->n_fracs)
     fprintf(f, "- budgets: capacity = round(fraction x (prompt + %d)) per prompt\n", o->new_tokens);
-  fprintf(f, "- threads: %d, ranks: %d\n\n", o->g.threads, s->ctx->world);
+  fprintf(f, "- threads: %d, ranks: %d%s\n\n", o->g.threads, s->ctx->world,
+          o->concurrent ? "; engines stepped concurrently, one thread each (--concurrent)" : "");
   fprintf(f, "Means over all positions of all prompts. KL = KL(full || policy) in nats; agreement = "
              "the policy's greedy token equals the reference token; log-lik = the policy's "
              "log-probability of the reference token (the reference's own is in the first row). "
@@ -939,6 +964,12 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
     opts_free(&o);
     return EV_USAGE;
   }
+  if (o.concurrent && ctx->world > 1) {
+    if (r0) fprintf(stderr, "morphkv eval: --concurrent needs a world of one (not mpirun)\n");
+    opts_free(&o);
+    return EV_USAGE;
+  }
+  if (o.concurrent) omp_set_max_active_levels(1); /* each engine's own loops run on its thread */
   if (o.g.threads <= 0) {
     int n = omp_get_num_procs();
     long online = sysconf(_SC_NPROCESSORS_ONLN);
@@ -966,7 +997,8 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   /* the runs: every policy x every budget (full: once) */
   int n_budgets = o.n_caps ? o.n_caps : o.n_fracs;
   s.runs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1), sizeof *s.runs);
-  if (!s.runs) {
+  s.errs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s.errs);
+  if (!s.runs || !s.errs) {
     mk_fail(&err, "out of memory");
     rc = fail_step(&s, &err);
     goto done;
@@ -1049,6 +1081,7 @@ done:
     mk_engine_close(s.runs[r].e);
   }
   free(s.runs);
+  free(s.errs);
   mk_engine_close(s.ref);
   free(s.ref_logits);
   free(s.ref_lp);
