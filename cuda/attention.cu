@@ -68,8 +68,7 @@ static __device__ __forceinline__ void mk_load_f16(const __half *p, float *f) {
 #pragma unroll
     for (int i = 0; i < N / 4; i++) {
       const uint2 w = reinterpret_cast<const uint2 *>(p)[i];
-      const float2 lo = __half22float2(*reinterpret_cast<const __half2 *>(&w.x));
-      const float2 hi = __half22float2(*reinterpret_cast<const __half2 *>(&w.y));
+      const float2 lo = mk_f16x2_to_f32(w.x), hi = mk_f16x2_to_f32(w.y);
       f[4 * i] = lo.x;
       f[4 * i + 1] = lo.y;
       f[4 * i + 2] = hi.x;
@@ -78,7 +77,7 @@ static __device__ __forceinline__ void mk_load_f16(const __half *p, float *f) {
   } else {
 #pragma unroll
     for (int i = 0; i < N / 2; i++) {
-      float2 t = __half22float2(reinterpret_cast<const __half2 *>(p)[i]);
+      float2 t = mk_f16x2_to_f32(reinterpret_cast<const uint32_t *>(p)[i]);
       f[2 * i] = t.x;
       f[2 * i + 1] = t.y;
     }
@@ -149,13 +148,13 @@ __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_
 #pragma unroll
       for (int h = 0; h < G; h++) {
         float d0 = 0.f;
-        if (h < nq) {
+        if (h < nq) { /* nq is the same for the whole block: no divergence */
 #pragma unroll
           for (int i = 0; i < DL; i++) d0 = fmaf(kf[i], qs[h][sub * DL + i], d0);
+          d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
+          d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
+          d0 += __shfl_xor_sync(0xffffffffu, d0, 4);
         }
-        d0 += __shfl_xor_sync(0xffffffffu, d0, 1);
-        d0 += __shfl_xor_sync(0xffffffffu, d0, 2);
-        d0 += __shfl_xor_sync(0xffffffffu, d0, 4);
         part[h] = d0;
       }
       if (Z) {

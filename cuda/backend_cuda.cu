@@ -47,7 +47,7 @@ extern "C" {
 #include "cuda/rope.cuh"
 
 #define MK_CUDA_WTYPE_BF16 1
-#define MK_STAGE_REGIONS 4
+#define MK_STAGE_REGIONS 64 /* small pinned argument buffers in flight: lets the host run layers ahead */
 #define MK_WTMP_BYTES ((size_t)64 << 20)
 
 /* Device mirror of one host KV cache. */
@@ -439,7 +439,8 @@ static int mirror_create(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t 
   m->d = kc->head_dim;
   m->n_slots = kc->n_slots;
   m->window = kc->cfg.window;
-  m->fast_mkv = kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM;
+  m->fast_mkv = kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM &&
+               kc->cfg.window <= MK_MKV_WMAX;
   m->host_policy = !m->fast_mkv && kc->cfg.policy != MK_KV_FULL;
   const size_t nh = (size_t)m->n_seq * m->n_layer * m->n_heads, ns = (size_t)m->n_slots;
   const size_t jobs = (size_t)m->n_seq * m->n_heads;

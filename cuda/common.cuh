@@ -7,7 +7,8 @@
  *
  * Every kernel family lives in a .cu/.cuh pair (ggml style): the .cuh declares host launchers
  * (C++ linkage, stream argument last), the .cu holds the kernels. The backend
- * (backend_cuda.cu) and the benchmark (tests/gpu/bench_decode.cu) call the same launchers. */
+ * (backend_cuda.cu) and the benchmark (tests/gpu/bench_decode.cu) call the same launchers.
+ * MK_CUDA_EMU: the sources are being compiled for the CPU emulator of tests/gpu/emu/. */
 #ifndef MK_CUDA_COMMON_CUH
 #define MK_CUDA_COMMON_CUH
 
@@ -49,7 +50,7 @@ extern "C" {
 
 static inline int64_t mk_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(MK_CUDA_EMU)
 static __device__ __forceinline__ float mk_warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -72,13 +73,20 @@ static __device__ __forceinline__ void mk_bf16x8_to_f32(uint4 u, float f[8]) {
   }
 }
 
+/* Two fp16 packed in a 32-bit word (low half first) to fp32. */
+static __device__ __forceinline__ float2 mk_f16x2_to_f32(uint32_t w) {
+  __half2_raw r;
+  r.x = (unsigned short)(w & 0xffffu);
+  r.y = (unsigned short)(w >> 16);
+  return __half22float2(__half2(r));
+}
+
 /* Unpacks 8 fp16 held in a uint4 to fp32. */
 static __device__ __forceinline__ void mk_f16x8_to_f32(uint4 u, float f[8]) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    __half2 h = *reinterpret_cast<const __half2 *>(&w[i]);
-    float2 t = __half22float2(h);
+    float2 t = mk_f16x2_to_f32(w[i]);
     f[2 * i] = t.x;
     f[2 * i + 1] = t.y;
   }

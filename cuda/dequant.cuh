@@ -28,7 +28,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(MK_CUDA_EMU)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #define MK_HD __host__ __device__
@@ -251,7 +251,7 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
   }
 }
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(MK_CUDA_EMU)
 /* dst[0 .. n_blocks * block_elems) = bf16 of the n_blocks consecutive blocks at src (device). */
 void mk_cuda_dequant_bf16(int type, const void *src, int64_t n_blocks, __nv_bfloat16 *dst,
                           cudaStream_t stream);

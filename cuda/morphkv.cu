@@ -6,8 +6,14 @@
 #define MK_MKV_THREADS 256
 #define MK_MKV_WARPS (MK_MKV_THREADS / 32)
 
+#ifdef MK_CUDA_EMU
+#define MK_MKV_SPLIT 64 /* the emulator's small test caches still take the multi-split path */
+#else
+#define MK_MKV_SPLIT 512
+#endif
+
 void mk_cuda_mkv_plan(int max_nscan, int *n_split, int *split_len) {
-  int n = (int)mk_ceil_div(max_nscan > 0 ? max_nscan : 1, 512);
+  int n = (int)mk_ceil_div(max_nscan > 0 ? max_nscan : 1, MK_MKV_SPLIT);
   if (n > 16) n = 16;
   if (n < 1) n = 1;
   *split_len = (int)mk_ceil_div(max_nscan > 0 ? max_nscan : 1, n);
@@ -71,7 +77,7 @@ __global__ __launch_bounds__(MK_MKV_THREADS) void mk_mkv_stats_kernel(mk_cuda_mk
 }
 
 __global__ __launch_bounds__(MK_MKV_THREADS) void mk_mkv_score_kernel(mk_cuda_mkv_args_t a) {
-  extern __shared__ float rowst[]; /* (W) max, then (W) 1/sum */
+  __shared__ float rowst[2 * MK_MKV_WMAX]; /* (W) max, then (W) 1/sum */
   __shared__ int4 wbest[MK_MKV_WARPS];
   __shared__ bool last;
   const int s = blockIdx.x, jb = blockIdx.y;
@@ -148,5 +154,5 @@ void mk_cuda_morphkv_select(const mk_cuda_mkv_args_t *a, cudaStream_t stream) {
   if (a->n_jobs <= 0) return;
   dim3 grid((unsigned)a->n_split, (unsigned)a->n_jobs);
   mk_mkv_stats_kernel<<<grid, MK_MKV_THREADS, 0, stream>>>(*a);
-  mk_mkv_score_kernel<<<grid, MK_MKV_THREADS, 2 * a->window * sizeof(float), stream>>>(*a);
+  mk_mkv_score_kernel<<<grid, MK_MKV_THREADS, 0, stream>>>(*a);
 }

@@ -21,6 +21,10 @@
 
 enum { MK_MKV_ARGMIN = 1, MK_MKV_DUMP = 2 };
 
+/* Largest window W the kernels take (ring statistics live in shared memory); the backend scores
+ * larger windows on the host. */
+#define MK_MKV_WMAX 1024
+
 typedef struct mk_cuda_mkv_job {
   int hf;        /* flat head index (seq * n_layer + layer) * n_heads + head */
   int next_pos;  /* position of the next token (decode: t + 1; prefill: prompt length) */

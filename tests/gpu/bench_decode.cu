@@ -12,7 +12,9 @@
  * the datasheet peak (H200: 4.8 TB/s), the peak from the device attributes (memory clock x bus
  * width x 2) and a measured device-to-device copy.
  *
- * Usage: bench_decode [--quick] [--steps N] [--layers N]     (--quick: 4 layers, small vocab) */
+ * Usage: bench_decode [--quick | --tiny] [--steps N] [--layers N]
+ *   --quick  4 layers, vocabulary 32000, contexts / 4: a smoke run on a GPU
+ *   --tiny   a toy shape for the CPU emulator (bench_decode_emu): checks the program, not speed */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -256,7 +258,8 @@ typedef struct peaks {
   double datasheet, attr, copy;
 } peaks_t;
 
-static void run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
+/* Runs one configuration and prints its line; false if its sanity checks failed. */
+static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
                        cublasHandle_t h, cudaStream_t st) {
   const shape_t *s = &m->s;
   const int B = rc->B, d = s->d, n_q = s->n_head, n_kv = s->n_kv, E = s->n_embd;
@@ -474,7 +477,8 @@ static void run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   printf("B=%-2d %-7s ctx=%-6d | %8.2f ms/step %9.1f tok/s | KV live %7.2f GB -> %7.2f GB (alloc %7.2f) | "
          "%6.2f GB/step %5.2f TB/s | roofline %5.1f%% (datasheet) %5.1f%% (attr) %5.1f%% (copy) | %s%s",
          B, rc->morph ? "morphkv" : "full", rc->ctx, step_s * 1e3, B / step_s, kv_live_start / 1e9, kv_live_end / 1e9,
-         kv_alloc / 1e9, bytes / 1e9, bw / 1e12, 100 * bw / pk->datasheet, 100 * bw / pk->attr, 100 * bw / pk->copy,
+         kv_alloc / 1e9, bytes / 1e9, bw / 1e12, 100 * bw / pk->datasheet, pk->attr > 0 ? 100 * bw / pk->attr : 0.0,
+         pk->copy > 0 ? 100 * bw / pk->copy : 0.0,
          graphed ? "graph" : "eager", finite ? "" : " NON-FINITE LOGITS");
   if (rc->morph) printf(" | used slots/head %ld..%ld (C=%d)", used_min, used_max, rc->C);
   printf("\n");
@@ -494,21 +498,24 @@ static void run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   free(h_head0);
   free(h_vic);
   free(h_jobs);
+  return finite && (!rc->morph || (used_min == rc->C && used_max == rc->C));
 }
 
 int main(int argc, char **argv) {
   shape_t s = {32, 4096, 32, 8, 14336, 128256, 128}; /* Llama-3.1-8B */
   int steps = 20, warm = 3;
-  bool quick = false;
+  bool quick = false, tiny = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) {
       quick = true;
+    } else if (!strcmp(argv[i], "--tiny")) {
+      tiny = true;
     } else if (!strcmp(argv[i], "--steps") && i + 1 < argc) {
       steps = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--layers") && i + 1 < argc) {
       s.n_layer = atoi(argv[++i]);
     } else {
-      fprintf(stderr, "usage: %s [--quick] [--steps N] [--layers N]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--quick | --tiny] [--steps N] [--layers N]\n", argv[0]);
       return 2;
     }
   }
@@ -516,6 +523,11 @@ int main(int argc, char **argv) {
     s.n_layer = 4;
     s.n_vocab = 32000;
     steps = 5;
+  }
+  if (tiny) { /* for the CPU emulator (tests/gpu/emu): checks the program's logic, not speed */
+    s = (shape_t){2, 256, 4, 2, 512, 1000, 128};
+    steps = 3;
+    warm = 1;
   }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
@@ -535,7 +547,7 @@ int main(int argc, char **argv) {
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   { /* measured copy bandwidth: 2 GiB device to device, bytes read + written */
-    size_t n = (size_t)2 << 30;
+    size_t n = tiny ? (size_t)1 << 20 : (size_t)2 << 30;
     void *p0, *p1;
     CK(cudaMalloc(&p0, n));
     CK(cudaMalloc(&p1, n));
@@ -576,19 +588,23 @@ int main(int argc, char **argv) {
   CB(cublasSetWorkspace(h, ws, ws_bytes)); /* no allocation inside graph capture */
 
   const int ctxs[] = {512, 8192, 32768};
+  bool ok = true;
   const int batches[] = {1, 16};
   for (int bi = 0; bi < 2; bi++) {
     for (int ci = 0; ci < 3; ci++) {
-      run_cfg_t rc = {batches[bi], false, quick ? ctxs[ci] / 4 : ctxs[ci], 2048, 32};
+      run_cfg_t rc = {batches[bi], false, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
       if (quick) rc.C = 512;
-      run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
+      if (tiny) rc.C = 256, rc.W = 8;
+      ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
     }
     for (int ci = 1; ci < 3; ci++) {
-      run_cfg_t rc = {batches[bi], true, quick ? ctxs[ci] / 4 : ctxs[ci], 2048, 32};
+      run_cfg_t rc = {batches[bi], true, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
       if (quick) rc.C = 512;
-      run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
+      if (tiny) rc.C = 256, rc.W = 8;
+      ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
     }
   }
   cublasDestroy(h);
-  return 0;
+  if (!ok) printf("bench_decode: a sanity check failed (non-finite logits, or MorphKV heads not holding C slots)\n");
+  return ok ? 0 : 1;
 }

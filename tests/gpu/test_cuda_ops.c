@@ -1,6 +1,7 @@
 /* Per-op parity: every op of the CUDA backend against the CPU backend (the reference) on the same
  * inputs, by normalized error (sum (cuda-cpu)^2 / sum cpu^2) with the bound stated per test.
- * Skips (exit 77) where no CUDA device is present.
+ * Skips (exit 77) where no CUDA device is present. Built a second time as test_cuda_emu_ops against
+ * the CPU emulator of the kernels (tests/gpu/emu, MK_GPU_EMU), which runs without a GPU.
  *
  * Bounds and why:
  *   dequantized weights   within 1 bf16 ulp of the CPU's fp32 value (the device keeps bf16)
@@ -151,9 +152,10 @@ static void test_matmul(void **state) {
   uint64_t st = 12;
   int failures = 0;
   const int ns[] = {1, 2, 3, 4, 5, 17};
-  for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++) {
-    mk_type_t t = k_types[ti];
-    const int64_t rows = 97, cols = 768;
+  for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0] + 2; ti++) {
+    /* the last two: float matrices whose rows are not a multiple of 8 (the scalar GEMV) */
+    mk_type_t t = ti < sizeof k_types / sizeof k_types[0] ? k_types[ti] : (ti % 2 ? MK_TYPE_F16 : MK_TYPE_F32);
+    const int64_t rows = 97, cols = ti < sizeof k_types / sizeof k_types[0] ? 768 : 100;
     mk_qmat_t m;
     uint8_t *raw = rand_matrix(t, rows, cols, &st, &m);
     mk_bweight_t wc, wg;
@@ -171,7 +173,7 @@ static void test_matmul(void **state) {
       g_fx.gpu.ops->matmul(&g_fx.gpu, &wg, dx, n, dy);
       from_dev(yg, dy, sizeof(float) * n * rows);
       char what[64];
-      snprintf(what, sizeof what, "matmul %s n=%d", mk_type_name(t), n);
+      snprintf(what, sizeof what, "matmul %s %lldx%lld n=%d", mk_type_name(t), (long long)rows, (long long)cols, n);
       failures += !mk_gpu_close(what, yg, yc, (size_t)n * rows, bound);
       g_fx.gpu.ops->dealloc(&g_fx.gpu, dx);
       g_fx.gpu.ops->dealloc(&g_fx.gpu, dy);
@@ -449,6 +451,22 @@ static int run_attn_case(const attn_case_t *tc) {
 }
 
 static void test_attention_policies(void **state) {
+#ifdef MK_GPU_EMU /* the CPU emulator runs each CUDA thread as a coroutine: smaller cases */
+  const attn_case_t cases[] = {
+      {"full g3 d64",             MK_KV_FULL,     MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 140}, 6},
+      {"full g4 d128",            MK_KV_FULL,     MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 8, 2, 128, 8, 48, {20, 9}, 4},
+      {"full g12 d256 (2 units)", MK_KV_FULL,     MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 12, 1, 256, 8, 48, {12, 5}, 3},
+      {"morphkv sum g3 d64",      MK_KV_MORPHKV,  MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 30},
+      {"morphkv max g4 d128",     MK_KV_MORPHKV,  MK_KV_FUSION_MAX, MK_KV_GQA_LOGIT_SUM, 1, 8, 2, 128, 16, 40, {41, 60}, 12},
+      {"morphkv sum W1",          MK_KV_MORPHKV,  MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 1, 20, {5, 30}, 25},
+      {"morphkv bursty ea=1.5",   MK_KV_MORPHKV,  MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1.5f, 9, 3, 64, 8, 32, {20, 60}, 30},
+      {"morphkv C=300 splits",    MK_KV_MORPHKV,  MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 4, 1, 64, 32, 300, {330, 290}, 14},
+      {"morphkv prob_max (host)", MK_KV_MORPHKV,  MK_KV_FUSION_SUM, MK_KV_GQA_PROB_MAX, 1, 9, 3, 64, 8, 48, {30, 70}, 8},
+      {"streaming (host)",        MK_KV_STREAMING, MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 8},
+      {"h2o (host)",              MK_KV_H2O,      MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 8},
+      {"snapkv (host)",           MK_KV_SNAPKV,   MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 8},
+  };
+#else
   const attn_case_t cases[] = {
       /* name                      policy          fusion            gqa                 ea  nq nkv  d   W   C  prompts  steps */
       {"full g3 d64",             MK_KV_FULL,     MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 20},
@@ -464,6 +482,7 @@ static void test_attention_policies(void **state) {
       {"h2o (host)",              MK_KV_H2O,      MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 30},
       {"snapkv (host)",           MK_KV_SNAPKV,   MK_KV_FUSION_SUM, MK_KV_GQA_LOGIT_SUM, 1, 9, 3, 64, 8, 48, {30, 70}, 30},
   };
+#endif
   int fails = 0;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) fails += run_attn_case(&cases[i]);
   assert_int_equal(fails, 0);
