@@ -39,7 +39,10 @@ struct mk_engine {
   /* activations, backend memory, capacity cap_tok rows */
   int cap_tok;
   float *x, *xn, *q, *k, *v, *qsum, *att, *o, *fg, *fu, *logits_loc;
-  float *qsum_glob;   /* host (n, n_kv_total, d), replicated-head sync */
+  /* Replicated-head score sync: the KV heads held by more than one rank (same list on every
+   * rank), and for each the local index here or -1. Only their query sums are all-reduced. */
+  int n_rep, *rep_local;
+  float *qsum_glob;   /* host (n, n_rep, d) */
   float *logits_pad;  /* host (n, tp * vocab_slice_max), all-gather target */
   float *logits_host; /* host (n, vocab_slice_max) */
   int32_t *pos_buf;
@@ -162,6 +165,29 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   if (!e->q_to_kv) goto oom;
   int g = cfg.n_head / cfg.n_kv_head;
   for (int i = 0; i < e->n_q; i++) e->q_to_kv[i] = (pl->q_begin + i) / g - pl->kv_begin;
+  if (world > 1 && pl->any_replicated) {
+    /* every rank derives the same list of replicated heads from the plans of all ranks */
+    mk_plan_dims_t dims;
+    mk_model_plan_dims(&cfg, &src, &dims);
+    int *holders = calloc((size_t)cfg.n_kv_head, sizeof(int));
+    e->rep_local = malloc(sizeof(int) * (size_t)cfg.n_kv_head);
+    if (!holders || !e->rep_local) {
+      free(holders);
+      goto oom;
+    }
+    for (int r = 0; r < world; r++) {
+      mk_plan_t pr;
+      if (mk_plan_make(&dims, world, r, &pr, err) != 0) {
+        free(holders);
+        goto fail;
+      }
+      for (int h = pr.kv_begin; h < pr.kv_end; h++) holders[h]++;
+    }
+    for (int h = 0; h < cfg.n_kv_head; h++)
+      if (holders[h] > 1)
+        e->rep_local[e->n_rep++] = (h >= pl->kv_begin && h < pl->kv_end) ? h - pl->kv_begin : -1;
+    free(holders);
+  }
   if (mk_backend_init(&e->be, &p->backend, err) != 0) goto fail;
   if (prepare_weights(e, err) != 0) goto fail;
   *out = e;
@@ -213,6 +239,7 @@ void mk_engine_close(mk_engine_t *e) {
   }
   free(e->lw);
   free(e->q_to_kv);
+  free(e->rep_local);
   free(e->vocab_begin_r);
   free(e->vocab_len_r);
   free(e->n_past);
@@ -240,7 +267,7 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
     if (!(*want[i].p = o->alloc(&e->be, want[i].n * sizeof(float))))
       return mk_fail(err, "out of memory for activations of %d tokens", n);
   int tp = tp_of(e);
-  e->qsum_glob = calloc(N * c->n_kv_head * D, sizeof(float));
+  e->qsum_glob = calloc(N * (size_t)(e->n_rep ? e->n_rep : 1) * D, sizeof(float));
   e->logits_pad = malloc((size_t)(tp + 1) * e->vocab_slice_max * sizeof(float));
   e->logits_host = malloc(N * (size_t)e->vocab_slice_max * sizeof(float));
   e->pos_buf = malloc(N * sizeof(int32_t));
@@ -266,6 +293,18 @@ int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max
     return mk_fail(err, "%d tokens (prompt + new tokens) exceed the model's context of %d tokens",
                    max_total, c->n_ctx_train);
   if (e->n_kv <= 0) return mk_fail(err, "this rank holds no KV heads");
+  if (e->n_rep > 0) {
+    /* Replicas stay in lockstep only through the query-sum identity (logit_sum scoring). Rules
+     * that are nonlinear in q (per-head softmax) would need per-row probability sync. */
+    const mk_kv_policy_ops_t *po = mk_kv_policy_get(kv->policy);
+    unsigned nd = po ? po->needs(kv) : 0;
+    if (nd & (MK_KV_NEED_PROB_SUM | MK_KV_NEED_PER_HEAD))
+      return mk_fail(err, "cache policy %s%s scores with per-head probabilities, which tensor parallelism over %d ranks "
+                     "cannot keep identical on KV heads replicated across ranks; use a rank count that divides the "
+                     "%d KV heads, or morphkv with --kv-gqa logit_sum",
+                     mk_kv_policy_name(kv->policy), kv->policy == MK_KV_MORPHKV ? " (prob_max)" : "",
+                     e->model.plan.tp, c->n_kv_head);
+  }
   mk_kv_cache_params_t cp = {.n_seq = n_seq,
                              .n_layer = c->n_layer,
                              .n_heads = e->n_kv,
@@ -292,6 +331,51 @@ static int comm_allreduce(mk_engine_t *e, float *buf, size_t n, bool score, mk_e
   return mk_comm_allreduce_sum_f32(e->ctx->comm, score ? MK_COMM_SCORE : MK_COMM_MODEL, buf, n, err);
 }
 
+/* Score sync for replicated KV heads (kvcache/kvcache.h): logits are linear in q, so the group's
+ * summed logit row is K . (sum of the group's queries). Every replica all-reduces its partial query
+ * sum of each replicated head and then scores with the identical total, so all replicas make the
+ * same eviction decisions. Only the rows the policy will read are sent: every decode row, and the
+ * last prefill_rows rows of a prefill. Returns the number of rows synced, or -1. */
+static int sync_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk_error_t *err) {
+  const mk_backend_ops_t *o = e->be.ops;
+  const int d = e->d, nr = e->n_rep;
+  const size_t loc = (size_t)e->n_kv * d;
+  const int pre = e->cache.ops->prefill_rows(&e->cache.cfg);
+  int rows = 0;
+  for (int s = 0; s < n_spans; s++) {
+    int first = spans[s].prefill && spans[s].n > pre ? spans[s].n - pre : 0;
+    for (int t = spans[s].row + first; t < spans[s].row + spans[s].n; t++) {
+      float *dst = e->qsum_glob + (size_t)rows * nr * d;
+      for (int i = 0; i < nr; i++) {
+        float *slot = dst + (size_t)i * d;
+        if (e->rep_local[i] < 0)
+          memset(slot, 0, sizeof(float) * (size_t)d);
+        else if (o->download(&e->be, slot, e->qsum + (size_t)t * loc + (size_t)e->rep_local[i] * d,
+                             sizeof(float) * (size_t)d, err))
+          return -1;
+      }
+      rows++;
+    }
+  }
+  if (rows == 0) return 0;
+  if (mk_comm_allreduce_sum_f32(e->ctx->comm, MK_COMM_SCORE, e->qsum_glob, (size_t)rows * nr * d, err) != 0)
+    return -1;
+  rows = 0;
+  for (int s = 0; s < n_spans; s++) {
+    int first = spans[s].prefill && spans[s].n > pre ? spans[s].n - pre : 0;
+    for (int t = spans[s].row + first; t < spans[s].row + spans[s].n; t++) {
+      const float *src = e->qsum_glob + (size_t)rows * nr * d;
+      for (int i = 0; i < nr; i++)
+        if (e->rep_local[i] >= 0 &&
+            o->upload(&e->be, e->qsum + (size_t)t * loc + (size_t)e->rep_local[i] * d, src + (size_t)i * d,
+                      sizeof(float) * (size_t)d, err))
+          return -1;
+      rows++;
+    }
+  }
+  return rows;
+}
+
 /* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host). */
 static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
                    const int *out_rows, int n_out, float *logits, mk_error_t *err) {
@@ -303,7 +387,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   for (int s = 0; s < n_spans; s++)
     for (int i = 0; i < spans[s].n; i++) e->pos_buf[spans[s].row + i] = spans[s].pos0 + i;
   const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
-  const bool sync_qsum = need_qsum && tp > 1 && e->model.plan.any_replicated;
+  const bool sync_qsum = need_qsum && e->n_rep > 0;
 
   o->embed(b, &e->tok_embd, ids, n, e->x);
   for (int l = 0; l < c->n_layer; l++) {
@@ -327,21 +411,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     o->rope(b, &rk);
     if (need_qsum) {
       o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv);
-      if (sync_qsum) {
-        /* Logits are linear in q: the group's summed logit row is K . (sum of the group's q).
-         * Replicas all-reduce their partial sums so that all compute the same scores. */
-        size_t nkt = (size_t)c->n_kv_head * d, loc = (size_t)e->n_kv * d;
-        memset(e->qsum_glob, 0, sizeof(float) * (size_t)n * nkt);
-        for (int t = 0; t < n; t++) {
-          float *dst = e->qsum_glob + (size_t)t * nkt + (size_t)e->model.plan.kv_begin * d;
-          if (o->download(b, dst, e->qsum + (size_t)t * loc, loc * sizeof(float), err)) return -1;
-        }
-        if (comm_allreduce(e, e->qsum_glob, (size_t)n * nkt, true, err) != 0) return -1;
-        for (int t = 0; t < n; t++) {
-          const float *src = e->qsum_glob + (size_t)t * nkt + (size_t)e->model.plan.kv_begin * d;
-          if (o->upload(b, e->qsum + (size_t)t * loc, src, loc * sizeof(float), err)) return -1;
-        }
-      }
+      if (sync_qsum && sync_rows(e, spans, n_spans, err) < 0) return -1;
     }
     mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
                            .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
