@@ -2,12 +2,15 @@
  * tokens that the last W queries attended to most.
  *
  * State per stored head (in the cache's state arena, counted by state_bytes):
- *   ring   z[W][R][n_slots] fp32: the scaled logits of the last W queries, one row per query,
- *          column = slot. R = 1 for logit_sum (the group's logits summed before the softmax),
- *          R = group for prob_max (one row per query head).
+ *   ring   e[W][R][n_slots] fp32: for each of the last W queries, its scaled logits z turned
+ *          into e = exp(z - m) at observe time, m = the row's largest logit over the slots it
+ *          could ever score (positions < the query's own). R = 1 for logit_sum (the group's
+ *          logits summed before the softmax), R = group for prob_max (one row per query head).
  *   ring_head (oldest row), n_rows (<= W)
- *   scratch cand[n_slots] (int), score[n_slots], p[n_slots], hmax[n_slots] (fp32), so that the
- *          decode path never allocates.
+ *   zsum   Z[W][R] fp64: each ring row's softmax denominator over the current candidates
+ *   prev_lim  the candidate bound (next_pos - W) that zsum refers to
+ *   scratch cand[n_slots] (int), score[n_slots], mask[n_slots], hmax[n_slots] (fp32), so that
+ *          the decode path never allocates.
  *
  * Schedule (driven by the engine): write, attend, observe (push the row), evict(next_pos). The
  * eviction at the end of step t chooses the victims for step t+1, so the incoming token takes a
@@ -21,10 +24,21 @@
  * The first compression of a long prompt (prefill end, next_pos = P > C) and bursty eviction
  * (ea > 1) use a quickselect over all candidates.
  *
+ * Cost. The softmax is shift-invariant, so softmax_cand(row r)[j] = e_r[j] / Z_r with
+ * Z_r = sum over the candidates of e_r. A row's exponentials are taken once, when it is pushed
+ * (n_slots exp per step). Z_r (fp64, zsum) is summed in full once, at the first eviction after
+ * the push, and then kept up to date: + e_r[j] when slot j becomes a candidate (its token leaves
+ * the recent window), - e_r[j] when j is released. An eviction is then one contiguous pass of
+ * multiply-adds over the ring (W, n_slots): no exp, no gather. (Taking the W
+ * softmaxes afresh costs W x C exp per step: at C = 1024 that alone is as long as the rest of a
+ * decode step of the demo model.) The one difference from a softmax with the candidates' own
+ * maximum is fp32 underflow: a candidate more than ~87 nats below its row's maximum gets weight
+ * 0 in that row, and a row whose candidates all lie that low carries no score.
+ *
  * Why slot reuse needs no invalidation of ring columns: a token u that enters slot j becomes a
  * candidate only when next_pos - W > u, and then every ring row belongs to a query at position
  * > u, written while u already sat in slot j. Stale columns (an evicted tenant's, or rows older
- * than u) are only ever read for recent tokens, which are never scored. */
+ * than u) are only ever read for recent tokens, which are never scored (mask = 0). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -33,9 +47,10 @@
 #include "kvcache/topk.h"
 
 typedef struct mkv_state {
-  int ring_head; /* ring index of the oldest row */
-  int n_rows;    /* rows held (< W only early in a sequence) */
-  int pad_[2];
+  int ring_head;    /* ring index of the oldest row */
+  int n_rows;       /* rows held (< W only early in a sequence) */
+  int32_t prev_lim; /* the candidate bound (next_pos - W) that the rows' Z refer to */
+  int pad_;
 } mkv_state_t;
 
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
@@ -46,9 +61,10 @@ static int rows_per_query(const mk_kv_config_t *cfg, int group) {
 
 typedef struct mkv_view {
   mkv_state_t *st;
-  float *ring; /* (W, R, n_slots) */
+  double *zsum; /* (W, R) Z of each ring row over the candidates; < 0: not yet computed */
+  float *ring;  /* (W, R, n_slots) e = exp(z - m) */
   int *cand;   /* (n_slots) */
-  float *score, *p, *hmax; /* (n_slots) each */
+  float *score, *mask, *hmax; /* (n_slots) each */
   int R;
 } mkv_view_t;
 
@@ -56,22 +72,25 @@ static size_t mkv_layout(const mk_kv_config_t *cfg, int n_slots, int group, char
                          mkv_view_t *v) {
   int R = rows_per_query(cfg, group);
   size_t off = align16(sizeof(mkv_state_t));
+  size_t zsum_off = off;
+  off += align16(sizeof(double) * (size_t)cfg->window * R);
   size_t ring_off = off;
   off += align16(sizeof(float) * (size_t)cfg->window * R * n_slots);
   size_t cand_off = off;
   off += align16(sizeof(int) * (size_t)n_slots);
   size_t score_off = off;
   off += align16(sizeof(float) * (size_t)n_slots);
-  size_t p_off = off;
+  size_t mask_off = off;
   off += align16(sizeof(float) * (size_t)n_slots);
   size_t hmax_off = off;
   if (R > 1) off += align16(sizeof(float) * (size_t)n_slots);
   if (v) {
     v->st = (mkv_state_t *)base;
+    v->zsum = (double *)(base + zsum_off);
     v->ring = (float *)(base + ring_off);
     v->cand = (int *)(base + cand_off);
     v->score = (float *)(base + score_off);
-    v->p = (float *)(base + p_off);
+    v->mask = (float *)(base + mask_off);
     v->hmax = R > 1 ? (float *)(base + hmax_off) : NULL;
     v->R = R;
   }
@@ -132,6 +151,23 @@ static void mkv_reset(const mk_kv_config_t *cfg, mk_kv_head_t *h) {
   memset(v.st, 0, sizeof *v.st);
 }
 
+/* dst[j] = exp(z[j] - m) for the slots the row may ever score (pos < qpos), 0 elsewhere;
+ * m = the largest of those logits. A row with none (or a NaN/inf maximum) is all zeros. */
+static void mkv_row_exp(const mk_kv_head_t *h, const float *z, int64_t qpos, float *dst) {
+  const int n = h->n_slots;
+  float m = -INFINITY;
+  for (int j = 0; j < n; j++)
+    if (h->pos[j] >= 0 && h->pos[j] < qpos && z[j] > m) m = z[j]; /* NaN never compares greater */
+  if (!(m > -INFINITY) || isinf(m)) {
+    memset(dst, 0, sizeof(float) * (size_t)n);
+    return;
+  }
+  for (int j = 0; j < n; j++) {
+    float x = z[j];
+    dst[j] = (h->pos[j] >= 0 && h->pos[j] < qpos && x == x) ? expf(x - m) : 0.0f;
+  }
+}
+
 static void mkv_observe(const mk_kv_config_t *cfg, mk_kv_head_t *h, const mk_kv_row_t *row) {
   mkv_view_t v = mkv_view(cfg, h);
   mkv_state_t *st = v.st;
@@ -145,24 +181,56 @@ static void mkv_observe(const mk_kv_config_t *cfg, mk_kv_head_t *h, const mk_kv_
     st->ring_head = (st->ring_head + 1) % W;
   }
   float *dst = v.ring + (size_t)r * v.R * n; /* (R, n_slots) */
+  for (int q = 0; q < v.R; q++) v.zsum[(size_t)r * v.R + q] = -1.0; /* Z: at the next eviction */
   if (v.R == 1 && cfg->gqa == MK_KV_GQA_LOGIT_SUM) {
     if (row->logit_sum)
-      memcpy(dst, row->logit_sum, sizeof(float) * (size_t)n);
+      mkv_row_exp(h, row->logit_sum, row->qpos, dst);
     else
-      for (int j = 0; j < n; j++) dst[j] = -INFINITY;
+      memset(dst, 0, sizeof(float) * (size_t)n);
     return;
   }
   /* prob_max: one row per query head (heads local to this rank when tensor parallel) */
   int nq = row->logits ? row->n_q : 0;
   if (nq > v.R) nq = v.R;
   if (nq <= 0 && row->logit_sum) { /* no per-head rows: the group row is the only head */
-    memcpy(dst, row->logit_sum, sizeof(float) * (size_t)n);
+    mkv_row_exp(h, row->logit_sum, row->qpos, dst);
     nq = 1;
   }
-  for (int q = 0; q < nq && row->logits; q++)
-    memcpy(dst + (size_t)q * n, row->logits[q], sizeof(float) * (size_t)n);
-  for (int q = nq; q < v.R; q++)
-    for (int j = 0; j < n; j++) dst[(size_t)q * n + j] = -INFINITY;
+  for (int q = 0; q < nq && row->logits; q++) mkv_row_exp(h, row->logits[q], row->qpos, dst + (size_t)q * n);
+  for (int q = nq; q < v.R; q++) memset(dst + (size_t)q * n, 0, sizeof(float) * (size_t)n);
+}
+
+/* The eviction's hot loops, compiled for AVX-512, AVX2 and the baseline and picked at load time
+ * (GCC function multiversioning). No FMA contraction in ISO C mode, so every version gives the
+ * same bits. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MKV_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MKV_CLONES
+#endif
+
+/* y[j] += w x[j] */
+MKV_CLONES static void mkv_axpy(float *restrict y, const float *restrict x, float w, int n) {
+  for (int j = 0; j < n; j++) y[j] += w * x[j];
+}
+
+/* y[j] = max(y[j], w x[j]) */
+MKV_CLONES static void mkv_axmax(float *restrict y, const float *restrict x, float w, int n) {
+  for (int j = 0; j < n; j++) {
+    float v = w * x[j];
+    y[j] = v > y[j] ? v : y[j];
+  }
+}
+
+/* sum_j mask[j] e[j] over n slots, in 8 independent lanes (so that the compiler can vectorize
+ * the loop without reassociating a single sum). */
+static float mkv_masked_sum(const float *e, const float *mask, int n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) acc[l] += mask[j + l] * e[j + l];
+  for (; j < n; j++) acc[0] += mask[j] * e[j];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 static int mkv_evict(const mk_kv_config_t *cfg, mk_kv_head_t *h, int64_t next_pos, bool prefill,
@@ -172,44 +240,65 @@ static int mkv_evict(const mk_kv_config_t *cfg, mk_kv_head_t *h, int64_t next_po
   mkv_state_t *st = v.st;
   int W = cfg->window, n_slots = h->n_slots, keep = cfg->capacity - cfg->window;
   int64_t lim = next_pos - W;
+  const int RW = v.R * W; /* ring rows x heads, indexed by ring position: Z of row r, head q at
+                            zsum[r * R + q], its e at ring[(r * R + q) * n_slots] */
   int n = 0;
-  for (int j = 0; j < n_slots; j++)
-    if (h->pos[j] >= 0 && h->pos[j] < lim) v.cand[n++] = j;
+  for (int j = 0; j < n_slots; j++) {
+    bool c = h->pos[j] >= 0 && h->pos[j] < lim;
+    v.mask[j] = c ? 1.0f : 0.0f;
+    if (!c) continue;
+    v.cand[n++] = j;
+    if (h->pos[j] >= st->prev_lim) /* a candidate since the last eviction: into every known Z */
+      for (int x = 0; x < RW; x++)
+        if (v.zsum[x] >= 0.0) v.zsum[x] += v.ring[(size_t)x * n_slots + j];
+  }
+  st->prev_lim = (int32_t)lim;
   if (n <= keep) return 0;
 
-  for (int i = 0; i < n; i++) v.score[v.cand[i]] = 0.0f;
-  bool use_max = cfg->fusion == MK_KV_FUSION_MAX;
+  /* score = sum_r | max_r of e_r / Z_r over all slots (only the candidates' entries are read) */
+  for (int j = 0; j < n_slots; j++) v.score[j] = 0.0f;
+  const bool use_max = cfg->fusion == MK_KV_FUSION_MAX;
   for (int k = 0; k < st->n_rows; k++) { /* oldest to newest: a fixed summation order */
-    const float *zr = v.ring + (size_t)((st->ring_head + k) % W) * v.R * n_slots;
-    const float *pr; /* (n) this row's probabilities over the candidates */
+    const int r = (st->ring_head + k) % W;
+    const float *er = v.ring + (size_t)r * v.R * n_slots;
+    double *zr = v.zsum + (size_t)r * v.R;
+    for (int q = 0; q < v.R; q++) /* a row pushed since the last eviction: its Z in full */
+      if (zr[q] < 0.0) zr[q] = mkv_masked_sum(er + (size_t)q * n_slots, v.mask, n_slots);
+    const float *pr; /* (n_slots) this row's weights, e / Z */
+    float w = 1.0f;
     if (v.R == 1) {
-      if (!mk_kv_softmax_cand(zr, v.cand, n, v.p)) continue;
-      pr = v.p;
+      if (!(zr[0] > 0.0)) continue; /* no candidate in this row */
+      w = (float)(1.0 / zr[0]);
+      pr = er;
     } else {
       /* prob_max: softmax per query head, then the max over heads */
       bool any = false;
-      for (int q = 0; q < v.R; q++) { /* rows of absent heads are -INF and skipped */
-        if (!mk_kv_softmax_cand(zr + (size_t)q * n_slots, v.cand, n, v.p)) continue;
-        if (!any)
-          memcpy(v.hmax, v.p, sizeof(float) * (size_t)n);
-        else
-          for (int i = 0; i < n; i++) v.hmax[i] = v.p[i] > v.hmax[i] ? v.p[i] : v.hmax[i];
+      for (int q = 0; q < v.R; q++) { /* rows of absent heads are zero and skipped */
+        const float *eq = er + (size_t)q * n_slots;
+        if (!(zr[q] > 0.0)) continue;
+        float wq = (float)(1.0 / zr[q]);
+        if (!any) {
+          for (int j = 0; j < n_slots; j++) v.hmax[j] = eq[j] * wq;
+        } else {
+          mkv_axmax(v.hmax, eq, wq, n_slots);
+        }
         any = true;
       }
       if (!any) continue;
       pr = v.hmax;
     }
-    if (use_max) {
-      for (int i = 0; i < n; i++) {
-        float *s = &v.score[v.cand[i]];
-        if (pr[i] > *s) *s = pr[i];
-      }
-    } else {
-      for (int i = 0; i < n; i++) v.score[v.cand[i]] += pr[i];
-    }
+    if (use_max)
+      mkv_axmax(v.score, pr, w, n_slots);
+    else
+      mkv_axpy(v.score, pr, w, n_slots);
   }
   mk_kv_select_top(v.cand, n, keep, v.score, h->pos);
-  for (int i = keep; i < n; i++) mk_kv_release(h, v.cand[i]);
+  for (int i = keep; i < n; i++) {
+    const int j = v.cand[i];
+    for (int x = 0; x < RW; x++) /* the victim leaves every row's Z */
+      if (v.zsum[x] >= 0.0) v.zsum[x] -= v.ring[(size_t)x * n_slots + j];
+    mk_kv_release(h, j);
+  }
   return 0;
 }
 
