@@ -1,0 +1,316 @@
+/* Tensor parallelism with replicated KV heads (run under mpirun -np T): a synthetic model with 8
+ * query heads over 2 KV heads (tests/testutil/synth_model.h, random F32 weights), MorphKV
+ * evicting, T ranks against the single-process engine that rank 0 runs beside them.
+ *
+ *   tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM]]]     (default 4 24 f32 16)
+ *
+ * The quantized weight types are for manual runs: their matmuls round activations to 8 bits,
+ * so kept sets and tokens may drift from T = 1 (see tp_engine_test.c), and they need HEAD_DIM a
+ * multiple of 32 (default 32 for them), since attn_output is sliced by columns on query-head
+ * boundaries and a column slice of a quantized row must fall on 32-element blocks.
+ *
+ * With 4 query heads per KV head, T = 3, 4 and 8 cut KV groups, so both KV heads are replicated
+ * (T = 2 splits on group boundaries; T = 1 has nothing to split). Checked at the end of the
+ * prefill (the prompt is longer than C, so the first compression happens there) and after each
+ * of N_NEW greedy decode steps:
+ *  - every replica of a KV head holds the same token positions, per layer (required);
+ *  - those positions equal the single-process cache's (required: with F32 weights there is no
+ *    8-bit activation rounding, T > 1 differs from T = 1 only in the summation order of the
+ *    row-parallel partial sums, ~1e-7 relative, far below the gaps between eviction scores);
+ *  - the greedy token (argmax of the T-rank logits, fed to both engines) equals T = 1's argmax at
+ *    every step (required, 0 divergences);
+ *  - the score-sync bytes are exactly what the engine should send: per layer and replicated KV
+ *    head one head_dim query sum per row the policy reads (W prefill rows, 1 per decode step),
+ *    0 when nothing is replicated, and per decode token under half the model's all-reduce bytes.
+ * Prints "PASS: tp_synth_test ..." or "FAIL ..." (ctest matches FAIL). */
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "parallel/ctx.h"
+#include "parallel/plan.h"
+#include "src/engine.h"
+#include "tests/testutil/synth_model.h"
+
+#define N_NEW 96
+
+static int fails;
+#define CHECK(cond, ...)                     \
+  do {                                       \
+    if (!(cond)) {                           \
+      fprintf(stderr, "FAIL: " __VA_ARGS__); \
+      fputc('\n', stderr);                   \
+      fails++;                               \
+    }                                        \
+  } while (0)
+
+static void die(mk_ctx_t *ctx, const mk_error_t *err) { mk_ctx_abort(ctx, err->msg); }
+
+static int argmax(const float *x, int n) {
+  int a = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[a]) a = i;
+  return a;
+}
+
+/* Sorted kept positions of (layer, local head) of sequence 0; returns the count. */
+static int kept_positions(mk_kv_cache_t *c, int layer, int local_head, int32_t *out) {
+  mk_kv_head_t *h = mk_kv_cache_head(c, 0, layer, local_head);
+  int n = 0;
+  for (int s = 0; s < h->n_slots; s++)
+    if (h->pos[s] >= 0) out[n++] = h->pos[s];
+  for (int i = 1; i < n; i++)
+    for (int j = i; j > 0 && out[j - 1] > out[j]; j--) {
+      int32_t t = out[j];
+      out[j] = out[j - 1];
+      out[j - 1] = t;
+    }
+  return n;
+}
+
+/* Results of comparing kept positions, accumulated on rank 0. */
+typedef struct cmp_stats {
+  long replica_checks, replica_mismatch; /* (step, layer, head, extra replica) */
+  long ref_checks, ref_mismatch;         /* (step, layer, head) against T = 1 */
+  long evicted_sets;                     /* sets holding fewer positions than seen */
+  long nonsuffix_sets;                   /* sets that kept some token older than the last ones */
+  int max_kept;
+} cmp_stats_t;
+
+/* Gathers every rank's kept positions of every (layer, KV head) to rank 0 and compares them
+ * with each other and with the reference cache. n_past: tokens seen. Collective. */
+static void compare_kept(mk_ctx_t *ctx, mk_engine_t *tp, mk_engine_t *ref, int n_past, int step, int32_t *mine,
+                         int32_t *all, int32_t *refk, cmp_stats_t *cs) {
+  const mk_model_config_t *cfg = mk_engine_config(tp);
+  mk_kv_cache_t *ct = mk_engine_cache(tp);
+  const int L = cfg->n_layer, KVH = cfg->n_kv_head, row_len = ct->n_slots + 1;
+  for (int l = 0; l < L; l++) {
+    for (int i = 0; i < row_len * KVH; i++) mine[i] = -2;
+    const int kv0 = ct->heads[0].kv_head; /* global index of local head 0 */
+    for (int j = 0; j < ct->n_heads; j++) {
+      int32_t *row = mine + (size_t)(kv0 + j) * row_len;
+      row[0] = kept_positions(ct, l, j, row + 1);
+    }
+    MPI_Gather(mine, row_len * KVH, MPI_INT32_T, all, row_len * KVH, MPI_INT32_T, 0, ctx->mpi);
+    if (ctx->rank != 0) continue;
+    mk_kv_cache_t *cr = mk_engine_cache(ref);
+    for (int h = 0; h < KVH; h++) {
+      const int nr = kept_positions(cr, l, h, refk);
+      const int32_t *first = NULL;
+      for (int r = 0; r < ctx->world; r++) {
+        const int32_t *row = all + ((size_t)r * KVH + h) * row_len;
+        if (row[0] == -2) continue; /* rank r does not hold head h */
+        if (!first) {
+          first = row;
+          cs->ref_checks++;
+          if (row[0] != nr || memcmp(row + 1, refk, sizeof(int32_t) * (size_t)nr) != 0) {
+            if (cs->ref_mismatch < 5)
+              fprintf(stderr, "step %d layer %d KV head %d: kept positions (%d) differ from T=1's (%d)\n", step, l,
+                      h, row[0], nr);
+            cs->ref_mismatch++;
+          }
+          if (row[0] > cs->max_kept) cs->max_kept = row[0];
+          if (row[0] < n_past) cs->evicted_sets++;
+          /* a suffix would be exactly the last row[0] positions */
+          if (row[0] > 0 && row[1] != n_past - row[0]) cs->nonsuffix_sets++;
+          continue;
+        }
+        cs->replica_checks++;
+        if (row[0] != first[0] || memcmp(row + 1, first + 1, sizeof(int32_t) * (size_t)row[0]) != 0) {
+          if (cs->replica_mismatch < 5)
+            fprintf(stderr, "step %d layer %d KV head %d: replica on rank %d differs from the first replica\n", step,
+                    l, h, r);
+          cs->replica_mismatch++;
+        }
+      }
+    }
+  }
+}
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  mk_ctx_t ctx;
+  mk_error_t err = {{0}};
+  if (mk_ctx_init(&ctx, MPI_COMM_WORLD, &err) != 0) mk_ctx_abort(NULL, err.msg);
+  mk_kv_config_t kv;
+  mk_kv_config_default(&kv);
+  kv.policy = MK_KV_MORPHKV;
+  kv.gqa = MK_KV_GQA_LOGIT_SUM;
+  kv.window = argc >= 3 ? atoi(argv[1]) : 4;
+  kv.capacity = argc >= 3 ? atoi(argv[2]) : 24;
+  mk_synth_params_t sp;
+  mk_synth_params_default(&sp);
+  const char *wname = argc >= 4 ? argv[3] : "f32";
+  if (strcmp(wname, "f32") == 0) sp.wtype = MK_TYPE_F32;
+  else if (strcmp(wname, "q8_0") == 0) sp.wtype = MK_TYPE_Q8_0;
+  else if (strcmp(wname, "q4_1") == 0) sp.wtype = MK_TYPE_Q4_1;
+  else mk_ctx_abort(&ctx, "usage: tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM]]]");
+  sp.head_dim = argc >= 5 ? atoi(argv[4]) : sp.wtype == MK_TYPE_F32 ? 16 : 32;
+  const int T = ctx.world;
+
+  /* rank 0 writes the model; every rank opens it after the broadcast of its path */
+  char path[512] = {0};
+  int wrc = 0;
+  if (ctx.rank == 0) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(path, sizeof path, "%s/mk_synth_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    int fd = mkstemp(path);
+    if (fd < 0) wrc = -1;
+    else close(fd);
+    if (wrc == 0) wrc = mk_synth_model_write(path, &sp);
+  }
+  MPI_Bcast(&wrc, 1, MPI_INT, 0, ctx.mpi);
+  if (wrc != 0) mk_ctx_abort(&ctx, "cannot write the synthetic model");
+  MPI_Bcast(path, sizeof path, MPI_CHAR, 0, ctx.mpi);
+  MPI_Barrier(ctx.mpi);
+
+  mk_engine_params_t ep = {.model_path = path, .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1}};
+  mk_engine_t *tp = NULL, *ref = NULL;
+  if (mk_engine_open(&tp, &ep, &ctx, &err) != 0) die(&ctx, &err);
+  if (ctx.rank == 0 && mk_engine_open(&ref, &ep, NULL, &err) != 0) die(&ctx, &err);
+  const mk_model_config_t *cfg = mk_engine_config(tp);
+  const int V = mk_engine_n_vocab(tp), L = cfg->n_layer, KVH = cfg->n_kv_head, d = cfg->head_dim;
+
+  /* The plan of every rank (the same pure function the engine used), and the replicated heads. */
+  mk_plan_dims_t dims;
+  mk_tensor_source_t src = mk_gguf_tensor_source(mk_engine_gguf(tp));
+  mk_model_plan_dims(cfg, &src, &dims);
+  int holders[64] = {0}, n_rep = 0, vocab_slice_max = 0;
+  if (KVH > 64 || V > 1024) mk_ctx_abort(&ctx, "synthetic model larger than this test's tables");
+  for (int r = 0; r < T; r++) {
+    mk_plan_t pr;
+    if (mk_plan_make(&dims, T, r, &pr, &err) != 0) die(&ctx, &err);
+    for (int h = pr.kv_begin; h < pr.kv_end; h++) holders[h]++;
+    if (pr.vocab_end - pr.vocab_begin > vocab_slice_max) vocab_slice_max = pr.vocab_end - pr.vocab_begin;
+    if (ctx.rank == 0)
+      printf("T=%d plan rank %d: query heads [%d,%d) KV heads [%d,%d) ff [%d,%d) vocab [%d,%d)\n", T, r, pr.q_begin,
+             pr.q_end, pr.kv_begin, pr.kv_end, pr.ff_begin, pr.ff_end, pr.vocab_begin, pr.vocab_end);
+  }
+  for (int h = 0; h < KVH; h++) n_rep += holders[h] > 1;
+  if (ctx.rank == 0) {
+    printf("T=%d: model %d layers, %d query heads, %d KV heads, head_dim %d, n_ff %d, vocab %d, weights %s; "
+           "replicated KV heads:",
+           T, L, cfg->n_head, KVH, d, cfg->n_ff, V, wname);
+    for (int h = 0; h < KVH; h++)
+      if (holders[h] > 1) printf(" %d (on %d ranks)", h, holders[h]);
+    printf("%s\n", n_rep ? "" : " none");
+  }
+  const bool expect_rep = n_rep > 0;
+  if (T == 3 || T == 4 || T == 8) CHECK(n_rep == KVH, "T=%d should replicate all %d KV heads, plan replicates %d", T, KVH, n_rep);
+  if (T == 1 || T == 2) CHECK(n_rep == 0, "T=%d should replicate nothing, plan replicates %d", T, n_rep);
+
+  const char *text = "the cat and the dog went to the park in the morning, then it ran home.";
+  int32_t ids[256];
+  int np = mk_tok_encode(mk_engine_tokenizer(tp), text, strlen(text), false, false, ids, 256, &err);
+  if (np < 0) die(&ctx, &err);
+  if (np <= kv.capacity || np > 200) mk_ctx_abort(&ctx, "prompt length must exceed C (and be <= 200)");
+  const int total = np + N_NEW + 1;
+  if (mk_engine_begin(tp, &kv, 1, np, total, &err) != 0) die(&ctx, &err);
+  if (ctx.rank == 0 && mk_engine_begin(ref, &kv, 1, np, total, &err) != 0) die(&ctx, &err);
+  {
+    /* the engine's cache holds exactly the KV heads of this rank's plan */
+    mk_plan_t pr;
+    if (mk_plan_make(&dims, T, ctx.rank, &pr, &err) != 0) die(&ctx, &err);
+    mk_kv_cache_t *c = mk_engine_cache(tp);
+    CHECK(c->n_heads == pr.kv_end - pr.kv_begin && c->heads[0].kv_head == pr.kv_begin,
+          "rank %d: cache holds %d KV heads from %d, plan says [%d,%d)", ctx.rank, c->n_heads, c->heads[0].kv_head,
+          pr.kv_begin, pr.kv_end);
+  }
+
+  mk_kv_cache_t *ct = mk_engine_cache(tp);
+  const int row_len = ct->n_slots + 1;
+  int32_t *mine = malloc(sizeof(int32_t) * (size_t)row_len * KVH);
+  int32_t *all = malloc(sizeof(int32_t) * (size_t)row_len * KVH * T);
+  int32_t *refk = malloc(sizeof(int32_t) * (size_t)row_len);
+  float *logit_t = malloc(sizeof(float) * V), *logit_r = malloc(sizeof(float) * V);
+  if (!mine || !all || !refk || !logit_t || !logit_r) mk_ctx_abort(&ctx, "out of memory");
+  cmp_stats_t cs = {0};
+
+  /* prefill: the first compression happens at its end */
+  if (mk_engine_step(tp, 0, ids, np, false, logit_t, &err) != 0) die(&ctx, &err);
+  if (ctx.rank == 0 && mk_engine_step(ref, 0, ids, np, false, logit_r, &err) != 0) die(&ctx, &err);
+  compare_kept(&ctx, tp, ref, np, -1, mine, all, refk, &cs);
+  mk_engine_stats_t s0, s1;
+  mk_engine_get_stats(tp, &s0);
+
+  /* greedy decode: the TP argmax feeds both engines */
+  int diverged = 0, first_div = -1, distinct = 0;
+  double max_logit_diff = 0;
+  char seen[1024] = {0};
+  for (int step = 0; step < N_NEW; step++) {
+    int32_t tok = argmax(logit_t, V);
+    if (ctx.rank == 0) {
+      for (int i = 0; i < V; i++) {
+        double df = fabs((double)logit_t[i] - logit_r[i]);
+        if (df > max_logit_diff) max_logit_diff = df;
+      }
+      if (argmax(logit_r, V) != tok) {
+        if (first_div < 0) first_div = step;
+        diverged++;
+      }
+      if (tok < (int)sizeof seen && !seen[tok]) {
+        seen[tok] = 1;
+        distinct++;
+      }
+    }
+    MPI_Bcast(&tok, 1, MPI_INT32_T, 0, ctx.mpi); /* all ranks already agree; keep them in lockstep */
+    if (mk_engine_step(tp, 0, &tok, 1, false, logit_t, &err) != 0) die(&ctx, &err);
+    if (ctx.rank == 0 && mk_engine_step(ref, 0, &tok, 1, false, logit_r, &err) != 0) die(&ctx, &err);
+    compare_kept(&ctx, tp, ref, np + step + 1, step, mine, all, refk, &cs);
+  }
+  mk_engine_get_stats(tp, &s1);
+
+  if (ctx.rank == 0) {
+    const double per_row = (double)L * n_rep * d * sizeof(float); /* one query sum per layer, replicated head */
+    const double score_dec = (double)(s1.comm_score_bytes - s0.comm_score_bytes) / N_NEW;
+    const double model_dec = (double)(s1.comm_model_bytes - s0.comm_model_bytes) / N_NEW;
+    const double model_expect = T > 1 ? 2.0 * L * cfg->n_embd * sizeof(float) + (double)T * vocab_slice_max * sizeof(float) : 0;
+    const int pre_rows = np < kv.window ? np : kv.window;
+    printf("T=%d morphkv W=%d C=%d: prompt %d tokens, %d greedy tokens (%d distinct), %d identical to T=1's argmax "
+           "(max |logit diff| %.3g)\n",
+           T, kv.window, kv.capacity, np, N_NEW, distinct, N_NEW - diverged, max_logit_diff);
+    printf("T=%d kept positions: %ld replica comparisons, %ld mismatches; %ld of %ld (step, layer, head) sets differ "
+           "from T=1; %ld sets evicted something, %ld kept an older token than the last ones; max kept %d (slots %d)\n",
+           T, cs.replica_checks, cs.replica_mismatch, cs.ref_mismatch, cs.ref_checks, cs.evicted_sets,
+           cs.nonsuffix_sets, cs.max_kept, ct->n_slots);
+    printf("T=%d comm bytes: prefill score sync %llu (expected %.0f = %d rows x %.0f); per decode token: score sync "
+           "%.1f (expected %.0f), model all-reduces + logit gather %.1f (expected %.0f); ratio %.4f\n",
+           T, (unsigned long long)s0.comm_score_bytes, per_row * pre_rows, pre_rows, per_row, score_dec, per_row,
+           model_dec, model_expect, model_dec > 0 ? score_dec / model_dec : 0.0);
+    CHECK(cs.replica_mismatch == 0, "%ld replica kept-position mismatches", cs.replica_mismatch);
+    CHECK(!expect_rep || cs.replica_checks > 0, "no replica was compared although KV heads are replicated");
+    CHECK(cs.ref_mismatch == 0, "%ld kept-position sets differ from T=1", cs.ref_mismatch);
+    CHECK(cs.evicted_sets == cs.ref_checks, "MorphKV did not evict at every check (%ld of %ld)", cs.evicted_sets,
+          cs.ref_checks);
+    CHECK(cs.nonsuffix_sets > 0, "MorphKV only ever kept the most recent tokens");
+    CHECK(diverged == 0, "%d greedy tokens differ from T=1's (first at step %d)", diverged, first_div);
+    CHECK(distinct >= 2, "greedy decoding produced a single token");
+    if (n_rep > 0) {
+      CHECK((double)s0.comm_score_bytes == per_row * pre_rows, "prefill score sync %llu bytes, expected %.0f",
+            (unsigned long long)s0.comm_score_bytes, per_row * pre_rows);
+      CHECK(score_dec == per_row, "score sync %.1f bytes per decode token, expected %.0f", score_dec, per_row);
+      CHECK(score_dec < 0.5 * model_dec, "score sync / model all-reduce = %.3f, not < 0.5", score_dec / model_dec);
+    } else {
+      CHECK(s1.comm_score_bytes == 0, "score sync %llu bytes without replicated heads",
+            (unsigned long long)s1.comm_score_bytes);
+    }
+  }
+  int f = fails, any = 0;
+  MPI_Allreduce(&f, &any, 1, MPI_INT, MPI_SUM, ctx.mpi);
+  if (ctx.rank == 0) printf("%s: tp_synth_test T=%d W=%d C=%d %s\n", any ? "FAIL" : "PASS", T, kv.window, kv.capacity, wname);
+  free(mine);
+  free(all);
+  free(refk);
+  free(logit_t);
+  free(logit_r);
+  mk_engine_close(tp);
+  mk_engine_close(ref);
+  MPI_Barrier(ctx.mpi);
+  if (ctx.rank == 0) unlink(path);
+  mk_ctx_free(&ctx);
+  MPI_Finalize();
+  return any ? 1 : 0;
+}
