@@ -127,6 +127,7 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   if (world > 1) {
     mk_plan_dims_t dims;
     mk_model_plan_dims(&cfg, &src, &dims);
+    if (mk_model_check_tp(&cfg, &src, world, err) != 0) goto fail;
     if (mk_plan_make(&dims, world, rank, &plan, err) != 0) goto fail;
     planp = &plan;
   }

@@ -153,6 +153,38 @@ void mk_model_plan_dims(const mk_model_config_t *cfg, const mk_tensor_source_t *
   if (t && mk_type_block_elems(t->type) > 0) d->ff_align = (int)mk_type_block_elems(t->type);
 }
 
+/* Whether every rank's column slices of attn_output and ffn_down fall on quantization blocks. */
+static bool tp_slices_aligned(const mk_model_config_t *cfg, const mk_tensor_source_t *src, const mk_plan_dims_t *d,
+                              int tp) {
+  const mk_tensor_info_t *wo = mk_tensor_find(src, "blk.0.attn_output.weight");
+  int64_t blk = wo ? mk_type_block_elems(wo->type) : 1;
+  if (blk <= 1) return true;
+  for (int r = 0; r < tp; r++) {
+    mk_plan_t p;
+    if (mk_plan_make(d, tp, r, &p, NULL) != 0) return false;
+    int64_t c0 = (int64_t)p.q_begin * cfg->head_dim, c1 = (int64_t)p.q_end * cfg->head_dim;
+    if (c0 % blk || (c1 % blk && c1 != (int64_t)cfg->n_head * cfg->head_dim)) return false;
+  }
+  return true;
+}
+
+int mk_model_check_tp(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int tp, mk_error_t *err) {
+  mk_plan_dims_t d;
+  mk_model_plan_dims(cfg, src, &d);
+  mk_plan_t p;
+  if (mk_plan_make(&d, tp, 0, &p, err) != 0) return -1;
+  if (tp_slices_aligned(cfg, src, &d, tp)) return 0;
+  char ok[256] = "";
+  size_t len = 0;
+  int max = mk_plan_max_tp(&d, NULL);
+  for (int t = 1; t <= max && len + 8 < sizeof ok; t++)
+    if (tp_slices_aligned(cfg, src, &d, t)) len += (size_t)snprintf(ok + len, sizeof ok - len, "%s%d", len ? ", " : "", t);
+  const mk_tensor_info_t *wo = mk_tensor_find(src, "blk.0.attn_output.weight");
+  return mk_fail(err, "tensor parallelism over %d ranks would cut attn_output (%s, blocks of %lld) inside a block "
+                 "(head_dim %d); rank counts that work: %s", tp, wo ? mk_type_name(wo->type) : "?",
+                 (long long)(wo ? mk_type_block_elems(wo->type) : 0), cfg->head_dim, ok);
+}
+
 int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
                   const mk_plan_t *plan, mk_error_t *err) {
   memset(m, 0, sizeof *m);

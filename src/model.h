@@ -50,6 +50,9 @@ typedef struct mk_model {
 int mk_model_config_read(const mk_gguf_t *g, mk_model_config_t *cfg, mk_error_t *err);
 /* Plan dims for this model (block alignment from the weight types). */
 void mk_model_plan_dims(const mk_model_config_t *cfg, const mk_tensor_source_t *src, mk_plan_dims_t *d);
+/* Refuses a tensor-parallel degree whose plan is impossible or whose weight slices would cut a
+ * quantization block, naming the degrees that work. */
+int mk_model_check_tp(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int tp, mk_error_t *err);
 /* Binds (and slices) weights. plan NULL = everything. Errors name the tensor. */
 int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
                   const mk_plan_t *plan, mk_error_t *err);
