@@ -130,7 +130,8 @@ __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_
 
   const int sub = lane & 7;
   for (int c0 = r0; c0 < r1; c0 += CH) {
-    /* A: logits of this chunk */
+    /* A: logits of this chunk (unrolled: two K loads in flight per lane before the shuffles) */
+#pragma unroll 2
     for (int pass = 0; pass < CH / (4 * MK_ATTN_WARPS); pass++) {
       const int jj = pass * (4 * MK_ATTN_WARPS) + warp * 4 + (lane >> 3);
       const int j = c0 + jj;
@@ -214,6 +215,7 @@ __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_
 #pragma unroll
       for (int i = 0; i < DV; i++) acc[h][i] *= al;
     }
+#pragma unroll 4
     for (int jj = warp; jj < CH; jj += MK_ATTN_WARPS) {
       if (!vld[jj]) continue;
       float vf[DV];

@@ -20,6 +20,7 @@ enum { EMU_READY = 0, EMU_AT_BLOCK, EMU_AT_WARP, EMU_DONE };
 typedef struct emu_thread {
   void *sp;
   int state;
+  unsigned shfl; /* shuffles done: picks the exchange buffer */
   mk_emu_ctx ctx;
 } emu_thread_t;
 
@@ -31,7 +32,7 @@ static char *g_stacks;
 static int g_n, g_cur;
 static void *g_sched_sp;
 static const std::function<void()> *g_body;
-static uint64_t g_slots[EMU_MAX_THREADS];
+static uint64_t g_slots[2][EMU_MAX_THREADS];
 
 extern "C" void mk_emu_switch(void **save_sp, void *to_sp);
 __asm__(
@@ -76,13 +77,14 @@ void mk_emu_syncwarp(void) {
   yield_to_scheduler();
 }
 
+/* One barrier per shuffle: exchange buffers alternate, and a lane can write buffer b again only
+ * after the next shuffle's barrier, which every lane reaches after reading b. */
 uint64_t mk_emu_shfl_xor(uint64_t v, int lane_mask) {
   const int me = g_cur, src = (me & ~31) | ((me & 31) ^ lane_mask);
-  g_slots[me] = v;
+  uint64_t *buf = g_slots[g_th[me].shfl++ & 1];
+  buf[me] = v;
   mk_emu_syncwarp();
-  uint64_t r = src < g_n ? g_slots[src] : v;
-  mk_emu_syncwarp();
-  return r;
+  return src < g_n ? buf[src] : v;
 }
 
 static void deadlock(void) {
@@ -113,6 +115,7 @@ void mk_emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
         for (int t = 0; t < n; t++) {
           emu_thread_t *th = &g_th[t];
           th->state = EMU_READY;
+          th->shfl = 0;
           th->ctx.tid = make_uint3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
           th->ctx.bid = make_uint3(bx, by, bz);
           th->ctx.bdim = block;
