@@ -259,7 +259,7 @@ static void test_shipped_configs(void **state) {
     fail_msg("%s", err.msg);
   assert_string_equal(o.model, "/cache/SmolLM2-135M-Instruct.Q4_1.gguf");
   assert_true(o.chat);
-  assert_string_equal(o.system, "You are a helpful assistant.");
+  assert_string_equal(o.system, "Answer the question in one sentence.");
   assert_float_equal(o.sampling.temperature, 0.0f, 0.0);
   assert_int_equal(o.max_new_tokens, 256);
   assert_int_equal(o.kv.policy, MK_KV_FULL);
