@@ -165,6 +165,7 @@ def main():
            "--temperature", "0", "--max-new-tokens", str(a.gen_tokens), "--ignore-eos",
            "--threads", str(a.threads), "--stats-json", stats, "--quiet"]
 
+    load = os.getloadavg()
     mk_pp, mk_tg, ll_pp, ll_tg = [], [], [], []
     run_llamacpp(llm, ids, 8)  # warm-up (page in the weights)
     run_morphkv(cmd[:cmd.index("--max-new-tokens") + 1] + ["8"] + cmd[cmd.index("--max-new-tokens") + 2:], stats)
@@ -184,7 +185,6 @@ def main():
     cpu, cores, hw_threads = machine()
     when = datetime.date.today().isoformat()
     ver = getattr(llama_cpp, "__version__", "?")
-    rel_model = a.model.replace(os.path.expanduser("~"), "~")
     mk_cmd = " ".join(shlex.quote(c) for c in cmd).replace(tmp, "$TMP").replace(
         os.path.expanduser("~"), "~").replace(ROOT + "/", "")
     rows = [
@@ -196,7 +196,8 @@ def main():
         "",
         f"Model `{os.path.basename(a.model)}`, {a.threads} thread(s) for both engines, greedy, "
         f"median of {a.reps} runs; measured {when}.",
-        f"Machine: {cpu}, {cores} cores ({hw_threads} hardware threads).",
+        f"Machine: {cpu}, {cores} cores ({hw_threads} hardware threads); load average "
+        f"{load[0]:.2f} at the start (other work on the machine slows both engines).",
         "",
         "| phase | morphkv tok/s | llama.cpp tok/s | morphkv / llama.cpp |",
         "| --- | ---: | ---: | ---: |",
@@ -212,8 +213,8 @@ def main():
         "Commands:",
         "",
         "```",
-        f"python3 tests/bench/bench_vs_llamacpp.py --model {rel_model} --threads {a.threads} "
-        f"--reps {a.reps}",
+        "python3 " + " ".join(shlex.quote(x) for x in sys.argv).replace(
+            os.path.expanduser("~"), "~").replace(ROOT + "/", ""),
         f"# morphkv side, per run:",
         mk_cmd,
         "```",
