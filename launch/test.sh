@@ -11,6 +11,9 @@ ASAN_DIR="${ASAN_DIR:-$ROOT/build-asan}"
 export PATH="$HOME/.local/bin:$PATH"
 # mpirun refuses to run as root unless told (containers, CI)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# ctest runs $(nproc) tests at once: one OpenMP thread each, sleeping rather than spinning while
+# idle, so concurrent tests (and oversubscribed MPI ranks) do not starve each other.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 JOBS="$(nproc)"
 EXCLUDE=(-LE slow)
 [ "${MORPHKV_TEST_SLOW:-0}" = "1" ] && EXCLUDE=()
