@@ -1,4 +1,4 @@
-/* Synthetic llama GGUF writer (see synth_model.h). */
+/* Synthetic llama / qwen2 GGUF writer (see synth_model.h for the weight rule). */
 #include "tests/testutil/synth_model.h"
 
 #include <math.h>
@@ -35,6 +35,8 @@ void mk_synth_params_default(mk_synth_params_t *p) {
   p->rope_theta = 10000.0f;
   p->norm_eps = 1e-5f;
   p->seed = 1234;
+  p->arch = MK_SYNTH_LLAMA;
+  p->with_rope_freqs = false;
 }
 
 static void *xmalloc(size_t n) {
@@ -175,14 +177,21 @@ static void put_matrix(mk_gguf_writer_t *w, const char *name, mk_type_t t, int64
   free(x);
 }
 
-static void put_norm(mk_gguf_writer_t *w, const char *name, int64_t n, uint64_t seed, uint64_t idx) {
+/* Adds an F32 vector of n entries add + mul * u (u uniform in [-1, 1)): norm weights, biases,
+ * rope frequency factors. */
+static void put_vec(mk_gguf_writer_t *w, const char *name, int64_t n, float add, float mul, uint64_t seed,
+                    uint64_t idx) {
   uint64_t s = seed ^ (0x9E3779B97F4A7C15ull * (idx + 1));
   mk_test_rand_u64(&s);
   float *x = xmalloc(sizeof(float) * (size_t)n);
-  for (int64_t i = 0; i < n; i++) x[i] = 1.0f + 0.1f * mk_test_rand_f32(&s);
+  for (int64_t i = 0; i < n; i++) x[i] = add + mul * mk_test_rand_f32(&s);
   int64_t ne[1] = {n};
   mk_gw_tensor(w, name, MK_TYPE_F32, 1, ne, x, sizeof(float) * (size_t)n);
   free(x);
+}
+
+static void put_norm(mk_gguf_writer_t *w, const char *name, int64_t n, uint64_t seed, uint64_t idx) {
+  put_vec(w, name, n, 1.0f, 0.1f, seed, idx);
 }
 
 int mk_synth_model_write(const char *path, const mk_synth_params_t *p) {
@@ -191,6 +200,10 @@ int mk_synth_model_write(const char *path, const mk_synth_params_t *p) {
       p->head_dim % 2 || p->n_ff < 1 || p->n_ctx < 1) {
     fprintf(stderr, "mk_synth_model_write: invalid params (layers %d, heads %d/%d, head_dim %d, n_ff %d, ctx %d)\n",
             p->n_layer, p->n_head, p->n_kv_head, p->head_dim, p->n_ff, p->n_ctx);
+    return -1;
+  }
+  if (p->arch != MK_SYNTH_LLAMA && p->arch != MK_SYNTH_QWEN2) {
+    fprintf(stderr, "mk_synth_model_write: unknown architecture %d\n", (int)p->arch);
     return -1;
   }
   if (p->wtype != MK_TYPE_F32 && p->wtype != MK_TYPE_Q8_0 && p->wtype != MK_TYPE_Q4_1) {
@@ -202,19 +215,23 @@ int mk_synth_model_write(const char *path, const mk_synth_params_t *p) {
             mk_type_name(p->wtype), ne, p->n_ff);
     return -1;
   }
+  const char *arch = p->arch == MK_SYNTH_QWEN2 ? "qwen2" : "llama";
+  char key[96];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
   mk_gguf_writer_t *w = mk_gw_new();
-  mk_gw_kv_str(w, "general.architecture", "llama");
+  mk_gw_kv_str(w, "general.architecture", arch);
   mk_gw_kv_str(w, "general.name", "morphkv-synthetic");
-  mk_gw_kv_u32(w, "llama.block_count", (uint32_t)p->n_layer);
-  mk_gw_kv_u32(w, "llama.embedding_length", (uint32_t)ne);
-  mk_gw_kv_u32(w, "llama.feed_forward_length", (uint32_t)p->n_ff);
-  mk_gw_kv_u32(w, "llama.attention.head_count", (uint32_t)p->n_head);
-  mk_gw_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)p->n_kv_head);
-  mk_gw_kv_u32(w, "llama.context_length", (uint32_t)p->n_ctx);
-  mk_gw_kv_u32(w, "llama.vocab_size", (uint32_t)N_VOCAB);
-  mk_gw_kv_u32(w, "llama.rope.dimension_count", (uint32_t)p->head_dim);
-  mk_gw_kv_f32(w, "llama.rope.freq_base", p->rope_theta);
-  mk_gw_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", p->norm_eps);
+  mk_gw_kv_u32(w, KEY("block_count"), (uint32_t)p->n_layer);
+  mk_gw_kv_u32(w, KEY("embedding_length"), (uint32_t)ne);
+  mk_gw_kv_u32(w, KEY("feed_forward_length"), (uint32_t)p->n_ff);
+  mk_gw_kv_u32(w, KEY("attention.head_count"), (uint32_t)p->n_head);
+  mk_gw_kv_u32(w, KEY("attention.head_count_kv"), (uint32_t)p->n_kv_head);
+  mk_gw_kv_u32(w, KEY("context_length"), (uint32_t)p->n_ctx);
+  mk_gw_kv_u32(w, KEY("vocab_size"), (uint32_t)N_VOCAB);
+  mk_gw_kv_u32(w, KEY("rope.dimension_count"), (uint32_t)p->head_dim);
+  mk_gw_kv_f32(w, KEY("rope.freq_base"), p->rope_theta);
+  mk_gw_kv_f32(w, KEY("attention.layer_norm_rms_epsilon"), p->norm_eps);
+#undef KEY
   put_tokenizer(w);
 
   const uint64_t seed = p->seed;
@@ -225,8 +242,8 @@ int mk_synth_model_write(const char *path, const mk_synth_params_t *p) {
   if (!p->tied_output) put_matrix(w, "output.weight", t, ne, N_VOCAB, sqrtf(3.0f / (float)ne), seed, idx++);
   else idx++;
   char name[64];
-  for (int l = 0; l < p->n_layer; l++) {
 #define NAME(s) (snprintf(name, sizeof name, "blk.%d." s, l), name)
+  for (int l = 0; l < p->n_layer; l++) {
     put_norm(w, NAME("attn_norm.weight"), ne, seed, idx++);
     put_norm(w, NAME("ffn_norm.weight"), ne, seed, idx++);
     put_matrix(w, NAME("attn_q.weight"), t, ne, nq, sqrtf(3.0f / (float)ne), seed, idx++);
@@ -236,8 +253,20 @@ int mk_synth_model_write(const char *path, const mk_synth_params_t *p) {
     put_matrix(w, NAME("ffn_gate.weight"), t, ne, p->n_ff, sqrtf(3.0f / (float)ne), seed, idx++);
     put_matrix(w, NAME("ffn_up.weight"), t, ne, p->n_ff, sqrtf(3.0f / (float)ne), seed, idx++);
     put_matrix(w, NAME("ffn_down.weight"), t, p->n_ff, ne, sqrtf(3.0f / (float)p->n_ff), seed, idx++);
-#undef NAME
   }
+  /* tensors added after the original layout take numbers after it, so that the original
+   * tensors keep their values */
+  idx = 3 + 9 * (uint64_t)p->n_layer;
+  if (p->with_rope_freqs) put_vec(w, "rope_freqs.weight", p->head_dim / 2, 2.5f, 1.5f, seed, idx);
+  idx++;
+  if (p->arch == MK_SYNTH_QWEN2) {
+    for (int l = 0; l < p->n_layer; l++) {
+      put_vec(w, NAME("attn_q.bias"), nq, 0.0f, 0.5f, seed, idx++);
+      put_vec(w, NAME("attn_k.bias"), nkv, 0.0f, 0.5f, seed, idx++);
+      put_vec(w, NAME("attn_v.bias"), nkv, 0.0f, 0.5f, seed, idx++);
+    }
+  }
+#undef NAME
   int rc = mk_gw_write_file(w, path);
   mk_gw_free(w);
   if (rc != 0) fprintf(stderr, "mk_synth_model_write: cannot write %s\n", path);
