@@ -358,8 +358,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   if (mk_gen_opts_parse_args(&o, argc, argv, &help, &err) != 0 ||
       (!help && mk_gen_opts_check(&o, &err) != 0)) {
     if (r0) {
-      fprintf(stderr, "morphkv generate: %s\n\n", err.msg);
-      usage_generate(stderr);
+      fprintf(stderr, "morphkv generate: %s\n(morphkv generate --help lists the options)\n", err.msg);
     }
     mk_gen_opts_free(&o);
     return EXIT_USAGE;
