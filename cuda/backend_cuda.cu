@@ -439,7 +439,11 @@ static int mirror_create(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t 
   m->d = kc->head_dim;
   m->n_slots = kc->n_slots;
   m->window = kc->cfg.window;
-  m->fast_mkv = kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM &&
+  /* MORPHKV_CUDA_POLICY=host (a test hook, read once per cache): every policy, MorphKV included,
+   * runs on the host from host-computed rows; test_cuda_e2e compares the two paths. */
+  const char *force = getenv("MORPHKV_CUDA_POLICY");
+  const bool host_only = force && strcmp(force, "host") == 0;
+  m->fast_mkv = !host_only && kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM &&
                kc->cfg.window <= MK_MKV_WMAX;
   m->host_policy = !m->fast_mkv && kc->cfg.policy != MK_KV_FULL;
   const size_t nh = (size_t)m->n_seq * m->n_layer * m->n_heads, ns = (size_t)m->n_slots;
