@@ -10,7 +10,8 @@
 #
 # Environment: BUILD_DIR (default build-device), JOBS (default nproc), MORPHKV_TEST_MODEL (the demo
 # model for test_cuda_e2e, which skips without it), BENCH_ARGS (extra arguments, e.g. --quick).
-# Exit status: 0 when the tests passed (or skipped) and the benchmark ran; 1 otherwise.
+# Exit status: 0 when the tests passed (or skipped) and the benchmark ran; 77 without a device;
+# 1 otherwise.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${BUILD_DIR:-$ROOT/build-device}"
@@ -58,6 +59,10 @@ stamp "bench_decode ${BENCH_ARGS:-}"
 bench_rc=0
 timeout 300 "$bench" ${BENCH_ARGS:-} || bench_rc=$?
 [ "$bench_rc" -eq 0 ] || stamp "bench_decode exited with $bench_rc"
+if [ "$bench_rc" -eq 77 ]; then
+  stamp "summary: no CUDA device here (gpu tests $tests_note, benchmark skipped); total $(( $(date +%s) - t0 )) s"
+  exit 77
+fi
 
 stamp "summary: gpu tests $tests_note; benchmark exit $bench_rc; total $(( $(date +%s) - t0 )) s"
 [ "$tests_rc" -eq 1 ] && exit 1
