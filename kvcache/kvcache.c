@@ -113,16 +113,18 @@ void mk_kv_cache_reset_seq(mk_kv_cache_t *c, int seq) {
       for (int i = 0; i < hd->n_slots; i++) hd->pos[i] = -1;
       hd->n_used = 0;
       hd->hi = 0;
+      hd->free_hint = 0;
       c->ops->reset(&c->cfg, hd);
     }
 }
 
 int mk_kv_acquire(mk_kv_head_t *h, int64_t pos) {
   if (h->n_used >= h->n_slots) return -1;
-  for (int i = 0; i < h->n_slots; i++)
+  for (int i = h->free_hint; i < h->n_slots; i++)
     if (h->pos[i] < 0) {
       h->pos[i] = (int32_t)pos;
       h->n_used++;
+      h->free_hint = i + 1;
       if (i + 1 > h->hi) h->hi = i + 1;
       return i;
     }
@@ -133,6 +135,7 @@ void mk_kv_release(mk_kv_head_t *h, int slot) {
   if (slot >= 0 && slot < h->n_slots && h->pos[slot] >= 0) {
     h->pos[slot] = -1;
     h->n_used--;
+    if (slot < h->free_hint) h->free_hint = slot;
   }
 }
 

@@ -70,6 +70,7 @@ typedef struct mk_kv_head {
   int n_slots, head_dim;
   int n_used;
   int hi;         /* high-water mark: every used slot is < hi (attention loops stop here) */
+  int free_hint;  /* every slot below it is used: acquire scans from here (O(1) for a growing cache) */
   int32_t *pos;   /* (n_slots) absolute position, -1 = free */
   void *k, *v;    /* (n_slots, head_dim) of dtype */
   void *state;    /* policy state, policy-owned layout, inside the cache's state arena */
