@@ -10,7 +10,9 @@ Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv wr
                           N positions (default 50), log scale
     DIR/kv_<budget>.png   live K/V bytes against position, one line per policy (the full cache,
                           if it was run, on every plot), mean over prompts
-and DIR/kl_vs_budget.png (mean KL per policy against the budget) when there are several budgets.
+and DIR/kl_vs_budget.png (mean KL per policy against the budget) when there are several budgets,
+and DIR/halves.md: mean KL and top-1 agreement over the first and the second half of the
+positions, per policy and budget (does the divergence grow along the output?).
 The per-position data are not changed; smoothing only affects the drawing.
 """
 import argparse
@@ -35,19 +37,20 @@ NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.]+)\.csv$")
 
 
 def read_runs(d):
-    """{(policy, budget): {prompt: {"kl": [...], "kv": [...]}}}"""
+    """{(policy, budget): {prompt: {"kl": [...], "kv": [...], "agree": [...]}}}"""
     runs = {}
     for path in sorted(glob.glob(os.path.join(d, "p*_*_*.csv"))):
         m = NAME_RE.match(os.path.basename(path))
         if not m:
             continue
         prompt, policy, budget = m.groups()
-        kl, kv = [], []
+        kl, kv, ag = [], [], []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 kl.append(float(row["kl"]))
                 kv.append(float(row["kv_bytes"]))
-        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv}
+                ag.append(float(row["top1_agree"]))
+        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag}
     return runs
 
 
@@ -174,6 +177,23 @@ def main():
         fig.savefig(out, dpi=a.dpi)
         plt.close(fig)
         written.append(out)
+    # first half / second half of the positions
+    out = os.path.join(a.dir, "halves.md")
+    with open(out, "w") as f:
+        f.write("| policy | budget | mean KL, 1st half | mean KL, 2nd half | agreement, 1st half | agreement, 2nd half |\n")
+        f.write("|---|---|---:|---:|---:|---:|\n")
+        for b in ["all"] + budgets:
+            for p in policies_sorted({p for (p, bb) in runs if bb == b}):
+                h = {"kl": [[], []], "agree": [[], []]}
+                for r in runs[(p, b)].values():
+                    n = len(r["kl"])
+                    for key in h:
+                        h[key][0] += r[key][: n // 2]
+                        h[key][1] += r[key][n // 2:]
+                m = lambda xs: sum(xs) / len(xs) if xs else float("nan")
+                f.write("| %s | %s | %.4f | %.4f | %.4f | %.4f |\n" % (p, b, m(h["kl"][0]), m(h["kl"][1]),
+                                                                   m(h["agree"][0]), m(h["agree"][1])))
+    written.append(out)
     for w in written:
         print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
     return 0
