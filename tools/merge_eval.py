@@ -30,14 +30,17 @@ def main():
     os.makedirs(out, exist_ok=True)
     rows, header = [], None
     for d in dirs:
-        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_reference.txt")):
-            shutil.copy(f, out)
         with open(os.path.join(d, "summary.csv")) as f:
             r = list(csv.reader(f))
         if not r:
             continue
         header = header or r[0]
         rows += r[1:]
+        # only prompts the run finished (summary.csv has their rows); skip one still being written
+        done = {row[0] for row in r[1:]}
+        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_reference.txt")):
+            if os.path.basename(f).split("_")[0] in done:
+                shutil.copy(f, out)
     with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
