@@ -11,8 +11,11 @@ Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv wr
     DIR/kv_<budget>.png   live K/V bytes against position, one line per policy (the full cache,
                           if it was run, on every plot), mean over prompts
 and DIR/kl_vs_budget.png (mean KL per policy against the budget) when there are several budgets,
-and DIR/halves.md: mean KL and top-1 agreement over the first and the second half of the
-positions, per policy and budget (does the divergence grow along the output?).
+DIR/halves.md: mean KL and top-1 agreement over the first and the second half of the
+positions, per policy and budget (does the divergence grow along the output?), and DIR/table.md:
+the means over all positions of all prompts found in DIR (as in summary.md), so that the output
+of several `morphkv eval` runs over disjoint prompts (e.g. --skip) copied into one directory, with
+their summary.csv files concatenated, gives one table.
 The per-position data are not changed; smoothing only affects the drawing.
 """
 import argparse
@@ -36,6 +39,22 @@ STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "
 NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.]+)\.csv$")
 
 
+def read_summary(d):
+    """rows of DIR/summary.csv (several runs' files may be concatenated: repeated headers are
+    skipped)"""
+    path = os.path.join(d, "summary.csv")
+    if not os.path.exists(path):
+        return []
+    rows, header = [], None
+    with open(path, newline="") as f:
+        for rec in csv.reader(f):
+            if header is None or rec == header:
+                header = rec
+                continue
+            rows.append(dict(zip(header, rec)))
+    return rows
+
+
 def read_runs(d):
     """{(policy, budget): {prompt: {"kl": [...], "kv": [...], "agree": [...]}}}"""
     runs = {}
@@ -44,13 +63,14 @@ def read_runs(d):
         if not m:
             continue
         prompt, policy, budget = m.groups()
-        kl, kv, ag = [], [], []
+        kl, kv, ag, ll = [], [], [], []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 kl.append(float(row["kl"]))
                 kv.append(float(row["kv_bytes"]))
                 ag.append(float(row["top1_agree"]))
-        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag}
+                ll.append(float(row["loglik"]))
+        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag, "ll": ll}
     return runs
 
 
@@ -193,6 +213,37 @@ def main():
                 m = lambda xs: sum(xs) / len(xs) if xs else float("nan")
                 f.write("| %s | %s | %.4f | %.4f | %.4f | %.4f |\n" % (p, b, m(h["kl"][0]), m(h["kl"][1]),
                                                                    m(h["agree"][0]), m(h["agree"][1])))
+    written.append(out)
+    # the overall table
+    summ = read_summary(a.dir)
+    out = os.path.join(a.dir, "table.md")
+    with open(out, "w") as f:
+        prompts = sorted({r["prompt"] for r in summ}) or sorted({p for v in runs.values() for p in v})
+        f.write("Prompts: %s. Means over all positions of all prompts.\n\n" % " ".join(prompts))
+        f.write("| policy | budget | capacity (mean) | mean KL | top-1 agreement | mean log-lik | peak KV (max) "
+                "| policy state | decode tok/s |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+        ref = [r for r in summ if r["budget"] == "reference"]
+        if ref:
+            n = sum(int(r["positions"]) for r in ref)
+            ll = sum(float(r["mean_loglik"]) * int(r["positions"]) for r in ref) / n
+            t = sum(int(r["positions"]) / float(r["decode_tok_s"]) for r in ref)
+            f.write("| full (reference) | - | - | 0 | 1 | %.4f | %.2f MiB | 0 | %.1f |\n"
+                    % (ll, max(int(r["peak_kv_bytes"]) for r in ref) / 2**20, n / t))
+        for b in ["all"] + budgets:
+            for p in policies_sorted({p for (p, bb) in runs if bb == b}):
+                pp = runs[(p, b)]
+                kl = [v for r in pp.values() for v in r["kl"]]
+                ag = [v for r in pp.values() for v in r["agree"]]
+                ll = [v for r in pp.values() for v in r["ll"]]
+                rows = [r for r in summ if r["policy"] == p and r["budget"] == b]
+                cap = sum(int(r["capacity"]) for r in rows) / len(rows) if rows else float("nan")
+                peak = max(int(r["peak_kv_bytes"]) for r in rows) / 2**20 if rows else float("nan")
+                state = max(int(r["policy_state_bytes"]) for r in rows) / 2**20 if rows else float("nan")
+                n = sum(int(r["positions"]) for r in rows)
+                t = sum(int(r["positions"]) / float(r["decode_tok_s"]) for r in rows)
+                f.write("| %s | %s | %.0f | %.4f | %.4f | %.4f | %.2f MiB | %.2f MiB | %.1f |\n"
+                        % (p, b.replace("pct", "%"), cap, sum(kl) / len(kl), sum(ag) / len(ag), sum(ll) / len(ll),
+                           peak, state, n / t if t > 0 else float("nan")))
     written.append(out)
     for w in written:
         print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
