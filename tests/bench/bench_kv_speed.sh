@@ -4,7 +4,8 @@
 #
 #   tests/bench/bench_kv_speed.sh [BUILD_DIR]          (default: build)
 #   env: MODEL (default: the demo model), THREADS (default 1), OUT (default BUILD_DIR/bench-kv),
-#        C (default 1024), N (default 4000), GEN_C (default 256)
+#        C (default 1024), N (default 4000), GEN_C (default 256), MEASURE (default 256: steps
+#        in the equal-length windows)
 #
 # 1. bench_kv_speed (tests/bench/bench_kv_speed.c; built by CMake when tests/bench is added to the
 #    tree, otherwise here with a compiler line against BUILD_DIR/libmorphkv.a): full and
@@ -27,6 +28,7 @@ OUT=${OUT:-$BUILD/bench-kv}
 C=${C:-1024}
 N=${N:-4000}
 GEN_C=${GEN_C:-256}
+MEASURE=${MEASURE:-256}
 W=32
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$OUT"
@@ -49,8 +51,8 @@ PROMPTS=$ROOT/tests/golden/longwriter/longbench_write_en.jsonl
 LINE=44 # "A Hong Kong Travel Guide, approximately 3000 words"
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== 1. per-step times: full vs morphkv C=$C W=$W, $N tokens, $THREADS thread(s)"
-echo "   $BENCH --model $MODEL --capacity $C --window $W --new-tokens $N --threads $THREADS --prompts $PROMPTS --prompt-line $LINE"
-"$BENCH" --model "$MODEL" --capacity "$C" --window "$W" --new-tokens "$N" --threads "$THREADS" \
+echo "   $BENCH --model $MODEL --capacity $C --window $W --new-tokens $N --threads $THREADS --measure $MEASURE --prompts $PROMPTS --prompt-line $LINE"
+"$BENCH" --model "$MODEL" --capacity "$C" --window "$W" --new-tokens "$N" --threads "$THREADS" --measure "$MEASURE" \
   --prompts "$PROMPTS" --prompt-line "$LINE" --json "$OUT/steps_c$C.json" --csv "$OUT/steps_c$C.csv" > /dev/null
 python3 - "$OUT/steps_c$C.json" <<'EOF'
 import json, sys
