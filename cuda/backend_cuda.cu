@@ -31,6 +31,7 @@ extern "C" {
 #include "kvcache/kvcache.h"
 #include "kvcache/topk.h"
 #include "src/backend.h"
+#include "src/mk_util.h"
 }
 
 #include <math.h>
@@ -562,7 +563,6 @@ static int mkv_losers(const mk_kv_config_t *cfg, const mk_kv_head_t *h, int64_t 
 
 /* ---- attention ---------------------------------------------------------------------------- */
 
-static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 /* Host policy path: rows from the host copy of the cache, observe, evict (as backend_cpu.c). */
 static int host_policy_step(cuda_impl_t *c, cuda_mirror_t *m, const mk_attn_params_t *p, const int *slots,
@@ -777,13 +777,13 @@ static int cuda_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t
   }
 
   /* argument blob: slots (n_tok, n_kv) | head0, qpos, nscan, zrow (n_tok) | units | jobs | map */
-  const size_t o_slots = 0, o_head0 = align16(o_slots + sizeof(int) * (size_t)n_tok * n_kv);
-  const size_t o_qpos = align16(o_head0 + sizeof(int) * n_tok), o_nscan = align16(o_qpos + sizeof(int) * n_tok);
-  const size_t o_zrow = align16(o_nscan + sizeof(int) * n_tok), o_units = align16(o_zrow + sizeof(int) * n_tok);
+  const size_t o_slots = 0, o_head0 = mk_align16(o_slots + sizeof(int) * (size_t)n_tok * n_kv);
+  const size_t o_qpos = mk_align16(o_head0 + sizeof(int) * n_tok), o_nscan = mk_align16(o_qpos + sizeof(int) * n_tok);
+  const size_t o_zrow = mk_align16(o_nscan + sizeof(int) * n_tok), o_units = mk_align16(o_zrow + sizeof(int) * n_tok);
   const size_t max_jobs = (size_t)p->n_spans * n_kv;
-  const size_t o_jobs = align16(o_units + sizeof(mk_cuda_attn_unit_t) * n_units);
-  const size_t o_map = align16(o_jobs + sizeof(mk_cuda_mkv_job_t) * max_jobs);
-  const size_t blob = align16(o_map + sizeof(int) * n_q);
+  const size_t o_jobs = mk_align16(o_units + sizeof(mk_cuda_attn_unit_t) * n_units);
+  const size_t o_map = mk_align16(o_jobs + sizeof(mk_cuda_mkv_job_t) * max_jobs);
+  const size_t blob = mk_align16(o_map + sizeof(int) * n_q);
   int region;
   unsigned char *h = stage_begin(c, blob, &region, err);
   if (!h) {

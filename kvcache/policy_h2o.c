@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "kvcache/kvcache.h"
+#include "src/mk_util.h"
 #include "kvcache/topk.h"
 
 typedef struct h2o_state {
@@ -39,16 +40,15 @@ typedef struct h2o_view {
   int *cand;    /* (n_slots) scratch */
 } h2o_view_t;
 
-static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 static size_t h2o_layout(int n_slots, char *base, h2o_view_t *v) {
-  size_t off = align16(sizeof(h2o_state_t));
+  size_t off = mk_align16(sizeof(h2o_state_t));
   size_t acc_off = off;
-  off += align16(sizeof(float) * (size_t)n_slots);
+  off += mk_align16(sizeof(float) * (size_t)n_slots);
   size_t tag_off = off;
-  off += align16(sizeof(int32_t) * (size_t)n_slots);
+  off += mk_align16(sizeof(int32_t) * (size_t)n_slots);
   size_t cand_off = off;
-  off += align16(sizeof(int) * (size_t)n_slots);
+  off += mk_align16(sizeof(int) * (size_t)n_slots);
   if (v) {
     v->st = (h2o_state_t *)base;
     v->acc = (float *)(base + acc_off);

@@ -44,6 +44,7 @@
 #include <string.h>
 
 #include "kvcache/kvcache.h"
+#include "src/mk_util.h"
 #include "kvcache/topk.h"
 
 typedef struct mkv_state {
@@ -53,7 +54,6 @@ typedef struct mkv_state {
   int pad_;
 } mkv_state_t;
 
-static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 static int rows_per_query(const mk_kv_config_t *cfg, int group) {
   return cfg->gqa == MK_KV_GQA_PROB_MAX ? (group > 0 ? group : 1) : 1;
@@ -71,19 +71,19 @@ typedef struct mkv_view {
 static size_t mkv_layout(const mk_kv_config_t *cfg, int n_slots, int group, char *base,
                          mkv_view_t *v) {
   int R = rows_per_query(cfg, group);
-  size_t off = align16(sizeof(mkv_state_t));
+  size_t off = mk_align16(sizeof(mkv_state_t));
   size_t zsum_off = off;
-  off += align16(sizeof(double) * (size_t)cfg->window * R);
+  off += mk_align16(sizeof(double) * (size_t)cfg->window * R);
   size_t ring_off = off;
-  off += align16(sizeof(float) * (size_t)cfg->window * R * n_slots);
+  off += mk_align16(sizeof(float) * (size_t)cfg->window * R * n_slots);
   size_t cand_off = off;
-  off += align16(sizeof(int) * (size_t)n_slots);
+  off += mk_align16(sizeof(int) * (size_t)n_slots);
   size_t score_off = off;
-  off += align16(sizeof(float) * (size_t)n_slots);
+  off += mk_align16(sizeof(float) * (size_t)n_slots);
   size_t mask_off = off;
-  off += align16(sizeof(float) * (size_t)n_slots);
+  off += mk_align16(sizeof(float) * (size_t)n_slots);
   size_t hmax_off = off;
-  if (R > 1) off += align16(sizeof(float) * (size_t)n_slots);
+  if (R > 1) off += mk_align16(sizeof(float) * (size_t)n_slots);
   if (v) {
     v->st = (mkv_state_t *)base;
     v->zsum = (double *)(base + zsum_off);

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "kvcache/kvcache.h"
+#include "src/mk_util.h"
 #include "kvcache/topk.h"
 
 typedef struct snap_state {
@@ -34,11 +35,10 @@ typedef struct snap_view {
   int *byp;      /* (n_slots) position -> slot; then the candidate list */
 } snap_view_t;
 
-static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
 static size_t snap_layout(int n_slots, char *base, snap_view_t *v) {
-  size_t arr = align16(sizeof(float) * (size_t)n_slots);
-  size_t off = align16(sizeof(snap_state_t));
+  size_t arr = mk_align16(sizeof(float) * (size_t)n_slots);
+  size_t off = mk_align16(sizeof(snap_state_t));
   if (v) {
     v->st = (snap_state_t *)base;
     v->vote = (float *)(base + off);
@@ -46,7 +46,7 @@ static size_t snap_layout(int n_slots, char *base, snap_view_t *v) {
     v->pooled = (float *)(base + off + 2 * arr);
     v->byp = (int *)(base + off + 3 * arr);
   }
-  return off + 3 * arr + align16(sizeof(int) * (size_t)n_slots);
+  return off + 3 * arr + mk_align16(sizeof(int) * (size_t)n_slots);
 }
 
 static snap_view_t snap_view(mk_kv_head_t *h) {
