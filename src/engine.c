@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel/ctx.h"
+
 typedef struct layer_bw {
   mk_bweight_t wq, wk, wv, wo, w_gate, w_up, w_down;
   float *attn_norm, *ffn_norm, *bq, *bk, *bv; /* backend memory */
