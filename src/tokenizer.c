@@ -287,54 +287,6 @@ static const pre_def_t PRE_DEFAULT = {
 /* ---------------------------------------------------------------------------------------------
  * Loading */
 
-/* Reads element i of a scalar GGUF array as an integer. */
-static int64_t arr_int(const mk_gguf_value_t *v, uint64_t i) {
-  const unsigned char *p = v->v.arr.raw;
-  switch (v->v.arr.elem_type) {
-    case MK_GGUF_UINT8:
-      return p[i];
-    case MK_GGUF_INT8:
-      return (int8_t)p[i];
-    case MK_GGUF_UINT16: {
-      uint16_t x;
-      memcpy(&x, p + 2 * i, 2);
-      return x;
-    }
-    case MK_GGUF_INT16: {
-      int16_t x;
-      memcpy(&x, p + 2 * i, 2);
-      return x;
-    }
-    case MK_GGUF_UINT32: {
-      uint32_t x;
-      memcpy(&x, p + 4 * i, 4);
-      return x;
-    }
-    case MK_GGUF_INT32: {
-      int32_t x;
-      memcpy(&x, p + 4 * i, 4);
-      return x;
-    }
-    case MK_GGUF_UINT64: {
-      uint64_t x;
-      memcpy(&x, p + 8 * i, 8);
-      return (int64_t)x;
-    }
-    case MK_GGUF_INT64: {
-      int64_t x;
-      memcpy(&x, p + 8 * i, 8);
-      return x;
-    }
-    default:
-      return 0;
-  }
-}
-
-static bool is_int_type(mk_gguf_vtype_t t) {
-  return t == MK_GGUF_UINT8 || t == MK_GGUF_INT8 || t == MK_GGUF_UINT16 || t == MK_GGUF_INT16 ||
-         t == MK_GGUF_UINT32 || t == MK_GGUF_INT32 || t == MK_GGUF_UINT64 || t == MK_GGUF_INT64;
-}
-
 /* Finds an array-valued key; NULL (no error) if absent, -1 path reported through *bad. */
 static const mk_gguf_value_t *find_arr(const mk_gguf_t *g, const char *key) {
   const mk_gguf_kv_t *kv = mk_gguf_find(g, key);
@@ -540,11 +492,11 @@ static int tok_load_types_scores(mk_tokenizer_t *t, const mk_gguf_t *g, mk_error
   const int n = t->n_vocab;
   const mk_gguf_value_t *types = find_arr(g, "tokenizer.ggml.token_type");
   if (types) {
-    if (!is_int_type(types->v.arr.elem_type) || types->v.arr.n != (uint64_t)n)
+    if (!mk_gguf_vtype_is_int(types->v.arr.elem_type) || types->v.arr.n != (uint64_t)n)
       return mk_fail(err, "tokenizer: tokenizer.ggml.token_type must be %d integers (got %llu of %s)", n,
                      (unsigned long long)types->v.arr.n, mk_gguf_vtype_name(types->v.arr.elem_type));
     for (int i = 0; i < n; i++) {
-      int64_t ty = arr_int(types, (uint64_t)i);
+      int64_t ty = mk_gguf_arr_int(types, (uint64_t)i);
       t->type[i] = (ty >= TT_NORMAL && ty <= TT_BYTE) ? (uint8_t)ty : TT_NORMAL;
     }
   }

@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 const char *mk_test_model_path(void) {
@@ -47,4 +48,37 @@ uint64_t mk_test_rand_u64(uint64_t *s) {
 
 float mk_test_rand_f32(uint64_t *s) {
   return (float)((double)(mk_test_rand_u64(s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+}
+
+bool mk_test_valid_utf8(const char *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    unsigned char c = (unsigned char)s[i];
+    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (k == 0 || i + k > n) return false;
+    for (size_t j = 1; j < k; j++)
+      if (((unsigned char)s[i + j] & 0xC0) != 0x80) return false;
+    i += k;
+  }
+  return true;
+}
+
+char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len) {
+  size_t cap = 64 + n * 64, o = 0;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  mk_tok_stream_t s = {{0}, 0};
+  char buf[256];
+  for (size_t i = 0; i <= n; i++) {
+    int r = i < n ? mk_tok_stream_push(t, &s, ids[i], buf, (int)sizeof buf)
+                  : mk_tok_stream_flush(&s, buf, (int)sizeof buf);
+    if (r < 0 || o + (size_t)r >= cap || !mk_test_valid_utf8(buf, (size_t)r)) {
+      free(out);
+      return NULL;
+    }
+    memcpy(out + o, buf, (size_t)r);
+    o += (size_t)r;
+  }
+  out[o] = 0;
+  *out_len = o;
+  return out;
 }
