@@ -38,7 +38,8 @@ typedef struct opt_def {
 static const opt_def_t OPTS[] = {
     {O_MODEL, "model", K_PATH, "PATH", "GGUF model file", false},
     {O_PROMPT, "prompt", K_STR, "TEXT", "prompt text", false},
-    {O_PROMPT_FILE, "prompt-file", K_PATH, "FILE", "read the prompt from FILE", false},
+    {O_PROMPT_FILE, "prompt-file", K_PATH, "FILE", "read the prompt from FILE (text, no NUL bytes; a pipe or FIFO is read to its end, so it "
+     "waits for the writer)", false},
     {O_CHAT, "chat", K_BOOL, NULL, "wrap the prompt in the model's chat template", false},
     {O_CHAT_TEMPLATE, "chat-template", K_ENUM, "chatml|llama3|llama2",
      "chat template (default: detected from the model)", false},

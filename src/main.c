@@ -197,6 +197,14 @@ static char *read_text_file(const char *path, mk_error_t *err) {
     return NULL;
   }
   buf[n] = 0;
+  /* the prompt is handled as a C string from here on: a NUL would cut it silently */
+  const char *nul = memchr(buf, 0, n);
+  if (nul) {
+    mk_fail(err, "--prompt-file %s: byte %zu of %zu is a NUL; the prompt must be text without NUL "
+                 "bytes", path, (size_t)(nul - buf), n);
+    free(buf);
+    return NULL;
+  }
   return buf;
 }
 
