@@ -199,6 +199,14 @@ static char *read_text_file(const char *path, mk_error_t *err) {
     return NULL;
   }
   buf[n] = 0;
+  /* the prompt is handled as a C string from here on: a NUL would cut it silently */
+  const char *nul = memchr(buf, 0, n);
+  if (nul) {
+    mk_fail(err, "--prompt-file %s: byte %zu of %zu is a NUL; the prompt must be text without NUL "
+                 "bytes", path, (size_t)(nul - buf), n);
+    free(buf);
+    return NULL;
+  }
   return buf;
 }
 
@@ -317,9 +325,8 @@ static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_
     return 0;
   }
   int n = (int)(sizeof mine / sizeof(uint64_t));
-  int rc = MPI_Allgather(&mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi);
-  if (rc != MPI_SUCCESS) return mk_fail(err, "rank %d: MPI_Allgather of the statistics failed", ctx->rank);
-  return 0;
+  return mk_wd_allgather(ctx->wd, &mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi,
+                         "statistics", err);
 }
 
 /* Every rank, collectively: KV live bytes summed over ranks, appended to kv_bytes_by_step. */
@@ -329,8 +336,8 @@ static int sample_kv(const mk_ctx_t *ctx, const mk_engine_t *e, mk_run_stats_t *
   mk_engine_get_stats(e, &es);
   uint64_t live = es.kv_live_bytes, sum = live;
   if (ctx->world > 1 &&
-      MPI_Allreduce(&live, &sum, 1, MPI_UINT64_T, MPI_SUM, ctx->mpi) != MPI_SUCCESS)
-    return mk_fail(err, "rank %d: MPI_Allreduce of the KV bytes failed", ctx->rank);
+      mk_wd_allreduce(ctx->wd, &live, &sum, 1, MPI_UINT64_T, MPI_SUM, ctx->mpi, "KV bytes", err))
+    return -1;
   return mk_run_stats_sample(st, n_tokens, (int64_t)sum, err);
 }
 
@@ -369,6 +376,7 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
     if (g->r0) usage_generate(stdout);
     return EXIT_OK;
   }
+  mk_watchdog_set_timeout(g->ctx->wd, o->comm_timeout); /* same argv, same value on every rank */
   if (o->tp > 0 && o->tp != g->ctx->world) {
     if (g->r0)
       fprintf(stderr,

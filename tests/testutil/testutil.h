@@ -18,11 +18,11 @@ char *mk_test_read_file(const char *path, size_t *len);
 uint64_t mk_test_rand_u64(uint64_t *state);
 float mk_test_rand_f32(uint64_t *state); /* uniform in [-1, 1) */
 
-/* Whether s[0..n) is well-formed UTF-8 (an independent check of the tokenizer's streaming). */
-bool mk_test_valid_utf8(const char *s, size_t n);
+/* 1 if s[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, <= U+10FFFF). */
+int mk_test_utf8_valid(const unsigned char *s, size_t n);
 /* Decodes ids by streaming one token at a time (mk_tok_stream_push, then flush): malloc'd,
  * NUL-terminated, length in *out_len. NULL if a push or the flush fails, or if a push returned
- * bytes that are not whole, valid UTF-8 characters. */
+ * bytes that are not whole, valid UTF-8 characters (mk_test_utf8_valid). */
 char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len);
 
 #endif

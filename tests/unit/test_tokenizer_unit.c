@@ -384,7 +384,7 @@ static void test_stream_utf8(void **state) {
   assert_int_equal(mk_tok_stream_push(b.t, &s, byte_tok[0x80], out, 2), -1);
   assert_int_equal(s.n_pending, 3);
   assert_int_equal(mk_tok_stream_push(b.t, &s, byte_tok[0x80], out, sizeof out), 4);
-  assert_true(mk_test_valid_utf8(out, 4));
+  assert_true(mk_test_utf8_valid((const unsigned char *)out, 4));
   assert_int_equal(mk_tok_stream_push(b.t, &s, -5, out, sizeof out), -1);
   built_free(&b);
 }
