@@ -329,7 +329,7 @@ int mk_request_unpack(const uint8_t *buf, size_t len, int n_vocab, mk_request_t 
  * the same MPI calls whatever happens locally, so no rank waits for a call another skipped. */
 static int bcast_bytes(const mk_ctx_t *ctx, uint8_t **buf, size_t *len, mk_error_t *err) {
   uint64_t n = *len;
-  MK_MPI_CHECK(MPI_Bcast(&n, 1, MPI_UINT64_T, 0, ctx->mpi), ctx->rank, err);
+  if (mk_wd_bcast(ctx->wd, &n, 1, MPI_UINT64_T, 0, ctx->mpi, "request length", err)) return -1;
   int st = 0;
   if (n > MK_REQUEST_MAX_BYTES) /* same n everywhere: every rank refuses */
     return mk_fail(err, "request: rank 0 sent a length of %llu bytes, more than the %zu allowed",
@@ -340,7 +340,7 @@ static int bcast_bytes(const mk_ctx_t *ctx, uint8_t **buf, size_t *len, mk_error
     if (!*buf) st = mk_fail(err, "request: out of memory for %llu bytes", (unsigned long long)n);
   }
   if (mk_ctx_agree(ctx, st, err)) return -1;
-  MK_MPI_CHECK(MPI_Bcast(*buf, (int)n, MPI_BYTE, 0, ctx->mpi), ctx->rank, err);
+  if (mk_wd_bcast(ctx->wd, *buf, (int)n, MPI_BYTE, 0, ctx->mpi, "request", err)) return -1;
   if (ctx->comm && ctx->world > 1) ctx->comm->bytes_other += sizeof n + n;
   return 0;
 }

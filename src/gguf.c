@@ -595,7 +595,9 @@ int mk_gguf_open_memory(const void *buf, size_t size, const char *label, mk_gguf
 
 int mk_gguf_open(const char *path, mk_gguf_t **out, mk_error_t *err) {
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); no effect on
+   * regular files */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return mk_fail(err, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -605,7 +607,7 @@ int mk_gguf_open(const char *path, mk_gguf_t **out, mk_error_t *err) {
   }
   if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return mk_fail(err, "%s: not a regular file", path);
+    return mk_fail(err, "%s: not a regular file (a model must be a file that can be mapped)", path);
   }
   if (st.st_size < MK_GGUF_HEADER_BYTES) {
     close(fd);

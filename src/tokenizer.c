@@ -347,10 +347,9 @@ static int get_id(const mk_gguf_t *g, const char *key, int n_vocab, int32_t *out
   int rc = mk_gguf_get_i64(g, key, &v, err);
   if (rc < 0) return -1;
   if (rc == MK_GGUF_MISSING) return 0;
-  if (v < 0 || v >= n_vocab) {
-    *out = -1; /* out-of-range ids (some converters write -1 / huge values): treat as none */
-    return 0;
-  }
+  if (v < 0 || v >= n_vocab) /* a BOS/EOS past the vocabulary would run with a wrong id */
+    return mk_fail(err, "tokenizer: %s is %lld, outside the vocabulary 0..%d", key, (long long)v,
+                   n_vocab - 1);
   *out = (int32_t)v;
   return 0;
 }
@@ -917,9 +916,11 @@ static int bpe_word(const mk_tokenizer_t *t, scratch_t *s, const char *w, size_t
     if (s->next[r] >= 0) s->prev[s->next[r]] = l;
     if (bpe_try_pair(t, s, s->prev[l], l) < 0 || bpe_try_pair(t, s, l, s->next[l]) < 0) return -1;
   }
+  /* A byte with no token of its own (SmolLM2 has none for 04 06 13 14 16 1d c0 c1 f1 f2 f5-ff)
+   * is dropped, as llama.cpp does; mapping it to unk would put <|endoftext|> (SmolLM2's id 0)
+   * into the prompt. */
   for (int32_t i = 0; i >= 0; i = s->next[i]) {
     int32_t id = s->id[i];
-    if (id < 0) id = t->unk;
     if (id >= 0 && ivec_push(out, id) < 0) return -1;
   }
   return 0;
@@ -1080,7 +1081,7 @@ static int spm_fragment(const mk_tokenizer_t *t, scratch_t *s, const char *src, 
     }
     for (uint32_t j = 0; j < s->len[i]; j++) { /* byte fallback */
       int32_t b = t->byte_tok[(unsigned char)s->buf[s->start[i] + j]];
-      if (b < 0) b = t->unk;
+      if (b < 0 && t->unk >= 0 && !t->eog[t->unk]) b = t->unk; /* never an end-of-text id */
       if (b >= 0 && ivec_push(out, b) < 0) return -1;
     }
   }

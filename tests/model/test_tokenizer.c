@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -287,11 +288,46 @@ static void test_chat(void **state) {
   json_decref(cases);
 }
 
+/* Issue 15, bug 1: the 21 byte values without a single-byte token in SmolLM2's vocabulary are
+ * dropped, as llama.cpp does ("x\x04y" -> [x, y]); they used to become the unknown id 0, which is
+ * <|endoftext|>, an end-of-generation token, in the middle of the prompt. */
+static void test_control_bytes(void **state) {
+  fixture_t *f = *state;
+  const int32_t x = mk_tok_find(f->t, "x"), y = mk_tok_find(f->t, "y");
+  assert_true(x >= 0 && y >= 0);
+  int32_t ids[16];
+  mk_error_t err;
+  int n = mk_tok_encode(f->t, "x\x04y", 3, false, false, ids, 16, &err);
+  assert_int_equal(n, 2);
+  assert_int_equal(ids[0], x);
+  assert_int_equal(ids[1], y);
+  /* control bytes without a token of their own; c0 c1 f5-ff are never valid UTF-8 and become
+   * U+FFFD first (as in llama.cpp); f1 and f2 lead valid 4-byte characters (tested below) */
+  const unsigned char missing[] = {0x04, 0x06, 0x13, 0x14, 0x16, 0x1d};
+  for (int b = 0; b < 256; b++) {
+    char text[3] = {'x', (char)b, 'y'};
+    n = mk_tok_encode(f->t, text, 3, false, false, ids, 16, &err);
+    assert_true(n >= 2 && n <= 3);
+    for (int i = 0; i < n; i++)
+      if (mk_tok_is_eog(f->t, ids[i])) fail_msg("byte %02x encodes to end-of-generation id %d", b, ids[i]);
+    bool is_missing = memchr(missing, b, sizeof missing) != NULL;
+    if (is_missing && (n != 2 || ids[0] != x || ids[1] != y))
+      fail_msg("byte %02x: %d tokens, expected [x, y] (the byte dropped)", b, n);
+  }
+  const char *four[] = {"x\xf1\x80\x80\x80y", "x\xf2\x80\x80\x80y"}; /* U+40000, U+80000 */
+  for (int k = 0; k < 2; k++) {
+    n = mk_tok_encode(f->t, four[k], 6, false, false, ids, 16, &err);
+    assert_true(n >= 2);
+    for (int i = 0; i < n; i++)
+      if (mk_tok_is_eog(f->t, ids[i])) fail_msg("U+%c0000 encodes to end-of-generation id %d", k ? '8' : '4', ids[i]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_metadata), cmocka_unit_test(test_golden_ids),
       cmocka_unit_test(test_decode),   cmocka_unit_test(test_stream_emoji),
-      cmocka_unit_test(test_chat),
+      cmocka_unit_test(test_chat),     cmocka_unit_test(test_control_bytes),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -15,4 +15,7 @@ char *mk_test_read_file(const char *path, size_t *len);
 uint64_t mk_test_rand_u64(uint64_t *state);
 float mk_test_rand_f32(uint64_t *state); /* uniform in [-1, 1) */
 
+/* 1 if s[0..n) is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, <= U+10FFFF). */
+int mk_test_utf8_valid(const unsigned char *s, size_t n);
+
 #endif
