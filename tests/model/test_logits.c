@@ -20,7 +20,7 @@
  *   kernels, which differed from llama.cpp by up to ~0.8.
  * Hence max |diff| <= LOGIT_ATOL = 1.5 (1.3x the worst draw) and mean |diff| <= LOGIT_MEAN_TOL =
  * 0.11 (the mean varies by 0.002 between the five draws). Planted errors (in the AVX2 Q4_1 kernel,
- * one matrix; cases 0 and 3; method in the commit message) fail: the min term dropped in layer 0's
+ * one matrix, by a patch in a scratch copy; cases 0 and 3) fail: the min term dropped in layer 0's
  * or 15's ffn_down: worst 9-10, mean 1.1-1.8; ffn_down's last block using the previous block's
  * scale in layer 0 / 29: worst 2.6 / 4.8; one block scale doubled in layer 15's ffn_down: worst 2.1.
  * The subtlest tried, the last-block scale error in layer 15's ffn_down, stays under the max (1.22)
