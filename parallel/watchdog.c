@@ -142,8 +142,8 @@ static int list_missing(const mk_watchdog_t *wd, const uint64_t *theirs, char *m
   return missing;
 }
 
-void mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what,
-                        const char *detail) {
+int mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what, const char *detail,
+                       mk_error_t *err) {
   char msg[1024];
   uint64_t *theirs = calloc((size_t)wd->size, sizeof *theirs);
   if (theirs) exchange_counters(wd, theirs);
@@ -157,12 +157,8 @@ void mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what,
   if (!missing && len < sizeof msg)
     snprintf(msg + len, sizeof msg - len, " none found (every peer answered at or past #%llu)",
              (unsigned long long)wd->seq);
-  fprintf(stderr, "morphkv: rank %d: %s\n", wd->rank, msg);
-  fflush(stderr);
-  fflush(stdout);
   free(theirs);
-  MPI_Abort(MPI_COMM_WORLD, MK_WATCHDOG_EXIT);
-  _Exit(MK_WATCHDOG_EXIT);
+  return mk_fail(err, "%s", msg);
 }
 
 /* ---- waits ---- */
@@ -191,7 +187,7 @@ int mk_watchdog_wait(mk_watchdog_t *wd, MPI_Request *req, const char *call, cons
     /* a sleep of at most 1 ms that took half the timeout: this process was not running */
     if (gap > wd->timeout_s / 2)
       snprintf(d, sizeof d, "this rank itself did not run for %.1f s (stopped or starved)", gap);
-    mk_watchdog_expire(wd, call, what, gap > wd->timeout_s / 2 ? d : NULL);
+    return mk_watchdog_expire(wd, call, what, gap > wd->timeout_s / 2 ? d : NULL, err);
   }
   return r;
 }

@@ -9,9 +9,10 @@
  * When a wait runs past the timeout, the rank exchanges its counter with every peer over a
  * private duplicate communicator (non-blocking point-to-point, a grace period of
  * mk_watchdog_grace_s): a peer that never answers, or answers with a smaller counter, did not
- * arrive. The rank prints "morphkv: rank R: comm watchdog: <call> (<purpose>, collective #N) did
- * not complete within T s; did not arrive: rank(s) ..." on stderr and calls MPI_Abort (exit code
- * MK_WATCHDOG_EXIT). Peers waiting in the same call time out too and print the same diagnosis.
+ * arrive. The wait then fails with "comm watchdog: <call> (<purpose>, collective #N) did not
+ * complete within T s; did not arrive: rank(s) ...", which the caller's error path turns into the
+ * end of the job (the CLI prints it with the rank and calls MPI_Abort). Peers waiting in the same
+ * call time out too and reach the same diagnosis.
  *
  * A timeout of 0 switches the watchdog off: the helpers below then make the plain blocking MPI
  * calls (which Open MPI waits on by polling, i.e. a busy core). The generic loop
@@ -27,7 +28,6 @@
 #include "src/mk_error.h"
 
 #define MK_WATCHDOG_DEFAULT_S 300.0 /* --comm-timeout default */
-#define MK_WATCHDOG_EXIT 3          /* MPI_Abort error code after a timeout */
 #define MK_WAIT_SPIN_NS 50000L      /* busy polling before the first sleep */
 #define MK_WAIT_SLEEP_MAX_NS 1000000L
 
@@ -58,14 +58,15 @@ int mk_watchdog_on(const mk_watchdog_t *wd);
 /* Grace period of the counter exchange: timeout / 2, clamped to [0.5, 5] s. */
 double mk_watchdog_grace_s(const mk_watchdog_t *wd);
 
-/* Waits for *req (a collective this rank started as number wd->seq). On timeout: diagnoses and
- * aborts (does not return). MPI failure: -1 with err naming call and rank. */
+/* Waits for *req (a collective this rank started as number wd->seq). On timeout: -1 with err
+ * holding the diagnosis (mk_watchdog_expire). MPI failure: -1 with err naming call and rank. */
 int mk_watchdog_wait(mk_watchdog_t *wd, MPI_Request *req, const char *call, const char *what,
                      mk_error_t *err);
-/* The timeout path: counter exchange, message on stderr, MPI_Abort(MPI_COMM_WORLD,
- * MK_WATCHDOG_EXIT). `detail` may add a sentence (NULL for none). */
-void mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what, const char *detail)
-    __attribute__((noreturn));
+/* The timeout path: counter exchange, then -1 with err = the diagnosis. `detail` may add a
+ * sentence (NULL for none). The core never prints or exits: the caller's error path ends the job
+ * (the CLI's mk_cli_fail -> mk_ctx_abort prints "rank R: <diagnosis>" and calls MPI_Abort). */
+int mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what, const char *detail,
+                       mk_error_t *err);
 
 /* Collectives under the watchdog (blocking MPI calls when it is off or wd is NULL). `what` names
  * the purpose in the timeout message ("model", "score sync", "request", ...). Return 0, or -1

@@ -152,27 +152,10 @@ static void test_golden_ids(void **state) {
   assert_int_equal(bad, 0);
 }
 
-/* Decodes ids by streaming one token at a time; malloc'd NUL-terminated result. Each push must
- * return complete, valid UTF-8. */
+/* mk_test_stream_decode, which must succeed. */
 static char *stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len) {
-  size_t cap = 64 + n * 64, o = 0;
-  char *out = malloc(cap);
-  mk_tok_stream_t s = {0};
-  for (size_t i = 0; i < n; i++) {
-    char buf[256];
-    int r = mk_tok_stream_push(t, &s, ids[i], buf, sizeof buf);
-    assert_true(r >= 0);
-    assert_true(o + (size_t)r < cap);
-    memcpy(out + o, buf, (size_t)r);
-    o += (size_t)r;
-  }
-  char buf[32];
-  int r = mk_tok_stream_flush(&s, buf, sizeof buf);
-  assert_true(r >= 0);
-  memcpy(out + o, buf, (size_t)r);
-  o += (size_t)r;
-  out[o] = 0;
-  *out_len = o;
+  char *out = mk_test_stream_decode(t, ids, n, out_len);
+  assert_non_null(out);
   return out;
 }
 
@@ -215,18 +198,6 @@ static void test_decode(void **state) {
   json_decref(cases);
 }
 
-static bool valid_utf8(const char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = (unsigned char)s[i];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (k == 0 || i + k > n) return false;
-    for (size_t j = 1; j < k; j++)
-      if (((unsigned char)s[i + j] & 0xC0) != 0x80) return false;
-    i += k;
-  }
-  return true;
-}
-
 /* Emoji whose bytes are split across tokens come out as whole characters. */
 static void test_stream_emoji(void **state) {
   fixture_t *f = *state;
@@ -244,10 +215,10 @@ static void test_stream_emoji(void **state) {
     char piece[256];
     int pl = mk_tok_piece(f->t, ids[i], piece, sizeof piece);
     assert_true(pl >= 0 && pl <= (int)sizeof piece);
-    if (!valid_utf8(piece, (size_t)pl)) split++;
+    if (!mk_test_utf8_valid((const unsigned char *)piece, (size_t)pl)) split++;
     int r = mk_tok_stream_push(f->t, &s, ids[i], out + o, (int)(sizeof out - o));
     assert_true(r >= 0);
-    assert_true(valid_utf8(out + o, (size_t)r)); /* each push: whole characters only */
+    assert_true(mk_test_utf8_valid((const unsigned char *)out + o, (size_t)r)); /* each push: whole characters only */
     o += (size_t)r;
   }
   assert_int_equal(s.n_pending, 0);

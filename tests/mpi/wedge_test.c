@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "parallel/ctx.h"
+#include "src/cli.h" /* mk_ctx_abort */
 #include "src/engine.h"
 
 static const mk_comm_ops_t *real_ops;
@@ -35,11 +36,8 @@ static int wrapped_allreduce_sum(mk_comm_t *c, float *buf, size_t n, mk_error_t 
   return real_ops->allreduce_sum_f32(c, buf, n, err);
 }
 
-static void die(const mk_ctx_t *ctx, const mk_error_t *err) {
-  char msg[1100];
-  snprintf(msg, sizeof msg, "FAIL: %s", err->msg);
-  mk_ctx_abort(ctx, msg);
-}
+/* An engine error ends the job as the CLI does (the watchdog's diagnosis arrives this way). */
+static void die(const mk_ctx_t *ctx, const mk_error_t *err) { mk_ctx_abort(ctx, err->msg); }
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);

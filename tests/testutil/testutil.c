@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 const char *mk_test_model_path(void) {
@@ -66,4 +67,25 @@ int mk_test_utf8_valid(const unsigned char *s, size_t n) {
     i += (size_t)k + 1;
   }
   return 1;
+}
+
+char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len) {
+  size_t cap = 64 + n * 64, o = 0;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  mk_tok_stream_t s = {{0}, 0};
+  char buf[256];
+  for (size_t i = 0; i <= n; i++) {
+    int r = i < n ? mk_tok_stream_push(t, &s, ids[i], buf, (int)sizeof buf)
+                  : mk_tok_stream_flush(&s, buf, (int)sizeof buf);
+    if (r < 0 || o + (size_t)r >= cap || !mk_test_utf8_valid((const unsigned char *)buf, (size_t)r)) {
+      free(out);
+      return NULL;
+    }
+    memcpy(out + o, buf, (size_t)r);
+    o += (size_t)r;
+  }
+  out[o] = 0;
+  *out_len = o;
+  return out;
 }
