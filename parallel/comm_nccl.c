@@ -116,7 +116,8 @@ static int nccl_poll(void *arg, mk_error_t *err) {
 
 /* Waits for the stream without blocking in the driver: bounded by the watchdog when it is on;
  * on timeout the communicator is aborted (ncclCommAbort frees kernels stuck waiting on a peer),
- * then the job (mk_watchdog_expire names the ranks that did not arrive). */
+ * then -1 with mk_watchdog_expire's diagnosis (the ranks that did not arrive); the caller's error
+ * path ends the job. */
 static int nccl_barrier(mk_comm_t *c, mk_error_t *err) {
   nccl_impl_t *m = c->impl;
   double timeout = mk_watchdog_on(c->wd) ? c->wd->timeout_s : 0;
@@ -125,8 +126,8 @@ static int nccl_barrier(mk_comm_t *c, mk_error_t *err) {
   if (r == 1) {
     ncclCommAbort(m->nc);
     m->nc = NULL;
-    mk_watchdog_expire(c->wd, "cudaStreamQuery (NCCL stream)", "nccl barrier",
-                       "ncclCommAbort done");
+    return mk_watchdog_expire(c->wd, "cudaStreamQuery (NCCL stream)", "nccl barrier",
+                              "ncclCommAbort done", err);
   }
   return mk_wd_barrier(c->wd, m->mpi, "nccl barrier", err);
 }
