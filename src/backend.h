@@ -76,6 +76,16 @@ typedef struct mk_backend_ops {
   void (*embed)(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x);
   /* y(n, rows) = x(n, cols) W^T */
   void (*matmul)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y);
+  /* The same product in fixed column chunks of chunk_cols (row-parallel layers; the numerics
+   * note in src/quant.c): parts != NULL: parts(n_chunks, n, rows) = each chunk's partial sum;
+   * parts == NULL: y(n, rows) = the partials added left to right in chunk order. A backend that
+   * cannot promise the CPU's invariances leaves it NULL (the engine then refuses
+   * --deterministic on). */
+  void (*matmul_chunks)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
+                        float *parts, float *y);
+  /* y(n) = parts[idx[0]] + parts[idx[1]] + ... left to right; parts are n floats apart (backend
+   * memory), idx is host memory. */
+  void (*sum_parts)(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n);
   /* y(n, dim) = x / rms(x) * w */
   void (*rmsnorm)(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps);
   /* y(n, dim) += bias(dim) */

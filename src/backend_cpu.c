@@ -52,15 +52,29 @@ static void cpu_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t 
                                x + (size_t)i * t->cols, t->cols);
 }
 
-static void cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
-  cpu_impl_t *c = impl_of(b);
-  size_t need = mk_matmul_scratch_bytes(&w->host, n);
+static void *mm_scratch(cpu_impl_t *c, size_t need) {
   if (need > c->mm_scratch_bytes) {
     free(c->mm_scratch);
     c->mm_scratch = aligned_alloc(64, (need + 63) & ~(size_t)63);
     c->mm_scratch_bytes = c->mm_scratch ? need : 0;
   }
-  mk_matmul(c->k, &w->host, x, n, y, c->mm_scratch);
+  return c->mm_scratch;
+}
+
+static void cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
+  cpu_impl_t *c = impl_of(b);
+  mk_matmul(c->k, &w->host, x, n, y, mm_scratch(c, mk_matmul_scratch_bytes(&w->host, n)));
+}
+
+static void cpu_matmul_chunks(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
+                              float *parts, float *y) {
+  cpu_impl_t *c = impl_of(b);
+  void *s = mm_scratch(c, mk_matmul_chunks_scratch_bytes(&w->host, n, chunk_cols));
+  mk_matmul_chunks(c->k, &w->host, x, n, chunk_cols, parts, y, s);
+}
+
+static void cpu_sum_parts(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n) {
+  mk_sum_parts(y, parts, idx, n_idx, n);
 }
 
 static void cpu_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps) {
@@ -288,6 +302,8 @@ static const mk_backend_ops_t cpu_ops = {
     .weight_release = cpu_weight_release,
     .embed = cpu_embed,
     .matmul = cpu_matmul,
+    .matmul_chunks = cpu_matmul_chunks,
+    .sum_parts = cpu_sum_parts,
     .rmsnorm = cpu_rmsnorm,
     .add_bias = cpu_add_bias,
     .rope = cpu_rope,

@@ -399,7 +399,8 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   float *logits = NULL;
 
   /* load (collective) */
-  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp};
+  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp,
+                           .numerics = o.deterministic_off ? MK_NUMERICS_FAST : MK_NUMERICS_DETERMINISTIC};
   ep.backend.kind = o.backend;
   ep.backend.n_threads = o.threads > 0 ? o.threads : default_threads(ctx);
   ep.backend.simd = o.simd;

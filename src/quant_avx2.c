@@ -1,9 +1,10 @@
 /* AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c; used only when CPUID says so).
  *
  * Matmul micro-kernels take one weight row and up to MK_AVX2_TT tokens: each weight block is
- * loaded and unpacked once and multiplied with every token of the tile (prefill reuse). With one
- * or two tokens the block loop keeps two accumulator sets so the fp32 FMA chains do not bound
- * the loop. Integer products: _mm256_maddubs_epi16(unsigned weight codes, int8 activations),
+ * loaded and unpacked once and multiplied with every token of the tile (prefill reuse). The
+ * 32-block and float loops keep two accumulator sets (even / odd blocks) so the fp32 FMA chains
+ * do not bound the loop, for every tile size: a token's result never depends on the tile
+ * (batch invariance). Integer products: _mm256_maddubs_epi16(unsigned weight codes, int8 activations),
  * pairs summed with _mm256_madd_epi16; no int16 saturation is possible because weight codes
  * are <= 63 (Q8_0 uses |w| <= 128 with the sign moved onto the activation: 2*128*127 < 32768).
  * The arithmetic per type is the one written down in quant_ref.c. */
@@ -116,7 +117,8 @@ AI blk32_t decode_blk32(mk_type_t ty, const uint8_t *p) {
 /* y[t*ys] = dot(row, token t) for t < T. */
 AI void micro_blk32(mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t cols,
                     const char *act, size_t stride, const int T, float *y, int64_t ys) {
-  const int U = T <= 2 ? 2 : 1;
+  /* Two accumulator sets (even / odd blocks) whatever T is: a token's sum must not depend on how
+   * many tokens share the call (batch invariance, see quant.h). */
   int64_t nb = cols / 32;
   mk_xq_view_t x[MK_AVX2_TT];
   __m256 acc[MK_AVX2_TT][2];
@@ -140,11 +142,9 @@ AI void micro_blk32(mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t col
       if (ty != MK_TYPE_Q8_0) macc[t][u] += k.mc * x[t].s[bi];                               \
     }                                                                                        \
   } while (0)
-  if (U == 2) {
-    for (; b + 2 <= nb; b += 2) {
-      MK_BLK32_BODY(b, 0);
-      MK_BLK32_BODY(b + 1, 1);
-    }
+  for (; b + 2 <= nb; b += 2) {
+    MK_BLK32_BODY(b, 0);
+    MK_BLK32_BODY(b + 1, 1);
   }
   for (; b < nb; b++) MK_BLK32_BODY(b, 0);
 #undef MK_BLK32_BODY
@@ -346,7 +346,7 @@ AI float load1_w(mk_type_t ty, const uint8_t *row, int64_t i) {
 
 AI void micro_float(mk_type_t ty, const uint8_t *row, int64_t cols, const char *act, size_t stride,
                     const int T, float *y, int64_t ys) {
-  const int U = T <= 2 ? 2 : 1;
+  const int U = 2; /* fixed, whatever T is (batch invariance) */
   __m256 acc[MK_AVX2_TT][2];
   const float *x[MK_AVX2_TT];
   for (int t = 0; t < T; t++) {
