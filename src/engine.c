@@ -419,7 +419,7 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
     size_t part = (size_t)ml * (size_t)(n < MK_RP_SLAB ? n : MK_RP_SLAB) * c->n_embd;
     e->parts = o->alloc(&e->be, part * sizeof(float));
     e->gath = o->alloc(&e->be, part * (size_t)tp * sizeof(float));
-    e->h_parts = malloc(part * sizeof(float));
+    e->h_parts = calloc(part, sizeof(float)); /* the padding of the all-gather slot is sent too */
     e->h_gath = malloc(part * (size_t)tp * sizeof(float));
     size_t qs = N * (size_t)(e->qs_m ? e->qs_m : 1) * D;
     e->qs_send = calloc(qs, sizeof(float));

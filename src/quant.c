@@ -253,6 +253,8 @@ void mk_matmul(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, in
  * them in the same order here (the fused form). Since every kernel's result depends only on the
  * data it is given (see mk_matmul), the bits do not depend on the rank count. */
 
+#define MK_CHUNK_ROWS 16 /* a multiple of 4 (the AVX-512 decode kernels take rows in fours) */
+
 int64_t mk_matmul_n_chunks(const mk_qmat_t *w, int64_t chunk_cols) {
   return chunk_cols > 0 ? (w->cols + chunk_cols - 1) / chunk_cols : 0;
 }
@@ -325,17 +327,27 @@ void mk_matmul_chunks(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float
     int64_t nth = omp_get_num_threads(), ith = omp_get_thread_num();
     int64_t chunk = ((rows + nth - 1) / nth + 3) & ~(int64_t)3;
     int64_t r0 = ith * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    /* rows in blocks of MK_CHUNK_ROWS, every chunk of a block before the next block: the block's
+     * weight rows stay in L1 while the chunks walk along them */
     for (int64_t t0 = 0; r0 < r1 && t0 < n_tok; t0 += MK_TOK_TILE) {
       int64_t nt = n_tok - t0 < MK_TOK_TILE ? n_tok - t0 : MK_TOK_TILE;
-      for (int64_t c = 0; c < nc; c++) {
-        mk_qmat_t v = chunk_view(w, chunk_cols, c);
-        const char *act = xq ? xqbuf + (size_t)t0 * tstride + (size_t)c * cstride
-                             : (const char *)(x + t0 * cols + c * chunk_cols);
-        float *dst = parts ? parts + ((size_t)c * n_tok + t0) * rows : (c == 0 ? y : tmp) + t0 * rows;
-        fn(&v, r0, r1, act, tstride, nt, dst, rows);
-        if (parts || c == 0) continue;
-        for (int64_t t = t0; t < t0 + nt; t++)
-          for (int64_t r = r0; r < r1; r++) y[t * rows + r] += tmp[t * rows + r];
+      for (int64_t b0 = r0; b0 < r1; b0 += MK_CHUNK_ROWS) {
+        int64_t b1 = b0 + MK_CHUNK_ROWS < r1 ? b0 + MK_CHUNK_ROWS : r1;
+        if (im->chunks[w->type] && xq) {
+          im->chunks[w->type](w, b0, b1, xqbuf + (size_t)t0 * tstride, cstride, tstride, nt, chunk_cols,
+                              parts ? parts + (size_t)t0 * rows : NULL, (size_t)n_tok * rows, y + t0 * rows, rows);
+          continue;
+        }
+        for (int64_t c = 0; c < nc; c++) {
+          mk_qmat_t v = chunk_view(w, chunk_cols, c);
+          const char *act = xq ? xqbuf + (size_t)t0 * tstride + (size_t)c * cstride
+                               : (const char *)(x + t0 * cols + c * chunk_cols);
+          float *dst = parts ? parts + ((size_t)c * n_tok + t0) * rows : (c == 0 ? y : tmp) + t0 * rows;
+          fn(&v, b0, b1, act, tstride, nt, dst, rows);
+          if (parts || c == 0) continue;
+          for (int64_t t = t0; t < t0 + nt; t++)
+            for (int64_t r = b0; r < b1; r++) y[t * rows + r] += tmp[t * rows + r];
+        }
       }
     }
   }
