@@ -7,12 +7,14 @@
  *     rope(q), rope(k)                         keys are cached post-RoPE
  *     qsum  = per-KV-head sum of q             only if the cache policy scores by logit sums;
  *                                              all-reduced when some KV head is replicated
- *     att   = attention(q, cache)              writes K/V to slots, runs the cache policy
+ *     att   = attention(q, cache)              kvcache/driver.c: slots, K/V write, attention, policy
  *     x    += all_reduce(att Wo)               row-parallel
  *     x    += all_reduce(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
  *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
  * Every rank ends with the same full logits, so the same sampler picks the same token. */
 #include "src/engine.h"
+
+#include "kvcache/driver.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -418,7 +420,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
                            .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
-    if (o->attention(b, &ap, err) != 0) return -1;
+    if (mk_kv_driver_attend(b, &ap, err) != 0) return -1;
     o->matmul(b, &w->wo, e->att, n, e->o);
     if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
     o->add(b, e->x, e->o, (size_t)n * ne);

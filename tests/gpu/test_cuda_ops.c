@@ -23,6 +23,7 @@
 
 #include <cmocka.h>
 
+#include "kvcache/driver.h"
 #include "kvcache/kvcache.h"
 #include "src/backend.h"
 #include "src/quant.h"
@@ -413,7 +414,7 @@ static int run_attn_case(const attn_case_t *tc) {
       mk_attn_params_t ap = {.layer = L, .n_tok = n_tok, .n_spans = n_spans, .spans = spans, .q = q, .k = k, .v = v,
                              .qsum = qs, .out = oc, .n_q = n_q, .n_kv = n_kv, .head_dim = d, .q_to_kv = q_to_kv,
                              .cache = &cc};
-      if (g_fx.cpu.ops->attention(&g_fx.cpu, &ap, &err) != 0) fail_msg("%s cpu: %s", tc->name, err.msg);
+      if (mk_kv_driver_attend(&g_fx.cpu, &ap, &err) != 0) fail_msg("%s cpu: %s", tc->name, err.msg);
       g_fx.gpu.ops->upload(&g_fx.gpu, dq, q, sizeof(float) * nq, NULL);
       g_fx.gpu.ops->upload(&g_fx.gpu, dk, k, sizeof(float) * nk, NULL);
       g_fx.gpu.ops->upload(&g_fx.gpu, dv, v, sizeof(float) * nk, NULL);
@@ -424,7 +425,7 @@ static int run_attn_case(const attn_case_t *tc) {
       ap.qsum = dqs;
       ap.out = dout;
       ap.cache = &cg;
-      if (g_fx.gpu.ops->attention(&g_fx.gpu, &ap, &err) != 0) fail_msg("%s cuda: %s", tc->name, err.msg);
+      if (mk_kv_driver_attend(&g_fx.gpu, &ap, &err) != 0) fail_msg("%s cuda: %s", tc->name, err.msg);
       from_dev(og, dout, sizeof(float) * nq);
       gsync();
       char what[128];

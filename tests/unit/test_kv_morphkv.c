@@ -319,10 +319,9 @@ static void run_case(const ref_case_t *rc, bool random_slots, int32_t *traj, int
   int32_t *after = malloc(sizeof(int32_t) * s.h->n_slots);
   check_stats_t cs = {0};
   /* prefill: the first compression (P > C) is checked like any decision */
-  for (int t = 0; t < rc->P; t++) assert_true(kvsim_add(&s, t) >= 0);
-  int nb = kvsim_kept(&s, before);
-  for (int i = rc->P - rc->W < 0 ? 0 : rc->P - rc->W; i < rc->P; i++) kvsim_observe(&s, i);
-  assert_int_equal(s.cache.ops->evict(&cfg, s.h, rc->P, true, &s.err), 0);
+  assert_int_equal(kvsim_prefill(&s, rc->P), 0); /* rows of qpos >= P - W, then evict */
+  int nb = s.n_att;
+  memcpy(before, s.att, sizeof(int32_t) * (size_t)nb);
   int na = kvsim_kept(&s, after);
   check_decision(rc, q, k, rc->P, before, nb, after, na, &cs);
   if (rc->P > rc->C && rc->P >= E - 1) assert_int_equal(na, rc->C);
@@ -403,16 +402,14 @@ static void test_w1_tova(void **unused) {
     assert_int_equal(kvsim_prefill(&s, P), 0);
     int checked = 0;
     for (int t = P; t < P + T; t++) {
-      assert_true(kvsim_add(&s, t) >= 0);
-      kvsim_observe(&s, t); /* s.lsum now holds query t's row */
       int32_t before[64];
-      int nb = kvsim_kept(&s, before);
-      int victim = -1;
+      int nb = 0;
+      assert_int_equal(kvsim_step(&s, t, before, &nb), 0); /* s.lsum holds query t's row */
+      int victim = -1; /* from the slots at attention time (s.att_pos) */
       for (int j = 0; j < s.h->n_slots; j++)
-        if (s.h->pos[j] >= 0 && s.h->pos[j] < t &&
+        if (s.att_pos[j] >= 0 && s.att_pos[j] < t &&
             (victim < 0 || s.lsum[j] < s.lsum[victim])) victim = j;
-      int32_t vpos = s.h->pos[victim];
-      assert_int_equal(s.cache.ops->evict(&cfg, s.h, t + 1, false, &s.err), 0);
+      int32_t vpos = s.att_pos[victim];
       if (nb == C + 1) {
         assert_int_equal(s.h->n_used, C);
         assert_int_equal(s.h->pos[victim], -1);
