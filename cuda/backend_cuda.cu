@@ -3,8 +3,9 @@
  * backend_kv.cu, device MorphKV in backend_mkv.cu; backend_cuda.cuh says how they share state.
  *
  * Memory. Activations and weights are device memory (ops->alloc, cudaMalloc). Weights are
- * uploaded once in their file format and dequantized to bf16 on the device (dequant.cuh says
- * why bf16); mk_bweight_t.dev is the (rows, cols) bf16 matrix, dev_type MK_CUDA_WTYPE_BF16.
+ * uploaded once in their file format and kept as blocks (dev_q, read by the decode GEMV of
+ * gemv_quant.cuh), dequantized to bf16 (dev, for cuBLAS), or both: "weights mode" below.
+ * mk_bweight_t.dev_bytes and mk_backend_cuda_resident say what is resident.
  *
  * The cache policy is not here: kvcache/driver.c runs it for every backend, and this backend
  * writes K/V, attends, produces score rows and (optionally) scores MorphKV on the device.
@@ -18,11 +19,11 @@
 #include "cuda/backend_cuda.cuh"
 #include "cuda/dequant.cuh"
 #include "cuda/elementwise.cuh"
+#include "cuda/gemv_quant.cuh"
 #include "cuda/matmul.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
 
-#define MK_CUDA_WTYPE_BF16 1
 #define MK_WTMP_BYTES ((size_t)64 << 20)
 
 static cuda_impl_t *impl_of(mk_backend_t *b) { return cb_impl(b); }
@@ -169,23 +170,24 @@ static int cuda_sync(mk_backend_t *b, mk_error_t *err) {
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
-  cuda_impl_t *c = impl_of(b);
-  memset(out, 0, sizeof *out);
-  out->host = *w;
-  if (cb_sticky(c, err)) return -1;
-  cudaCheck(err, c->dev, cudaSetDevice(c->dev));
-  const int be = mk_dq_block_elems((int)w->type), bb = mk_dq_block_bytes((int)w->type);
-  if (be == 0)
-    return mk_fail(err, "cuda backend: weight type %s (%d) has no device dequantizer", mk_type_name(w->type),
-                   (int)w->type);
-  if (w->rows <= 0 || w->cols <= 0 || w->cols % be != 0)
-    return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
-                   (long long)w->cols, mk_type_name(w->type));
-  const int64_t bpr = w->cols / be;
-  if (w->row_bytes != (size_t)(bpr * bb))
-    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
-                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+/* Which copies weight_prepare keeps (MORPHKV_CUDA_WEIGHTS, read at each call; docs/cuda.md):
+ *   quant (default)  Q4_0, Q4_1, Q8_0, Q4_K, Q6_K stay in file format on the device: decode
+ *                    (n <= MK_GEMV_MAX_N) reads the blocks (gemv_quant.cuh), larger batches
+ *                    dequantize bf16 tiles of MK_WTMP_BYTES and run cuBLAS on them; other types bf16
+ *   bf16             every weight dequantized to bf16 at load
+ *   both             both copies: blocks for decode, the resident bf16 copy for larger batches */
+enum { MK_CUDA_WTYPE_BF16 = 1, MK_CUDA_WTYPE_QUANT = 2 }; /* bits of mk_bweight_t.dev_type */
+enum { MK_WEIGHTS_QUANT = 0, MK_WEIGHTS_BF16, MK_WEIGHTS_BOTH };
+
+static int weights_mode(void) {
+  const char *m = getenv("MORPHKV_CUDA_WEIGHTS");
+  if (m && strcmp(m, "bf16") == 0) return MK_WEIGHTS_BF16;
+  if (m && strcmp(m, "both") == 0) return MK_WEIGHTS_BOTH;
+  return MK_WEIGHTS_QUANT;
+}
+
+/* (rows, cols) bf16 copy of w, dequantized on the device chunk by chunk. */
+static int upload_bf16(cuda_impl_t *c, const mk_qmat_t *w, int64_t bpr, __nv_bfloat16 **out, mk_error_t *err) {
   __nv_bfloat16 *dst = NULL;
   cudaCheck(err, c->dev, cudaMalloc((void **)&dst, (size_t)w->rows * w->cols * sizeof(__nv_bfloat16)));
   if (!c->wtmp) {
@@ -196,8 +198,7 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
     }
   }
   int64_t rows_per = (int64_t)(MK_WTMP_BYTES / w->row_bytes);
-  if (rows_per < 1) rows_per = 1;
-  if ((size_t)rows_per * w->row_bytes > MK_WTMP_BYTES) { /* one row larger than the chunk */
+  if (rows_per < 1) { /* one row larger than the chunk */
     cudaFree(dst);
     return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", w->row_bytes);
   }
@@ -217,19 +218,91 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
                      mk_type_name(w->type), (long long)w->rows, (long long)w->cols, cudaGetErrorString(e), c->dev);
     }
   }
-  out->dev = dst;
-  out->dev_type = MK_CUDA_WTYPE_BF16;
+  *out = dst;
+  return 0;
+}
+
+/* The file-format blocks of w, copied to the device as they are. */
+static int upload_quant(cuda_impl_t *c, const mk_qmat_t *w, void **out, mk_error_t *err) {
+  const size_t bytes = (size_t)w->rows * w->row_bytes;
+  void *dst = NULL;
+  cudaCheck(err, c->dev, cudaMalloc(&dst, bytes));
+  cudaError_t e = cudaMemcpyAsync(dst, w->data, bytes, cudaMemcpyHostToDevice, c->stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+  if (e != cudaSuccess) {
+    cudaFree(dst);
+    return mk_fail(err, "cuda backend: uploading a %s weight (%lld x %lld) failed: %s (device %d)", mk_type_name(w->type),
+                   (long long)w->rows, (long long)w->cols, cudaGetErrorString(e), c->dev);
+  }
+  *out = dst;
+  return 0;
+}
+
+static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w);
+
+static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  memset(out, 0, sizeof *out);
+  out->host = *w;
+  if (cb_sticky(c, err)) return -1;
+  cudaCheck(err, c->dev, cudaSetDevice(c->dev));
+  const int be = mk_dq_block_elems((int)w->type), bb = mk_dq_block_bytes((int)w->type);
+  if (be == 0)
+    return mk_fail(err, "cuda backend: weight type %s (%d) has no device dequantizer", mk_type_name(w->type),
+                   (int)w->type);
+  if (w->rows <= 0 || w->cols <= 0 || w->cols % be != 0)
+    return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
+                   (long long)w->cols, mk_type_name(w->type));
+  const int64_t bpr = w->cols / be;
+  if (w->row_bytes != (size_t)(bpr * bb))
+    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
+                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+  const int mode = weights_mode();
+  const bool q = mode != MK_WEIGHTS_BF16 && mk_cuda_gemv_quant_supported((int)w->type);
+  const bool bf = mode != MK_WEIGHTS_QUANT || !q;
+  if (q) {
+    if (upload_quant(c, w, &out->dev_q, err) != 0) return -1;
+    out->dev_type |= MK_CUDA_WTYPE_QUANT;
+    out->dev_bytes += (size_t)w->rows * w->row_bytes;
+    c->resident_q += (size_t)w->rows * w->row_bytes;
+  }
+  if (bf) {
+    __nv_bfloat16 *dst = NULL;
+    if (upload_bf16(c, w, bpr, &dst, err) != 0) {
+      cuda_weight_release(b, out);
+      return -1;
+    }
+    out->dev = dst;
+    out->dev_type |= MK_CUDA_WTYPE_BF16;
+    out->dev_bytes += (size_t)w->rows * w->cols * sizeof(__nv_bfloat16);
+    c->resident_bf16 += (size_t)w->rows * w->cols * sizeof(__nv_bfloat16);
+  }
   return 0;
 }
 
 static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
   cuda_impl_t *c = impl_of(b);
-  if (w->dev) {
+  if (w->dev || w->dev_q) {
     cudaSetDevice(c->dev);
     cudaStreamSynchronize(c->stream);
-    cudaFree(w->dev);
   }
-  w->dev = NULL;
+  if (w->dev) {
+    cudaFree(w->dev);
+    c->resident_bf16 -= (size_t)w->host.rows * w->host.cols * sizeof(__nv_bfloat16);
+  }
+  if (w->dev_q) {
+    cudaFree(w->dev_q);
+    c->resident_q -= (size_t)w->host.rows * w->host.row_bytes;
+  }
+  w->dev = w->dev_q = NULL;
+  w->dev_type = 0;
+  w->dev_bytes = 0;
+}
+
+extern "C" void mk_backend_cuda_resident(mk_backend_t *b, size_t *quant_bytes, size_t *bf16_bytes) {
+  cuda_impl_t *c = impl_of(b);
+  *quant_bytes = c ? c->resident_q : 0;
+  *bf16_bytes = c ? c->resident_bf16 : 0;
 }
 
 /* ---- dense ops ---------------------------------------------------------------------------- */
@@ -237,22 +310,56 @@ static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
 static void cuda_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x) {
   cuda_impl_t *c = impl_of(b);
   if (c->failed || n <= 0) return;
-  if (!table->dev) return note_msg(c, "embed: the table was not prepared for this backend");
+  if (!table->dev && !table->dev_q) return note_msg(c, "embed: the table was not prepared for this backend");
   for (int i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= table->host.rows) return note_msg(c, "embed: token id out of range");
   mk_error_t e;
   const int32_t *dids = (const int32_t *)args_upload(c, ids, sizeof(int32_t) * (size_t)n, &e);
   if (!dids) return note_msg(c, e.msg);
-  mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
+  if (table->dev)
+    mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
+  else
+    mk_cuda_embed_quant((int)table->host.type, table->dev_q, table->host.row_bytes, table->host.cols, dids, n, x,
+                        c->stream);
   check_launch(c, "embed");
+}
+
+static void note_cublas(cuda_impl_t *c, cublasStatus_t s, int64_t rows, int64_t cols, int n) {
+  if (s == CUBLAS_STATUS_SUCCESS || c->failed) return;
+  c->failed = true;
+  snprintf(c->msg, sizeof c->msg, "cublasGemmEx (%lld x %lld, n %d) failed: %s (device %d)", (long long)rows,
+           (long long)cols, n, cublasGetStatusString(s), c->dev);
+}
+
+/* y = xb W^T for a weight held only in file format: bf16 tiles of rows dequantized in turn. */
+static void matmul_tiles(cuda_impl_t *c, const mk_bweight_t *w, int n, float *y) {
+  const int64_t rows = w->host.rows, cols = w->host.cols, bpr = cols / mk_dq_block_elems((int)w->host.type);
+  int64_t tile = (int64_t)(MK_WTMP_BYTES / (sizeof(__nv_bfloat16) * (size_t)cols));
+  if (tile < 1) tile = 1;
+  if (tile > rows) tile = rows;
+  mk_error_t e;
+  if (cb_dev_reserve(c, (void **)&c->wtile, &c->wtile_cap, sizeof(__nv_bfloat16) * (size_t)tile * cols, &e) != 0)
+    return note_msg(c, e.msg);
+  for (int64_t r0 = 0; r0 < rows && !c->failed; r0 += tile) {
+    const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
+    mk_cuda_dequant_bf16((int)w->host.type, (const char *)w->dev_q + (size_t)r0 * w->host.row_bytes, nr * bpr, c->wtile,
+                         c->stream);
+    check_launch(c, "dequant tile");
+    note_cublas(c, mk_cuda_gemm_bf16_tile(c->cublas, c->wtile, nr, cols, c->xb, n, y + r0, rows), nr, cols, n);
+  }
 }
 
 static void cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
   cuda_impl_t *c = impl_of(b);
   if (c->failed || n <= 0) return;
-  if (!w->dev) return note_msg(c, "matmul: the weight was not prepared for this backend");
+  if (!w->dev && !w->dev_q) return note_msg(c, "matmul: the weight was not prepared for this backend");
   const __nv_bfloat16 *W = (const __nv_bfloat16 *)w->dev;
   const int64_t rows = w->host.rows, cols = w->host.cols;
+  if (n <= MK_GEMV_MAX_N && w->dev_q) {
+    mk_cuda_gemv_quant((int)w->host.type, w->dev_q, rows, cols, w->host.row_bytes, x, n, y, c->stream);
+    check_launch(c, "gemv_quant");
+    return;
+  }
   if (n <= MK_GEMV_MAX_N) {
     mk_cuda_gemv_bf16(W, rows, cols, x, n, y, c->stream);
     check_launch(c, "gemv");
@@ -263,12 +370,10 @@ static void cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, 
     return note_msg(c, e.msg);
   mk_cuda_f32_to_bf16(x, c->xb, (size_t)n * cols, c->stream);
   check_launch(c, "f32_to_bf16");
-  cublasStatus_t s = mk_cuda_gemm_bf16(c->cublas, W, rows, cols, c->xb, n, y);
-  if (s != CUBLAS_STATUS_SUCCESS && !c->failed) {
-    c->failed = true;
-    snprintf(c->msg, sizeof c->msg, "cublasGemmEx (%lld x %lld, n %d) failed: %s (device %d)", (long long)rows,
-             (long long)cols, n, cublasGetStatusString(s), c->dev);
-  }
+  if (W)
+    note_cublas(c, mk_cuda_gemm_bf16(c->cublas, W, rows, cols, c->xb, n, y), rows, cols, n);
+  else
+    matmul_tiles(c, w, n, y);
 }
 
 static void cuda_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps) {
@@ -339,6 +444,7 @@ static void cuda_free(mk_backend_t *b) {
   cudaFree(c->part);
   cudaFree(c->qsum);
   cudaFree(c->wtmp);
+  cudaFree(c->wtile);
   free(c->hbuf);
   if (c->cublas) cublasDestroy(c->cublas);
   if (c->stream) cudaStreamDestroy(c->stream);

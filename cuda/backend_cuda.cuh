@@ -73,7 +73,8 @@ typedef struct cuda_impl {
   /* host scratch (score rows for host policies) */
   float *hbuf;
   size_t hbuf_cap;
-  int weights_mode; /* MK_CUDA_WEIGHTS_*: what weight_prepare keeps resident */
+  __nv_bfloat16 *wtile; /* bf16 tile of a quantized-only weight for batched matmuls */
+  size_t wtile_cap;
   size_t resident_q, resident_bf16; /* bytes of quantized and bf16 weight copies on the device */
   /* CUDA graph of the decode step (MORPHKV_CUDA_GRAPH=1; see docs/cuda.md) */
   bool graph_on;

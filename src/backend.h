@@ -29,7 +29,9 @@ typedef struct mk_backend mk_backend_t;
 typedef struct mk_bweight {
   mk_qmat_t host;
   void *dev;      /* backend-owned; NULL on the CPU (it reads host directly) */
-  int dev_type;   /* backend-specific */
+  void *dev_q;    /* backend-owned second copy (CUDA: the file-format blocks on the device) or NULL */
+  int dev_type;   /* backend-specific (CUDA: which copies are resident) */
+  size_t dev_bytes; /* device memory this weight holds (all its copies); 0 on the CPU */
 } mk_bweight_t;
 
 typedef struct mk_rope_params {
@@ -159,6 +161,9 @@ int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_
  * that a build without the CUDA sources links; mk_backend_init checks it is there. */
 int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err)
     __attribute__((weak));
+/* CUDA: bytes of weights resident on the device as file-format blocks and as bf16 copies
+ * (MORPHKV_CUDA_WEIGHTS, docs/cuda.md). Weak, as mk_backend_cuda_init. */
+void mk_backend_cuda_resident(mk_backend_t *b, size_t *quant_bytes, size_t *bf16_bytes) __attribute__((weak));
 /* Dispatch on p->kind; "cuda" without a CUDA build or without a device is an error. */
 int mk_backend_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
 
