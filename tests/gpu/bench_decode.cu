@@ -18,10 +18,12 @@
  * own format (Q4_0: 18 bytes per 32 weights).
  *
  * Usage (stable: tests/gpu/device-check.sh calls it):
- *   bench_decode [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all]
+ *   bench_decode [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all] [--eager]
  *   --quick    4 layers, vocabulary 32000, contexts / 4: a smoke run on a GPU
  *   --tiny     a toy shape for the CPU emulator (bench_decode_emu): checks the program, not speed
  *   --weights  which weight formats to run (all: bf16 then Q4_0; default all)
+ *   --eager    launch every kernel of a step (no CUDA graph): run once with and once without to
+ *              measure the launch overhead a graph removes (docs/cuda.md, "CUDA graphs")
  * Configurations, per weight format: batch 1 and 16 x {full at 512, 8K, 32K; MorphKV W 32 C 2048
  * at 8K, 32K}. One line each: ms/step, tok/s, KV bytes, bytes moved per step, TB/s, and the fraction
  * of the datasheet, attribute and measured device-to-device copy bandwidths. Exit 0, 1 (a sanity
@@ -348,32 +350,37 @@ typedef struct peaks {
   double datasheet, attr, copy;
 } peaks_t;
 
-/* Runs one configuration and prints its line; false if its sanity checks failed. */
-static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
-                       cublasHandle_t h, cudaStream_t st) {
-  const shape_t *s = &m->s;
-  const int B = rc->B, d = s->d, n_q = s->n_head, n_kv = s->n_kv, E = s->n_embd;
-  const int total_steps = warm + steps + 1;
-  const int n_slots = rc->morph ? rc->C + 1 : rc->ctx + total_steps;
-  const size_t n_heads = (size_t)B * s->n_layer * n_kv;
-  const size_t kv_elems = n_heads * n_slots * d;
+/* The device cache of one configuration, filled with random K/V (and ring rows). */
+typedef struct dev_cache {
   __half *kc, *vc;
   int32_t *posc;
-  float *zring = NULL;
-  CK(cudaMalloc((void **)&kc, kv_elems * sizeof(__half)));
-  CK(cudaMalloc((void **)&vc, kv_elems * sizeof(__half)));
-  CK(cudaMalloc((void **)&posc, n_heads * n_slots * sizeof(int32_t)));
-  bench_fill_f16<<<fill_blocks(kv_elems), 256, 0, st>>>(kc, kv_elems, 77, 1.0f);
-  bench_fill_f16<<<fill_blocks(kv_elems), 256, 0, st>>>(vc, kv_elems, 78, 1.0f);
-  bench_fill_pos<<<fill_blocks(n_heads * n_slots), 256, 0, st>>>(posc, n_heads, n_slots, rc->ctx, rc->morph, rc->C, rc->W);
-  if (rc->morph) {
-    size_t zn = n_heads * (size_t)rc->W * n_slots;
-    CK(cudaMalloc((void **)&zring, zn * sizeof(float)));
-    bench_fill_f32<<<fill_blocks(zn), 256, 0, st>>>(zring, zn, 79, 4.0f, 0.0f);
-  }
+  float *zring;
+  int n_slots;
+  size_t n_heads, kv_elems;
+} dev_cache_t;
 
-  /* activations */
+static void cache_init(dev_cache_t *dc, const shape_t *s, const run_cfg_t *rc, int total_steps, cudaStream_t st) {
+  memset(dc, 0, sizeof *dc);
+  dc->n_slots = rc->morph ? rc->C + 1 : rc->ctx + total_steps;
+  dc->n_heads = (size_t)rc->B * s->n_layer * s->n_kv;
+  dc->kv_elems = dc->n_heads * dc->n_slots * s->d;
+  CK(cudaMalloc((void **)&dc->kc, dc->kv_elems * sizeof(__half)));
+  CK(cudaMalloc((void **)&dc->vc, dc->kv_elems * sizeof(__half)));
+  CK(cudaMalloc((void **)&dc->posc, dc->n_heads * dc->n_slots * sizeof(int32_t)));
+  bench_fill_f16<<<fill_blocks(dc->kv_elems), 256, 0, st>>>(dc->kc, dc->kv_elems, 77, 1.0f);
+  bench_fill_f16<<<fill_blocks(dc->kv_elems), 256, 0, st>>>(dc->vc, dc->kv_elems, 78, 1.0f);
+  bench_fill_pos<<<fill_blocks(dc->n_heads * dc->n_slots), 256, 0, st>>>(dc->posc, dc->n_heads, dc->n_slots, rc->ctx,
+                                                                         rc->morph, rc->C, rc->W);
+  if (rc->morph) {
+    size_t zn = dc->n_heads * (size_t)rc->W * dc->n_slots;
+    CK(cudaMalloc((void **)&dc->zring, zn * sizeof(float)));
+    bench_fill_f32<<<fill_blocks(zn), 256, 0, st>>>(dc->zring, zn, 79, 4.0f, 0.0f);
+  }
+}
+
+static void acts_init(acts_t *ap, const shape_t *s, int B) {
   acts_t a;
+  const int n_q = s->n_head, n_kv = s->n_kv, d = s->d, E = s->n_embd;
   memset(&a, 0, sizeof a);
   const size_t Q = (size_t)n_q * d, K = (size_t)n_kv * d;
   CK(cudaMalloc((void **)&a.x, sizeof(float) * B * E));
@@ -395,7 +402,12 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   for (int b = 0; b < B; b++) ids_h[b] = (int32_t)((b * 7919 + 13) % s->n_vocab);
   CK(cudaMemcpy(a.ids, ids_h, sizeof(int32_t) * B, cudaMemcpyHostToDevice));
 
-  /* bookkeeping */
+  *ap = a;
+}
+
+/* Step bookkeeping on the device (slots, victims, jobs, units); returns the unit count. */
+static int bookkeeping_init(step_bufs_t *sbp, const shape_t *s, const run_cfg_t *rc, int n_slots) {
+  const int B = rc->B, n_q = s->n_head, n_kv = s->n_kv;
   step_bufs_t sb;
   memset(&sb, 0, sizeof sb);
   const int per = B * n_kv;
@@ -446,7 +458,24 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   CK(cudaMalloc((void **)&sb.units, sizeof(mk_cuda_attn_unit_t) * n_units));
   CK(cudaMemcpy(sb.units, h_units, sizeof(mk_cuda_attn_unit_t) * n_units, cudaMemcpyHostToDevice));
 
-  /* attention template: splits planned for the largest nscan of the run */
+  free(h_head0);
+  free(h_vic);
+  free(h_jobs);
+  *sbp = sb;
+  return n_units;
+}
+
+/* The attention and MorphKV argument templates of a configuration (splits planned for its
+ * largest scan); scratch it allocates goes to a->part and *scratch[3]. */
+static void templates_init(mk_cuda_attn_args_t *atp, mk_cuda_mkv_args_t *map, void *scratch[3], acts_t *ap,
+                           const step_bufs_t *sbp, int n_units, const shape_t *s, const run_cfg_t *rc,
+                           const dev_cache_t *dc, int n_sm) {
+  const int B = rc->B, n_q = s->n_head, n_kv = s->n_kv, d = s->d, n_slots = dc->n_slots, per = B * n_kv;
+  acts_t &a = *ap;
+  const step_bufs_t &sb = *sbp;
+  __half *kc = dc->kc, *vc = dc->vc;
+  int32_t *posc = dc->posc;
+  float *zring = dc->zring;
   mk_cuda_attn_args_t at;
   memset(&at, 0, sizeof at);
   at.q = a.q;
@@ -496,13 +525,30 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
     ma.best = best;
     ma.counters = counters;
   }
-  CK(cudaStreamSynchronize(st));
+  *atp = at;
+  *map = ma;
+  scratch[0] = stats;
+  scratch[1] = best;
+  scratch[2] = counters;
+}
 
-  /* capture one step as a graph */
+/* Times `steps` decode steps after `warm` ones: one CUDA graph per step when capture works
+ * (and eager is false), else eager launches. Returns seconds per step. */
+static double time_steps(const model_t *m, const run_cfg_t *rc, acts_t *ap, step_bufs_t *sbp, const dev_cache_t *dc,
+                         const mk_cuda_attn_args_t *atp, const mk_cuda_mkv_args_t *map, int warm, int steps,
+                         bool eager, bool *graphed_out, cublasHandle_t h, cudaStream_t st) {
+  acts_t &a = *ap;
+  step_bufs_t &sb = *sbp;
+  const mk_cuda_attn_args_t &at = *atp;
+  const mk_cuda_mkv_args_t &ma = *map;
+  __half *kc = dc->kc, *vc = dc->vc;
+  int32_t *posc = dc->posc;
+  float *zring = dc->zring;
+  const int n_slots = dc->n_slots;
   cudaGraphExec_t exec = NULL;
   cudaGraph_t graph = NULL;
   bool graphed = false;
-  if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+  if (!eager && cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
     decode_step(m, rc, &a, &sb, kc, vc, posc, zring, &at, &ma, n_slots, h, st);
     if (cudaStreamEndCapture(st, &graph) == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess)
       graphed = true;
@@ -510,7 +556,8 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   if (!graphed) {
     cudaGetLastError();
     if (graph) cudaGraphDestroy(graph);
-    fprintf(stderr, "bench_decode: graph capture failed, timing eager launches\n");
+    graph = NULL;
+    if (!eager) fprintf(stderr, "bench_decode: graph capture failed, timing eager launches\n");
   }
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
@@ -534,6 +581,38 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   float ms = 0;
   CK(cudaEventElapsedTime(&ms, e0, e1));
   const double step_s = ms / 1e3 / steps;
+
+  if (graphed) {
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  *graphed_out = graphed;
+  return step_s;
+}
+
+/* Runs one configuration and prints its line; false if its sanity checks failed. */
+static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
+                       bool eager, cublasHandle_t h, cudaStream_t st) {
+  const shape_t *s = &m->s;
+  const int B = rc->B, d = s->d, n_kv = s->n_kv, E = s->n_embd;
+  dev_cache_t dc;
+  cache_init(&dc, s, rc, warm + steps + 1, st);
+  const int n_slots = dc.n_slots;
+  const size_t n_heads = dc.n_heads, kv_elems = dc.kv_elems;
+  acts_t a;
+  acts_init(&a, s, B);
+  step_bufs_t sb;
+  const int n_units = bookkeeping_init(&sb, s, rc, n_slots);
+  mk_cuda_attn_args_t at;
+  mk_cuda_mkv_args_t ma;
+  void *scratch[3];
+  templates_init(&at, &ma, scratch, &a, &sb, n_units, s, rc, &dc, n_sm);
+  CK(cudaStreamSynchronize(st));
+  bool graphed = false;
+  const double step_s = time_steps(m, rc, &a, &sb, &dc, &at, &ma, warm, steps, eager, &graphed, h, st);
+  int32_t *posc = dc.posc;
 
   /* sanity: finite logits, and for MorphKV every head still holds exactly C used slots */
   float lg[8];
@@ -576,20 +655,11 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   printf("\n");
   fflush(stdout);
 
-  if (graphed) {
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  void *frees[] = {kc, vc, posc, zring, a.x, a.xn, a.q, a.k, a.v, a.qsum, a.att, a.o, a.fg, a.fu, a.logits, a.part,
-                   a.xb, a.ids, sb.ctr, sb.qpos, sb.nscan, sb.zrow, sb.head0, sb.slots, sb.victims, sb.jobs,
-                   sb.q_to_kv, sb.units, stats, best, counters};
+  void *frees[] = {dc.kc, dc.vc, dc.posc, dc.zring, a.x, a.xn, a.q, a.k, a.v, a.qsum, a.att, a.o, a.fg, a.fu,
+                   a.logits, a.part, a.xb, a.ids, sb.ctr, sb.qpos, sb.nscan, sb.zrow, sb.head0, sb.slots, sb.victims,
+                   sb.jobs, sb.q_to_kv, sb.units, scratch[0], scratch[1], scratch[2]};
   for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++)
     if (frees[i]) cudaFree(frees[i]);
-  free(h_head0);
-  free(h_vic);
-  free(h_jobs);
   return finite && (!rc->morph || (used_min == rc->C && used_max == rc->C));
 }
 
@@ -598,6 +668,7 @@ int main(int argc, char **argv) {
   int steps = 20, warm = 3;
   bool quick = false, tiny = false;
   const char *weights = "all";
+  bool eager = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) {
       quick = true;
@@ -607,11 +678,13 @@ int main(int argc, char **argv) {
       steps = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--layers") && i + 1 < argc) {
       s.n_layer = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--eager")) {
+      eager = true;
     } else if (!strcmp(argv[i], "--weights") && i + 1 < argc &&
                (!strcmp(argv[i + 1], "bf16") || !strcmp(argv[i + 1], "q4_0") || !strcmp(argv[i + 1], "all"))) {
       weights = argv[++i];
     } else {
-      fprintf(stderr, "usage: %s [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all] [--eager]\n", argv[0]);
       return 2;
     }
   }
@@ -693,13 +766,13 @@ int main(int argc, char **argv) {
         run_cfg_t rc = {batches[bi], false, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
         if (quick) rc.C = 512;
         if (tiny) rc.C = 256, rc.W = 8;
-        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
+        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, eager, h, st);
       }
       for (int ci = 1; ci < 3; ci++) {
         run_cfg_t rc = {batches[bi], true, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
         if (quick) rc.C = 512;
         if (tiny) rc.C = 256, rc.W = 8;
-        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
+        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, eager, h, st);
       }
     }
     model_free(&m);

@@ -107,6 +107,16 @@ static uint8_t *rand_matrix(mk_type_t t, int64_t rows, int64_t cols, uint64_t *s
   return p;
 }
 
+/* A random matrix (rand_matrix) prepared for both backends. */
+static uint8_t *rand_prepared(mk_type_t t, int64_t rows, int64_t cols, uint64_t *st, mk_qmat_t *m, mk_bweight_t *wc,
+                              mk_bweight_t *wg) {
+  uint8_t *raw = rand_matrix(t, rows, cols, st, m);
+  mk_error_t err;
+  assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, m, wc, &err), 0);
+  if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, m, wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+  return raw;
+}
+
 static const mk_type_t k_types[] = {MK_TYPE_F32,  MK_TYPE_F16,  MK_TYPE_BF16, MK_TYPE_Q4_0, MK_TYPE_Q4_1,
                                     MK_TYPE_Q5_0, MK_TYPE_Q5_1, MK_TYPE_Q8_0, MK_TYPE_Q2_K, MK_TYPE_Q3_K,
                                     MK_TYPE_Q4_K, MK_TYPE_Q5_K, MK_TYPE_Q6_K};
@@ -162,11 +172,8 @@ static void test_matmul(void **state) {
     mk_type_t t = ti < sizeof k_types / sizeof k_types[0] ? k_types[ti] : (ti % 2 ? MK_TYPE_F16 : MK_TYPE_F32);
     const int64_t rows = 97, cols = ti < sizeof k_types / sizeof k_types[0] ? 768 : 100;
     mk_qmat_t m;
-    uint8_t *raw = rand_matrix(t, rows, cols, &st, &m);
     mk_bweight_t wc, wg;
-    mk_error_t err;
-    assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, &m, &wc, &err), 0);
-    if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, &m, &wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+    uint8_t *raw = rand_prepared(t, rows, cols, &st, &m, &wc, &wg);
     const bool quant = mk_type_block_elems(t) > 1;
     const double bound = quant ? 3e-4 : 1e-5;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
@@ -209,11 +216,8 @@ static void test_gemv_quant(void **state) {
     const mk_type_t t = types[ti];
     const int64_t rows = 37, cols = 512;
     mk_qmat_t m;
-    uint8_t *raw = rand_matrix(t, rows, cols, &st, &m);
     mk_bweight_t wc, wg;
-    mk_error_t err;
-    assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, &m, &wc, &err), 0);
-    if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, &m, &wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+    uint8_t *raw = rand_prepared(t, rows, cols, &st, &m, &wc, &wg);
     size_t rq = 0, rb = 0;
     mk_backend_cuda_resident(&g_fx.gpu, &rq, &rb);
     if (wg.dev != NULL || wg.dev_q == NULL || wg.dev_bytes != (size_t)rows * m.row_bytes || rq < wg.dev_bytes) {
