@@ -76,8 +76,6 @@ typedef struct cuda_impl {
   __nv_bfloat16 *wtile; /* bf16 tile of a quantized-only weight for batched matmuls */
   size_t wtile_cap;
   size_t resident_q, resident_bf16; /* bytes of quantized and bf16 weight copies on the device */
-  /* CUDA graph of the decode step (MORPHKV_CUDA_GRAPH=1; see docs/cuda.md) */
-  bool graph_on;
 } cuda_impl_t;
 
 static inline cuda_impl_t *cb_impl(mk_backend_t *b) { return (cuda_impl_t *)b->impl; }

@@ -25,6 +25,7 @@
 
 #include <mpi.h>
 
+#include "parallel/watchdog.h"
 #include "src/mk_error.h"
 
 typedef struct mk_comm mk_comm_t;
@@ -48,6 +49,8 @@ struct mk_comm {
   uint64_t bytes_model; /* payload bytes of the model's own all-reduces */
   uint64_t bytes_score; /* payload bytes of cache-policy score synchronization */
   uint64_t bytes_other; /* everything else (sampling, checks, ...) */
+  mk_watchdog_t *wd;    /* borrowed (the ctx's); NULL: unbounded blocking waits */
+  int tag;              /* mk_comm_tag_t of the collective in progress (watchdog messages) */
 };
 
 /* Which counter a collective's payload is added to. */

@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel/ctx.h"
+
 typedef struct layer_bw {
   mk_bweight_t wq, wk, wv, wo, w_gate, w_up, w_down;
   float *attn_norm, *ffn_norm, *bq, *bk, *bv; /* backend memory */
@@ -107,6 +109,44 @@ static int prepare_weights(mk_engine_t *e, mk_error_t *err) {
   return 0;
 }
 
+/* This rank's plan (planp NULL for a world of one: the model owns everything). */
+static int plan_rank(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int world, int rank,
+                     mk_plan_t *plan, const mk_plan_t **planp, mk_error_t *err) {
+  *planp = NULL;
+  if (world <= 1) return 0;
+  mk_plan_dims_t dims;
+  mk_model_plan_dims(cfg, src, &dims);
+  if (mk_model_check_tp(cfg, src, world, err) != 0) return -1;
+  if (mk_plan_make(&dims, world, rank, plan, err) != 0) return -1;
+  *planp = plan;
+  return 0;
+}
+
+/* What this rank needs to know about all the others (parallel/plan.h, mk_plan_world): every
+ * rank's vocabulary slice for the LM-head all-gather, and the replicated KV heads with their local
+ * index here (or -1) for the score sync. The same lists on every rank. */
+static int plan_world(mk_engine_t *e, const mk_tensor_source_t *src, int world, mk_error_t *err) {
+  const mk_model_config_t *cfg = &e->model.cfg;
+  const mk_plan_t *pl = &e->model.plan;
+  e->vocab_begin_r = calloc((size_t)world, sizeof(int));
+  e->vocab_len_r = calloc((size_t)world, sizeof(int));
+  e->rep_local = malloc(sizeof(int) * (size_t)cfg->n_kv_head);
+  if (!e->vocab_begin_r || !e->vocab_len_r || !e->rep_local) return mk_fail(err, "out of memory");
+  e->vocab_len_r[0] = e->vocab_slice_max = e->n_vocab_loc;
+  if (world <= 1) return 0;
+  mk_plan_dims_t dims;
+  mk_plan_world_t w;
+  mk_model_plan_dims(cfg, src, &dims);
+  if (mk_plan_world(&dims, world, e->vocab_begin_r, e->vocab_len_r, e->rep_local, &w, err) != 0) return -1;
+  e->vocab_slice_max = w.vocab_slice_max;
+  e->n_rep = w.n_rep;
+  for (int i = 0; i < e->n_rep; i++) {
+    int h = e->rep_local[i];
+    e->rep_local[i] = (h >= pl->kv_begin && h < pl->kv_end) ? h - pl->kv_begin : -1;
+  }
+  return 0;
+}
+
 int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err) {
   *out = NULL;
   mk_engine_t *e = calloc(1, sizeof *e);
@@ -125,14 +165,9 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
     mk_fail(err, "--tp %d does not match the number of ranks (%d); launch with mpirun -np %d", p->tp, world, p->tp);
     goto fail;
   }
-  mk_plan_t plan, *planp = NULL;
-  if (world > 1) {
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    if (mk_model_check_tp(&cfg, &src, world, err) != 0) goto fail;
-    if (mk_plan_make(&dims, world, rank, &plan, err) != 0) goto fail;
-    planp = &plan;
-  }
+  mk_plan_t plan;
+  const mk_plan_t *planp;
+  if (plan_rank(&cfg, &src, world, rank, &plan, &planp, err) != 0) goto fail;
   if (mk_model_bind(&e->model, &cfg, &src, planp, err) != 0) {
     mk_error_prefix(err, "%s", p->model_path);
     goto fail;
@@ -147,56 +182,18 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   e->n_kv = pl->kv_end - pl->kv_begin;
   e->n_ff_loc = pl->ff_end - pl->ff_begin;
   e->n_vocab_loc = pl->vocab_end - pl->vocab_begin;
-  e->vocab_slice_max = e->n_vocab_loc;
-  e->vocab_begin_r = calloc((size_t)world, sizeof(int));
-  e->vocab_len_r = calloc((size_t)world, sizeof(int));
-  if (!e->vocab_begin_r || !e->vocab_len_r) goto oom;
-  e->vocab_len_r[0] = e->n_vocab_loc;
-  if (world > 1) {
-    /* every rank's vocabulary slice; the all-gather pads to the widest */
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    for (int r = 0; r < world; r++) {
-      mk_plan_t pr;
-      if (mk_plan_make(&dims, world, r, &pr, err) != 0) goto fail;
-      e->vocab_begin_r[r] = pr.vocab_begin;
-      e->vocab_len_r[r] = pr.vocab_end - pr.vocab_begin;
-      if (e->vocab_len_r[r] > e->vocab_slice_max) e->vocab_slice_max = e->vocab_len_r[r];
-    }
-  }
+  if (plan_world(e, &src, world, err) != 0) goto fail;
   e->q_to_kv = malloc(sizeof(int) * (size_t)e->n_q);
-  if (!e->q_to_kv) goto oom;
+  if (!e->q_to_kv) {
+    mk_fail(err, "out of memory");
+    goto fail;
+  }
   int g = cfg.n_head / cfg.n_kv_head;
   for (int i = 0; i < e->n_q; i++) e->q_to_kv[i] = (pl->q_begin + i) / g - pl->kv_begin;
-  if (world > 1 && pl->any_replicated) {
-    /* every rank derives the same list of replicated heads from the plans of all ranks */
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    int *holders = calloc((size_t)cfg.n_kv_head, sizeof(int));
-    e->rep_local = malloc(sizeof(int) * (size_t)cfg.n_kv_head);
-    if (!holders || !e->rep_local) {
-      free(holders);
-      goto oom;
-    }
-    for (int r = 0; r < world; r++) {
-      mk_plan_t pr;
-      if (mk_plan_make(&dims, world, r, &pr, err) != 0) {
-        free(holders);
-        goto fail;
-      }
-      for (int h = pr.kv_begin; h < pr.kv_end; h++) holders[h]++;
-    }
-    for (int h = 0; h < cfg.n_kv_head; h++)
-      if (holders[h] > 1)
-        e->rep_local[e->n_rep++] = (h >= pl->kv_begin && h < pl->kv_end) ? h - pl->kv_begin : -1;
-    free(holders);
-  }
   if (mk_backend_init(&e->be, &p->backend, err) != 0) goto fail;
   if (prepare_weights(e, err) != 0) goto fail;
   *out = e;
   return 0;
-oom:
-  mk_fail(err, "out of memory");
 fail:
   mk_engine_close(e);
   return -1;
@@ -379,6 +376,12 @@ static int sync_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk
   return rows;
 }
 
+/* An op of layer l failed: the op put its name and cause in err; add the layer. */
+static int layer_failed(mk_error_t *err, int l) {
+  mk_error_prefix(err, "layer %d", l);
+  return -1;
+}
+
 /* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host). */
 static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
                    const int *out_rows, int n_out, float *logits, mk_error_t *err) {
@@ -392,28 +395,26 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
   const bool sync_qsum = need_qsum && e->n_rep > 0;
 
-  o->embed(b, &e->tok_embd, ids, n, e->x);
+  if (o->embed(b, &e->tok_embd, ids, n, e->x, err) != 0) return -1;
   for (int l = 0; l < c->n_layer; l++) {
     const layer_bw_t *w = &e->lw[l];
-    o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps);
-    o->matmul(b, &w->wq, e->xn, n, e->q);
-    o->matmul(b, &w->wk, e->xn, n, e->k);
-    o->matmul(b, &w->wv, e->xn, n, e->v);
-    if (w->bq) {
-      o->add_bias(b, e->q, w->bq, n, e->n_q * d);
-      o->add_bias(b, e->k, w->bk, n, e->n_kv * d);
-      o->add_bias(b, e->v, w->bv, n, e->n_kv * d);
-    }
+    if (o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps, err) ||
+        o->matmul(b, &w->wq, e->xn, n, e->q, err) || o->matmul(b, &w->wk, e->xn, n, e->k, err) ||
+        o->matmul(b, &w->wv, e->xn, n, e->v, err))
+      return layer_failed(err, l);
+    if (w->bq && (o->add_bias(b, e->q, w->bq, n, e->n_q * d, err) ||
+                  o->add_bias(b, e->k, w->bk, n, e->n_kv * d, err) ||
+                  o->add_bias(b, e->v, w->bv, n, e->n_kv * d, err)))
+      return layer_failed(err, l);
     mk_rope_params_t rq = {.x = e->q, .pos = e->pos_buf, .n_tok = n, .n_head = e->n_q, .head_dim = d,
                            .rope_dim = c->rope_dim, .theta = c->rope_theta, .neox = c->rope_neox,
                            .freq_factors = e->rope_freqs};
-    o->rope(b, &rq);
     mk_rope_params_t rk = rq;
     rk.x = e->k;
     rk.n_head = e->n_kv;
-    o->rope(b, &rk);
+    if (o->rope(b, &rq, err) || o->rope(b, &rk, err)) return layer_failed(err, l);
     if (need_qsum) {
-      o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv);
+      if (o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv, err)) return layer_failed(err, l);
       if (sync_qsum && sync_rows(e, spans, n_spans, err) < 0) return -1;
     }
     mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
@@ -421,23 +422,28 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
     if (mk_kv_driver_attend(b, &ap, err) != 0) return -1;
-    o->matmul(b, &w->wo, e->att, n, e->o);
+    if (o->matmul(b, &w->wo, e->att, n, e->o, err)) return layer_failed(err, l);
     if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
-    o->add(b, e->x, e->o, (size_t)n * ne);
-    o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps);
-    o->matmul(b, &w->w_gate, e->xn, n, e->fg);
-    o->matmul(b, &w->w_up, e->xn, n, e->fu);
-    o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc);
-    o->matmul(b, &w->w_down, e->fg, n, e->o);
+    if (o->add(b, e->x, e->o, (size_t)n * ne, err) ||
+        o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps, err) ||
+        o->matmul(b, &w->w_gate, e->xn, n, e->fg, err) || o->matmul(b, &w->w_up, e->xn, n, e->fu, err) ||
+        o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc, err) ||
+        o->matmul(b, &w->w_down, e->fg, n, e->o, err))
+      return layer_failed(err, l);
     if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
-    o->add(b, e->x, e->o, (size_t)n * ne);
+    if (o->add(b, e->x, e->o, (size_t)n * ne, err)) return layer_failed(err, l);
   }
   mk_kv_cache_note_peak(&e->cache);
   if (n_out == 0) return o->sync(b, err);
   /* gather the output rows, normalise, project onto this rank's vocabulary slice */
   for (int i = 0; i < n_out; i++)
-    o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps);
-  o->matmul(b, &e->output, e->xn, n_out, e->logits_loc);
+    if (o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps,
+                   err) != 0)
+      return -1;
+  if (o->matmul(b, &e->output, e->xn, n_out, e->logits_loc, err)) {
+    mk_error_prefix(err, "LM head");
+    return -1;
+  }
   const int V = c->n_vocab, vl = e->n_vocab_loc, vm = e->vocab_slice_max;
   if (tp == 1) {
     if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * V, err)) return -1;
