@@ -84,6 +84,66 @@ static __device__ __forceinline__ void mk_load_f16(const __half *p, float *f) {
   }
 }
 
+/* Phase B of a chunk: each warp takes query heads h = warp, warp + MK_ATTN_WARPS, ...; turns
+ * the chunk's logits lg[h][] into exp(lg - m_new) in place and updates the running max, sum and
+ * the rescale factor alpha of its heads. */
+static __device__ __forceinline__ void mk_attn_softmax_chunk(float (*lg)[MK_ATTN_CHUNK], float *mrun, float *lrun,
+                                                             float *alpha, int nq, int warp, int lane) {
+  constexpr int CH = MK_ATTN_CHUNK;
+  for (int h = warp; h < nq; h += MK_ATTN_WARPS) {
+    float x[CH / 32], cmax = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < CH / 32; i++) {
+      x[i] = lg[h][lane + 32 * i];
+      cmax = fmaxf(cmax, x[i]);
+    }
+    cmax = mk_warp_max(cmax);
+    const float mold = mrun[h], mnew = fmaxf(mold, cmax);
+    float al = 1.f, psum = 0.f;
+    if (mnew != -INFINITY) {
+      al = expf(mold - mnew);
+#pragma unroll
+      for (int i = 0; i < CH / 32; i++) {
+        const float p = expf(x[i] - mnew);
+        lg[h][lane + 32 * i] = p;
+        psum += p;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < CH / 32; i++) lg[h][lane + 32 * i] = 0.f;
+    }
+    psum = mk_warp_sum(psum);
+    __syncwarp();
+    if (lane == 0) {
+      alpha[h] = al;
+      mrun[h] = mnew;
+      lrun[h] = lrun[h] * al + psum;
+    }
+  }
+}
+
+/* The block's result: the normalised output (one split) or the split's partial output and its
+ * (max, sum) for the combine kernel. */
+template <int D>
+static __device__ __forceinline__ void mk_attn_write_out(const mk_cuda_attn_args_t &a, const mk_cuda_attn_unit_t *u,
+                                                         float (*red)[D], const float *mrun, const float *lrun, int s,
+                                                         int t, int tid) {
+  for (int i = tid; i < u->nq * D; i += MK_ATTN_THREADS) {
+    const int h = i / D, c = i % D, qh = u->q[h];
+    if (a.n_split == 1) {
+      const float L = lrun[h];
+      a.out[((size_t)t * a.n_q + qh) * D + c] = L > 0.f ? red[h][c] / L : 0.f;
+    } else {
+      const size_t o = ((size_t)t * a.n_split + s) * a.n_q + qh;
+      a.part_o[o * D + c] = red[h][c];
+      if (c == 0) {
+        a.part_ml[o * 2] = mrun[h];
+        a.part_ml[o * 2 + 1] = lrun[h];
+      }
+    }
+  }
+}
+
 template <int D>
 __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_attn_args_t a) {
   constexpr int G = MK_ATTN_GMAX, CH = MK_ATTN_CHUNK;
@@ -176,36 +236,7 @@ __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_
     __syncthreads();
 
     /* B: online softmax update, one warp per head */
-    for (int h = warp; h < nq; h += MK_ATTN_WARPS) {
-      float x[CH / 32], cmax = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < CH / 32; i++) {
-        x[i] = lg[h][lane + 32 * i];
-        cmax = fmaxf(cmax, x[i]);
-      }
-      cmax = mk_warp_max(cmax);
-      const float mold = mrun[h], mnew = fmaxf(mold, cmax);
-      float al = 1.f, psum = 0.f;
-      if (mnew != -INFINITY) {
-        al = expf(mold - mnew);
-#pragma unroll
-        for (int i = 0; i < CH / 32; i++) {
-          const float p = expf(x[i] - mnew);
-          lg[h][lane + 32 * i] = p;
-          psum += p;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < CH / 32; i++) lg[h][lane + 32 * i] = 0.f;
-      }
-      psum = mk_warp_sum(psum);
-      __syncwarp();
-      if (lane == 0) {
-        alpha[h] = al;
-        mrun[h] = mnew;
-        lrun[h] = lrun[h] * al + psum;
-      }
-    }
+    mk_attn_softmax_chunk(lg, mrun, lrun, alpha, nq, warp, lane);
     __syncthreads();
 
     /* C: acc += p V */
@@ -241,20 +272,7 @@ __global__ __launch_bounds__(MK_ATTN_THREADS) void mk_attn_split_kernel(mk_cuda_
     __syncthreads();
   }
 
-  for (int i = tid; i < nq * D; i += MK_ATTN_THREADS) {
-    const int h = i / D, c = i % D, qh = u->q[h];
-    if (a.n_split == 1) {
-      const float L = lrun[h];
-      a.out[((size_t)t * a.n_q + qh) * D + c] = L > 0.f ? red[h][c] / L : 0.f;
-    } else {
-      const size_t o = ((size_t)t * a.n_split + s) * a.n_q + qh;
-      a.part_o[o * D + c] = red[h][c];
-      if (c == 0) {
-        a.part_ml[o * 2] = mrun[h];
-        a.part_ml[o * 2 + 1] = lrun[h];
-      }
-    }
-  }
+  mk_attn_write_out<D>(a, u, red, mrun, lrun, s, t, tid);
 }
 
 __global__ void mk_attn_combine_kernel(mk_cuda_attn_args_t a) {

@@ -1,110 +1,33 @@
-/* CUDA backend: the op table of src/backend.h on one device, one stream.
+/* CUDA backend: the op table of src/backend.h on one device, one stream (this file: memory,
+ * weights, dense ops, lifetime, the staging helpers). The KV mirror and attention are in
+ * backend_kv.cu, device MorphKV in backend_mkv.cu; backend_cuda.cuh says how they share state.
  *
  * Memory. Activations and weights are device memory (ops->alloc, cudaMalloc). Weights are
- * uploaded once in their file format and dequantized to bf16 on the device (dequant.cuh says
- * why bf16); mk_bweight_t.dev is the (rows, cols) bf16 matrix, dev_type MK_CUDA_WTYPE_BF16.
+ * uploaded once in their file format and kept as blocks (dev_q, read by the decode GEMV of
+ * gemv_quant.cuh), dequantized to bf16 (dev, for cuBLAS), or both: "weights mode" below.
+ * mk_bweight_t.dev_bytes and mk_backend_cuda_resident say what is resident.
  *
- * KV cache. The host mk_kv_cache_t stays the owner of the metadata: pos[], n_used, hi and slot
- * choice (mk_kv_acquire, lowest free slot) run on the host exactly as on the CPU backend. The
- * first attention call on a cache creates its device mirror: fp16 K/V of the same geometry, a
- * device copy of pos[] (the kernels mask by it) and, for MorphKV, the Z ring. Invariant: after
- * ops->sync or ops->download, host pos[]/n_used and device pos[] agree.
- *
- * Cache policies, per attention call (write, attend, observe, evict, as on the CPU):
- *   full     nothing beyond the write.
- *   morphkv  (logit_sum) on the device: the attention kernel writes the group's logit row into
- *            the Z ring; the host decides from counts alone how many slots a head must lose
- *            (the policy's trigger, candidates = used - recent); one loser is found by the device
- *            argmin kernel, which frees it in the device pos[] and queues (slot, pos) for the
- *            host (applied, without a stall, at the next attention call of that layer or at
- *            sync/download); several losers (prompt compression, bursty eviction) are scored on
- *            the device and chosen on the host with the policy's own top-k (kvcache/topk.h).
- *   others   (streaming, h2o, snapkv, morphkv prob_max): the host policy runs unchanged. The new
- *            K/V are also written to the host cache, the needed rows are computed on the host
- *            from it, observe/evict run, and pos[] is uploaded. Correct, slower.
- * The mirror assumes that only this backend touches the cache after creation; a sequence that
- * restarts (mk_kv_cache_reset_seq) is recognised by its prefill span, which re-uploads pos[].
+ * The cache policy is not here: kvcache/driver.c runs it for every backend, and this backend
+ * writes K/V, attends, produces score rows and (optionally) scores MorphKV on the device.
  *
  * Errors. The first failure is kept (sticky) and every op returns it: a failed launch or library
  * call at the op that made it, a fault seen only when the device runs at the next op that checks
  * (attention, upload, download, sync). */
-extern "C" {
-#include "kvcache/kvcache.h"
-#include "kvcache/topk.h"
-#include "src/backend.h"
-#include "src/mk_util.h"
-}
-
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda/attention.cuh"
-#include "cuda/common.cuh"
+#include "cuda/backend_cuda.cuh"
 #include "cuda/dequant.cuh"
 #include "cuda/elementwise.cuh"
+#include "cuda/gemv_quant.cuh"
 #include "cuda/matmul.cuh"
-#include "cuda/morphkv.cuh"
 #include "cuda/norm.cuh"
 #include "cuda/rope.cuh"
 
-#define MK_CUDA_WTYPE_BF16 1
-#define MK_STAGE_REGIONS 64 /* small pinned argument buffers in flight: lets the host run layers ahead */
 #define MK_WTMP_BYTES ((size_t)64 << 20)
 
-/* Device mirror of one host KV cache. */
-typedef struct cuda_mirror {
-  const mk_kv_cache_t *cache;
-  const mk_kv_head_t *heads; /* identity check: a freed and re-created cache gets a new arena */
-  int n_seq, n_layer, n_heads, d, n_slots, window;
-  bool fast_mkv;    /* MorphKV scored on the device */
-  bool host_policy; /* policy runs on the host (rows computed on the host) */
-  __half *k, *v;    /* (n_heads_total, n_slots, d) */
-  int32_t *pos;     /* (n_heads_total, n_slots) */
-  float *zring;     /* (n_heads_total, W, n_slots) fast_mkv only */
-  /* pending victims of the last argmin per layer: log_dev[L] (jobs, 2) copied to log_host[L] */
-  int *log_host;    /* pinned (n_layer, n_seq * n_heads, 2) */
-  int *log_hf;      /* (n_layer, n_seq * n_heads): flat head of each job, -1 for none */
-  int *log_n;       /* (n_layer) */
-  bool *log_pending;
-  cudaEvent_t *log_ev; /* (n_layer) */
-  int *victims;     /* device (n_seq * n_heads, 2) */
-  unsigned *counters;
-  float2 *stats;    /* device (n_seq * n_heads, 16, W) */
-  int4 *best;       /* device (n_seq * n_heads, 16) */
-  float *dump;      /* device (n_seq * n_heads, n_slots), allocated on first use */
-} cuda_mirror_t;
-
-typedef struct cuda_impl {
-  int dev, n_sm;
-  cudaStream_t stream;
-  cublasHandle_t cublas;
-  bool failed;
-  char msg[512];
-  /* pinned staging regions for host->device argument uploads */
-  unsigned char *stage[MK_STAGE_REGIONS];
-  size_t stage_cap[MK_STAGE_REGIONS];
-  cudaEvent_t stage_ev[MK_STAGE_REGIONS];
-  int stage_next;
-  unsigned char *args; /* device argument buffer (stream-ordered reuse) */
-  size_t args_cap;
-  __nv_bfloat16 *xb; /* bf16 activations for cuBLAS */
-  size_t xb_cap;
-  float *part; /* attention partials */
-  size_t part_cap;
-  float *mm_part; /* chunk partials of the fused chunked matmul */
-  size_t mm_part_cap;
-  float *qsum; /* qsum when the caller gave none */
-  size_t qsum_cap;
-  void *wtmp; /* quantized weight upload chunk */
-  cuda_mirror_t **mir;
-  int n_mir;
-  /* host scratch (slow policy path and top-k) */
-  float *hbuf;
-  size_t hbuf_cap;
-} cuda_impl_t;
-
-static cuda_impl_t *impl_of(mk_backend_t *b) { return (cuda_impl_t *)b->impl; }
+static cuda_impl_t *impl_of(mk_backend_t *b) { return cb_impl(b); }
 
 static void note_fail(cuda_impl_t *c, const char *what, cudaError_t e) {
   if (c->failed) return;
@@ -123,23 +46,23 @@ static void check_launch(cuda_impl_t *c, const char *what) {
   if (e != cudaSuccess) note_fail(c, what, e);
 }
 
-static int sticky(cuda_impl_t *c, mk_error_t *err) {
+int cb_sticky(cuda_impl_t *c, mk_error_t *err) {
   return c->failed ? mk_fail(err, "cuda backend: %s", c->msg) : 0;
 }
 
 /* The end of an op: a failed launch is reported by the op that launched it. */
 static int op_done(cuda_impl_t *c, const char *what, mk_error_t *err) {
   check_launch(c, what);
-  return sticky(c, err);
+  return cb_sticky(c, err);
 }
 
 static int op_fail(cuda_impl_t *c, const char *msg, mk_error_t *err) {
   note_msg(c, msg);
-  return sticky(c, err);
+  return cb_sticky(c, err);
 }
 
 /* Grow-only device buffer; waits for the stream before freeing the old one. */
-static int dev_reserve(cuda_impl_t *c, void **p, size_t *cap, size_t bytes, mk_error_t *err) {
+int cb_dev_reserve(cuda_impl_t *c, void **p, size_t *cap, size_t bytes, mk_error_t *err) {
   if (bytes <= *cap) return 0;
   size_t want = bytes + bytes / 4 + 256;
   if (*p) {
@@ -154,7 +77,7 @@ static int dev_reserve(cuda_impl_t *c, void **p, size_t *cap, size_t bytes, mk_e
 }
 
 /* Pinned staging region for `bytes`; the region's previous copy must have completed. */
-static unsigned char *stage_begin(cuda_impl_t *c, size_t bytes, int *region, mk_error_t *err) {
+unsigned char *cb_stage_begin(cuda_impl_t *c, size_t bytes, int *region, mk_error_t *err) {
   int r = c->stage_next;
   c->stage_next = (r + 1) % MK_STAGE_REGIONS;
   cudaError_t e = cudaEventSynchronize(c->stage_ev[r]);
@@ -179,7 +102,7 @@ static unsigned char *stage_begin(cuda_impl_t *c, size_t bytes, int *region, mk_
 }
 
 /* Copies `bytes` of region r to dst (device) on the stream, then marks the region busy. */
-static int stage_end(cuda_impl_t *c, int r, void *dst, size_t bytes, mk_error_t *err) {
+int cb_stage_end(cuda_impl_t *c, int r, void *dst, size_t bytes, mk_error_t *err) {
   if (bytes) cudaCheck(err, c->dev, cudaMemcpyAsync(dst, c->stage[r], bytes, cudaMemcpyHostToDevice, c->stream));
   cudaCheck(err, c->dev, cudaEventRecord(c->stage_ev[r], c->stream));
   return 0;
@@ -187,16 +110,16 @@ static int stage_end(cuda_impl_t *c, int r, void *dst, size_t bytes, mk_error_t 
 
 /* Uploads a small host array into the device argument buffer; returns its device address. */
 static void *args_upload(cuda_impl_t *c, const void *src, size_t bytes, mk_error_t *err) {
-  if (dev_reserve(c, (void **)&c->args, &c->args_cap, bytes, err) != 0) return NULL;
+  if (cb_dev_reserve(c, (void **)&c->args, &c->args_cap, bytes, err) != 0) return NULL;
   int r;
-  unsigned char *h = stage_begin(c, bytes, &r, err);
+  unsigned char *h = cb_stage_begin(c, bytes, &r, err);
   if (!h) return NULL;
   memcpy(h, src, bytes);
-  if (stage_end(c, r, c->args, bytes, err) != 0) return NULL;
+  if (cb_stage_end(c, r, c->args, bytes, err) != 0) return NULL;
   return c->args;
 }
 
-static float *host_scratch(cuda_impl_t *c, size_t floats) {
+float *cb_host_scratch(cuda_impl_t *c, size_t floats) {
   if (floats > c->hbuf_cap) {
     free(c->hbuf);
     c->hbuf = (float *)malloc(sizeof(float) * floats);
@@ -230,11 +153,9 @@ static void cuda_dealloc(mk_backend_t *b, void *p) {
   cudaFree(p);
 }
 
-static int mirror_apply_all(cuda_impl_t *c, mk_error_t *err);
-
 static int cuda_upload(mk_backend_t *b, void *dst, const void *src, size_t bytes, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (sticky(c, err)) return -1;
+  if (cb_sticky(c, err)) return -1;
   cudaCheck(err, c->dev, cudaSetDevice(c->dev));
   cudaCheck(err, c->dev, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
   cudaCheck(err, c->dev, cudaStreamSynchronize(c->stream));
@@ -243,11 +164,11 @@ static int cuda_upload(mk_backend_t *b, void *dst, const void *src, size_t bytes
 
 static int cuda_download(mk_backend_t *b, void *dst, const void *src, size_t bytes, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (sticky(c, err)) return -1;
+  if (cb_sticky(c, err)) return -1;
   cudaCheck(err, c->dev, cudaSetDevice(c->dev));
   cudaCheck(err, c->dev, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
   cudaCheck(err, c->dev, cudaStreamSynchronize(c->stream));
-  return mirror_apply_all(c, err);
+  return cb_mirror_apply_all(c, err);
 }
 
 static int cuda_sync(mk_backend_t *b, mk_error_t *err) {
@@ -255,29 +176,30 @@ static int cuda_sync(mk_backend_t *b, mk_error_t *err) {
   cudaCheck(err, c->dev, cudaSetDevice(c->dev));
   cudaError_t e = cudaStreamSynchronize(c->stream);
   if (e != cudaSuccess) note_fail(c, "stream synchronize", e);
-  if (sticky(c, err)) return -1;
-  return mirror_apply_all(c, err);
+  if (cb_sticky(c, err)) return -1;
+  return cb_mirror_apply_all(c, err);
 }
 
 /* ---- weights ------------------------------------------------------------------------------ */
 
-static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
-  cuda_impl_t *c = impl_of(b);
-  memset(out, 0, sizeof *out);
-  out->host = *w;
-  if (sticky(c, err)) return -1;
-  cudaCheck(err, c->dev, cudaSetDevice(c->dev));
-  const int be = mk_dq_block_elems((int)w->type), bb = mk_dq_block_bytes((int)w->type);
-  if (be == 0)
-    return mk_fail(err, "cuda backend: weight type %s (%d) has no device dequantizer", mk_type_name(w->type),
-                   (int)w->type);
-  if (w->rows <= 0 || w->cols <= 0 || w->cols % be != 0)
-    return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
-                   (long long)w->cols, mk_type_name(w->type));
-  const int64_t bpr = w->cols / be;
-  if (w->row_bytes != (size_t)(bpr * bb))
-    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
-                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+/* Which copies weight_prepare keeps (MORPHKV_CUDA_WEIGHTS, read at each call; docs/cuda.md):
+ *   quant (default)  Q4_0, Q4_1, Q8_0, Q4_K, Q6_K stay in file format on the device: decode
+ *                    (n <= MK_GEMV_MAX_N) reads the blocks (gemv_quant.cuh), larger batches
+ *                    dequantize bf16 tiles of MK_WTMP_BYTES and run cuBLAS on them; other types bf16
+ *   bf16             every weight dequantized to bf16 at load
+ *   both             both copies: blocks for decode, the resident bf16 copy for larger batches */
+enum { MK_CUDA_WTYPE_BF16 = 1, MK_CUDA_WTYPE_QUANT = 2 }; /* bits of mk_bweight_t.dev_type */
+enum { MK_WEIGHTS_QUANT = 0, MK_WEIGHTS_BF16, MK_WEIGHTS_BOTH };
+
+static int weights_mode(void) {
+  const char *m = getenv("MORPHKV_CUDA_WEIGHTS");
+  if (m && strcmp(m, "bf16") == 0) return MK_WEIGHTS_BF16;
+  if (m && strcmp(m, "both") == 0) return MK_WEIGHTS_BOTH;
+  return MK_WEIGHTS_QUANT;
+}
+
+/* (rows, cols) bf16 copy of w, dequantized on the device chunk by chunk. */
+static int upload_bf16(cuda_impl_t *c, const mk_qmat_t *w, int64_t bpr, __nv_bfloat16 **out, mk_error_t *err) {
   __nv_bfloat16 *dst = NULL;
   cudaCheck(err, c->dev, cudaMalloc((void **)&dst, (size_t)w->rows * w->cols * sizeof(__nv_bfloat16)));
   if (!c->wtmp) {
@@ -288,8 +210,7 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
     }
   }
   int64_t rows_per = (int64_t)(MK_WTMP_BYTES / w->row_bytes);
-  if (rows_per < 1) rows_per = 1;
-  if ((size_t)rows_per * w->row_bytes > MK_WTMP_BYTES) { /* one row larger than the chunk */
+  if (rows_per < 1) { /* one row larger than the chunk */
     cudaFree(dst);
     return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", w->row_bytes);
   }
@@ -309,19 +230,91 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
                      mk_type_name(w->type), (long long)w->rows, (long long)w->cols, cudaGetErrorString(e), c->dev);
     }
   }
-  out->dev = dst;
-  out->dev_type = MK_CUDA_WTYPE_BF16;
+  *out = dst;
+  return 0;
+}
+
+/* The file-format blocks of w, copied to the device as they are. */
+static int upload_quant(cuda_impl_t *c, const mk_qmat_t *w, void **out, mk_error_t *err) {
+  const size_t bytes = (size_t)w->rows * w->row_bytes;
+  void *dst = NULL;
+  cudaCheck(err, c->dev, cudaMalloc(&dst, bytes));
+  cudaError_t e = cudaMemcpyAsync(dst, w->data, bytes, cudaMemcpyHostToDevice, c->stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+  if (e != cudaSuccess) {
+    cudaFree(dst);
+    return mk_fail(err, "cuda backend: uploading a %s weight (%lld x %lld) failed: %s (device %d)", mk_type_name(w->type),
+                   (long long)w->rows, (long long)w->cols, cudaGetErrorString(e), c->dev);
+  }
+  *out = dst;
+  return 0;
+}
+
+static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w);
+
+static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  memset(out, 0, sizeof *out);
+  out->host = *w;
+  if (cb_sticky(c, err)) return -1;
+  cudaCheck(err, c->dev, cudaSetDevice(c->dev));
+  const int be = mk_dq_block_elems((int)w->type), bb = mk_dq_block_bytes((int)w->type);
+  if (be == 0)
+    return mk_fail(err, "cuda backend: weight type %s (%d) has no device dequantizer", mk_type_name(w->type),
+                   (int)w->type);
+  if (w->rows <= 0 || w->cols <= 0 || w->cols % be != 0)
+    return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
+                   (long long)w->cols, mk_type_name(w->type));
+  const int64_t bpr = w->cols / be;
+  if (w->row_bytes != (size_t)(bpr * bb))
+    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
+                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+  const int mode = weights_mode();
+  const bool q = mode != MK_WEIGHTS_BF16 && mk_cuda_gemv_quant_supported((int)w->type);
+  const bool bf = mode != MK_WEIGHTS_QUANT || !q;
+  if (q) {
+    if (upload_quant(c, w, &out->dev_q, err) != 0) return -1;
+    out->dev_type |= MK_CUDA_WTYPE_QUANT;
+    out->dev_bytes += (size_t)w->rows * w->row_bytes;
+    c->resident_q += (size_t)w->rows * w->row_bytes;
+  }
+  if (bf) {
+    __nv_bfloat16 *dst = NULL;
+    if (upload_bf16(c, w, bpr, &dst, err) != 0) {
+      cuda_weight_release(b, out);
+      return -1;
+    }
+    out->dev = dst;
+    out->dev_type |= MK_CUDA_WTYPE_BF16;
+    out->dev_bytes += (size_t)w->rows * w->cols * sizeof(__nv_bfloat16);
+    c->resident_bf16 += (size_t)w->rows * w->cols * sizeof(__nv_bfloat16);
+  }
   return 0;
 }
 
 static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
   cuda_impl_t *c = impl_of(b);
-  if (w->dev) {
+  if (w->dev || w->dev_q) {
     cudaSetDevice(c->dev);
     cudaStreamSynchronize(c->stream);
-    cudaFree(w->dev);
   }
-  w->dev = NULL;
+  if (w->dev) {
+    cudaFree(w->dev);
+    c->resident_bf16 -= (size_t)w->host.rows * w->host.cols * sizeof(__nv_bfloat16);
+  }
+  if (w->dev_q) {
+    cudaFree(w->dev_q);
+    c->resident_q -= (size_t)w->host.rows * w->host.row_bytes;
+  }
+  w->dev = w->dev_q = NULL;
+  w->dev_type = 0;
+  w->dev_bytes = 0;
+}
+
+extern "C" void mk_backend_cuda_resident(mk_backend_t *b, size_t *quant_bytes, size_t *bf16_bytes) {
+  cuda_impl_t *c = impl_of(b);
+  *quant_bytes = c ? c->resident_q : 0;
+  *bf16_bytes = c ? c->resident_bf16 : 0;
 }
 
 /* ---- dense ops ---------------------------------------------------------------------------- */
@@ -329,39 +322,70 @@ static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
 static int cuda_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x,
                       mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n <= 0) return sticky(c, err);
-  if (!table->dev) return op_fail(c, "embed: the table was not prepared for this backend", err);
+  if (c->failed || n <= 0) return cb_sticky(c, err);
+  if (!table->dev && !table->dev_q) return op_fail(c, "embed: the table was not prepared for this backend", err);
   for (int i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= table->host.rows) return op_fail(c, "embed: token id out of range", err);
   mk_error_t e;
   const int32_t *dids = (const int32_t *)args_upload(c, ids, sizeof(int32_t) * (size_t)n, &e);
   if (!dids) return op_fail(c, e.msg, err);
-  mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
+  if (table->dev)
+    mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
+  else
+    mk_cuda_embed_quant((int)table->host.type, table->dev_q, table->host.row_bytes, table->host.cols, dids, n, x,
+                        c->stream);
   return op_done(c, "embed", err);
+}
+
+static void note_cublas(cuda_impl_t *c, cublasStatus_t s, int64_t rows, int64_t cols, int n) {
+  if (s == CUBLAS_STATUS_SUCCESS || c->failed) return;
+  c->failed = true;
+  snprintf(c->msg, sizeof c->msg, "cublasGemmEx (%lld x %lld, n %d) failed: %s (device %d)", (long long)rows,
+           (long long)cols, n, cublasGetStatusString(s), c->dev);
+}
+
+/* y = xb W^T for a weight held only in file format: bf16 tiles of rows dequantized in turn. */
+static void matmul_tiles(cuda_impl_t *c, const mk_bweight_t *w, int n, float *y) {
+  const int64_t rows = w->host.rows, cols = w->host.cols, bpr = cols / mk_dq_block_elems((int)w->host.type);
+  int64_t tile = (int64_t)(MK_WTMP_BYTES / (sizeof(__nv_bfloat16) * (size_t)cols));
+  if (tile < 1) tile = 1;
+  if (tile > rows) tile = rows;
+  mk_error_t e;
+  if (cb_dev_reserve(c, (void **)&c->wtile, &c->wtile_cap, sizeof(__nv_bfloat16) * (size_t)tile * cols, &e) != 0)
+    return note_msg(c, e.msg);
+  for (int64_t r0 = 0; r0 < rows && !c->failed; r0 += tile) {
+    const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
+    mk_cuda_dequant_bf16((int)w->host.type, (const char *)w->dev_q + (size_t)r0 * w->host.row_bytes, nr * bpr, c->wtile,
+                         c->stream);
+    check_launch(c, "dequant tile");
+    note_cublas(c, mk_cuda_gemm_bf16_tile(c->cublas, c->wtile, nr, cols, c->xb, n, y + r0, rows), nr, cols, n);
+  }
 }
 
 static int cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n <= 0) return sticky(c, err);
-  if (!w->dev) return op_fail(c, "matmul: the weight was not prepared for this backend", err);
+  if (c->failed || n <= 0) return cb_sticky(c, err);
+  if (!w->dev && !w->dev_q) return op_fail(c, "matmul: the weight was not prepared for this backend", err);
   const __nv_bfloat16 *W = (const __nv_bfloat16 *)w->dev;
   const int64_t rows = w->host.rows, cols = w->host.cols;
+  if (n <= MK_GEMV_MAX_N && w->dev_q) {
+    mk_cuda_gemv_quant((int)w->host.type, w->dev_q, rows, cols, w->host.row_bytes, x, n, y, c->stream);
+    return op_done(c, "gemv_quant", err);
+  }
   if (n <= MK_GEMV_MAX_N) {
     mk_cuda_gemv_bf16(W, rows, cols, x, n, y, c->stream);
     return op_done(c, "gemv", err);
   }
   mk_error_t e;
-  if (dev_reserve(c, (void **)&c->xb, &c->xb_cap, sizeof(__nv_bfloat16) * (size_t)n * cols, &e) != 0)
+  if (cb_dev_reserve(c, (void **)&c->xb, &c->xb_cap, sizeof(__nv_bfloat16) * (size_t)n * cols, &e) != 0)
     return op_fail(c, e.msg, err);
   mk_cuda_f32_to_bf16(x, c->xb, (size_t)n * cols, c->stream);
   check_launch(c, "f32_to_bf16");
-  cublasStatus_t s = mk_cuda_gemm_bf16(c->cublas, W, rows, cols, c->xb, n, y);
-  if (s != CUBLAS_STATUS_SUCCESS && !c->failed) {
-    c->failed = true;
-    snprintf(c->msg, sizeof c->msg, "cublasGemmEx (%lld x %lld, n %d) failed: %s (device %d)", (long long)rows,
-             (long long)cols, n, cublasGetStatusString(s), c->dev);
-  }
-  return sticky(c, err);
+  if (W)
+    note_cublas(c, mk_cuda_gemm_bf16(c->cublas, W, rows, cols, c->xb, n, y), rows, cols, n);
+  else
+    matmul_tiles(c, w, n, y);
+  return cb_sticky(c, err);
 }
 
 /* Deterministic numerics (src/backend.h): the chunk partials by the fixed-order warp kernel, then
@@ -370,13 +394,21 @@ static int cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, i
 static int cuda_matmul_chunks(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
                               float *parts, float *y, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n <= 0) return sticky(c, err);
-  if (!w->dev) return op_fail(c, "matmul_chunks: the weight was not prepared for this backend", err);
+  if (c->failed || n <= 0) return cb_sticky(c, err);
+  if (!w->dev && !w->dev_q) return op_fail(c, "matmul_chunks: the weight was not prepared for this backend", err);
+  if (!w->dev) {
+    /* Quantized-only device weights (MORPHKV_CUDA_WEIGHTS=quant, the default): the chunk kernel
+     * reads bf16. One rank needs only the sum: the block GEMV gives it, without the fixed chunk
+     * order. Partials for other ranks cannot be made from blocks yet. */
+    if (!parts) return cuda_matmul(b, w, x, n, y, err);
+    return op_fail(c, "matmul_chunks: deterministic numerics over several ranks need bf16 device weights "
+                      "(MORPHKV_CUDA_WEIGHTS=bf16 or both), or run with --deterministic off", err);
+  }
   const int64_t rows = w->host.rows, cols = w->host.cols, nc = (cols + chunk_cols - 1) / chunk_cols;
   float *dst = parts;
   if (!dst) {
     mk_error_t e;
-    if (dev_reserve(c, (void **)&c->mm_part, &c->mm_part_cap, sizeof(float) * (size_t)(nc * n * rows), &e) != 0)
+    if (cb_dev_reserve(c, (void **)&c->mm_part, &c->mm_part_cap, sizeof(float) * (size_t)(nc * n * rows), &e) != 0)
       return op_fail(c, e.msg, err);
     dst = c->mm_part;
   }
@@ -389,7 +421,7 @@ static int cuda_matmul_chunks(mk_backend_t *b, const mk_bweight_t *w, const floa
 static int cuda_sum_parts(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n,
                           mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return sticky(c, err);
+  if (c->failed) return cb_sticky(c, err);
   mk_error_t e;
   const int *didx = (const int *)args_upload(c, idx, sizeof(int) * (size_t)n_idx, &e);
   if (!didx) return op_fail(c, e.msg, err);
@@ -400,21 +432,21 @@ static int cuda_sum_parts(mk_backend_t *b, float *y, const float *parts, const i
 static int cuda_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
                         mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return sticky(c, err);
+  if (c->failed) return cb_sticky(c, err);
   mk_cuda_rmsnorm(y, x, w, n, dim, eps, c->stream);
   return op_done(c, "rmsnorm", err);
 }
 
 static int cuda_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return sticky(c, err);
+  if (c->failed) return cb_sticky(c, err);
   mk_cuda_add_bias(y, bias, n, dim, c->stream);
   return op_done(c, "add_bias", err);
 }
 
 static int cuda_rope(mk_backend_t *b, const mk_rope_params_t *p, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || p->n_tok <= 0) return sticky(c, err);
+  if (c->failed || p->n_tok <= 0) return cb_sticky(c, err);
   mk_error_t e;
   const int32_t *dpos = (const int32_t *)args_upload(c, p->pos, sizeof(int32_t) * (size_t)p->n_tok, &e);
   if (!dpos) return op_fail(c, e.msg, err);
@@ -425,14 +457,14 @@ static int cuda_rope(mk_backend_t *b, const mk_rope_params_t *p, mk_error_t *err
 
 static int cuda_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return sticky(c, err);
+  if (c->failed) return cb_sticky(c, err);
   mk_cuda_swiglu(y, gate, up, n, c->stream);
   return op_done(c, "swiglu", err);
 }
 
 static int cuda_add(mk_backend_t *b, float *y, const float *x, size_t n, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return sticky(c, err);
+  if (c->failed) return cb_sticky(c, err);
   mk_cuda_add(y, x, n, c->stream);
   return op_done(c, "add", err);
 }
@@ -440,597 +472,12 @@ static int cuda_add(mk_backend_t *b, float *y, const float *x, size_t n, mk_erro
 static int cuda_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv, int d,
                            const int *q_to_kv, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n_tok <= 0) return sticky(c, err);
+  if (c->failed || n_tok <= 0) return cb_sticky(c, err);
   mk_error_t e;
   const int *dmap = (const int *)args_upload(c, q_to_kv, sizeof(int) * (size_t)n_q, &e);
   if (!dmap) return op_fail(c, e.msg, err);
   mk_cuda_group_qsum(qsum, q, n_tok, n_q, n_kv, d, dmap, c->stream);
   return op_done(c, "group_qsum", err);
-}
-
-/* ---- KV cache mirror ---------------------------------------------------------------------- */
-
-static void mirror_free(cuda_mirror_t *m) {
-  if (!m) return;
-  cudaFree(m->k);
-  cudaFree(m->v);
-  cudaFree(m->pos);
-  cudaFree(m->zring);
-  cudaFree(m->victims);
-  cudaFree(m->counters);
-  cudaFree(m->stats);
-  cudaFree(m->best);
-  cudaFree(m->dump);
-  if (m->log_host) cudaFreeHost(m->log_host);
-  if (m->log_ev)
-    for (int l = 0; l < m->n_layer; l++)
-      if (m->log_ev[l]) cudaEventDestroy(m->log_ev[l]);
-  free(m->log_ev);
-  free(m->log_hf);
-  free(m->log_n);
-  free(m->log_pending);
-  free(m);
-}
-
-static bool mirror_matches(const cuda_mirror_t *m, const mk_kv_cache_t *c) {
-  return m->cache == c && m->heads == c->heads && m->n_seq == c->n_seq && m->n_layer == c->n_layer &&
-         m->n_heads == c->n_heads && m->d == c->head_dim && m->n_slots == c->n_slots &&
-         m->window == c->cfg.window;
-}
-
-static int mirror_create(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t **out, mk_error_t *err) {
-  cuda_mirror_t *m = (cuda_mirror_t *)calloc(1, sizeof *m);
-  if (!m) return mk_fail(err, "cuda backend: out of memory");
-  m->cache = kc;
-  m->heads = kc->heads;
-  m->n_seq = kc->n_seq;
-  m->n_layer = kc->n_layer;
-  m->n_heads = kc->n_heads;
-  m->d = kc->head_dim;
-  m->n_slots = kc->n_slots;
-  m->window = kc->cfg.window;
-  /* MORPHKV_CUDA_POLICY=host (a test hook, read once per cache): every policy, MorphKV included,
-   * runs on the host from host-computed rows; test_cuda_e2e compares the two paths. */
-  const char *force = getenv("MORPHKV_CUDA_POLICY");
-  const bool host_only = force && strcmp(force, "host") == 0;
-  m->fast_mkv = !host_only && kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM &&
-               kc->cfg.window <= MK_MKV_WMAX;
-  m->host_policy = !m->fast_mkv && kc->cfg.policy != MK_KV_FULL;
-  const size_t nh = (size_t)m->n_seq * m->n_layer * m->n_heads, ns = (size_t)m->n_slots;
-  const size_t jobs = (size_t)m->n_seq * m->n_heads;
-  cudaError_t e = cudaSuccess;
-#define MK_TRY(call) \
-  if (e == cudaSuccess) e = (call)
-  MK_TRY(cudaMalloc((void **)&m->k, nh * ns * m->d * sizeof(__half)));
-  MK_TRY(cudaMalloc((void **)&m->v, nh * ns * m->d * sizeof(__half)));
-  MK_TRY(cudaMalloc((void **)&m->pos, nh * ns * sizeof(int32_t)));
-  MK_TRY(cudaMemcpy(m->pos, kc->pos_arena, nh * ns * sizeof(int32_t), cudaMemcpyHostToDevice));
-  if (m->fast_mkv) {
-    MK_TRY(cudaMalloc((void **)&m->zring, nh * (size_t)m->window * ns * sizeof(float)));
-    MK_TRY(cudaMemset(m->zring, 0, nh * (size_t)m->window * ns * sizeof(float)));
-    MK_TRY(cudaMalloc((void **)&m->victims, jobs * 2 * sizeof(int)));
-    MK_TRY(cudaMalloc((void **)&m->counters, jobs * sizeof(unsigned)));
-    MK_TRY(cudaMemset(m->counters, 0, jobs * sizeof(unsigned)));
-    MK_TRY(cudaMalloc((void **)&m->stats, jobs * 16 * (size_t)m->window * sizeof(float2)));
-    MK_TRY(cudaMalloc((void **)&m->best, jobs * 16 * sizeof(int4)));
-    MK_TRY(cudaMallocHost((void **)&m->log_host, (size_t)m->n_layer * jobs * 2 * sizeof(int)));
-    m->log_hf = (int *)calloc((size_t)m->n_layer * jobs, sizeof(int));
-    m->log_n = (int *)calloc((size_t)m->n_layer, sizeof(int));
-    m->log_pending = (bool *)calloc((size_t)m->n_layer, sizeof(bool));
-    m->log_ev = (cudaEvent_t *)calloc((size_t)m->n_layer, sizeof(cudaEvent_t));
-    if (!m->log_hf || !m->log_n || !m->log_pending || !m->log_ev) {
-      mirror_free(m);
-      return mk_fail(err, "cuda backend: out of memory");
-    }
-    for (int l = 0; l < m->n_layer; l++) MK_TRY(cudaEventCreateWithFlags(&m->log_ev[l], cudaEventDisableTiming));
-  }
-#undef MK_TRY
-  if (e != cudaSuccess) {
-    mirror_free(m);
-    return mk_fail(err, "cuda backend: allocating the device KV cache (%zu heads x %d slots x %d dims, fp16) failed: %s (device %d)",
-                   nh, m->n_slots, m->d, cudaGetErrorString(e), c->dev);
-  }
-  *out = m;
-  return 0;
-}
-
-static int mirror_get(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t **out, mk_error_t *err) {
-  for (int i = 0; i < c->n_mir; i++) {
-    if (c->mir[i]->cache != kc) continue;
-    if (mirror_matches(c->mir[i], kc)) {
-      *out = c->mir[i];
-      return 0;
-    }
-    cudaCheck(err, c->dev, cudaStreamSynchronize(c->stream));
-    mirror_free(c->mir[i]); /* the cache was freed and another took its address */
-    c->mir[i] = c->mir[--c->n_mir];
-    break;
-  }
-  cuda_mirror_t **grown = (cuda_mirror_t **)realloc(c->mir, sizeof *grown * (size_t)(c->n_mir + 1));
-  if (!grown) return mk_fail(err, "cuda backend: out of memory");
-  c->mir = grown;
-  if (mirror_create(c, kc, &c->mir[c->n_mir], err) != 0) return -1;
-  *out = c->mir[c->n_mir++];
-  return 0;
-}
-
-/* Applies layer L's queued device evictions to the host metadata. Skips an entry whose slot no
- * longer holds the victim's position (the sequence was reset meanwhile). */
-static int mirror_apply(cuda_impl_t *c, cuda_mirror_t *m, int L, mk_error_t *err) {
-  if (!m->fast_mkv || !m->log_pending[L]) return 0;
-  cudaCheck(err, c->dev, cudaEventSynchronize(m->log_ev[L]));
-  const size_t jobs = (size_t)m->n_seq * m->n_heads;
-  const int *lh = m->log_host + (size_t)L * jobs * 2, *hf = m->log_hf + (size_t)L * jobs;
-  mk_kv_cache_t *kc = (mk_kv_cache_t *)m->cache;
-  for (int j = 0; j < m->log_n[L]; j++) {
-    if (hf[j] < 0) continue;
-    const int slot = lh[2 * j], pos = lh[2 * j + 1];
-    mk_kv_head_t *h = &kc->heads[hf[j]];
-    if (slot >= 0 && slot < h->n_slots && h->pos[slot] == pos) mk_kv_release(h, slot);
-  }
-  m->log_pending[L] = false;
-  m->log_n[L] = 0;
-  return 0;
-}
-
-static int mirror_apply_all(cuda_impl_t *c, mk_error_t *err) {
-  for (int i = 0; i < c->n_mir; i++)
-    for (int l = 0; l < c->mir[i]->n_layer; l++)
-      if (mirror_apply(c, c->mir[i], l, err) != 0) return -1;
-  return 0;
-}
-
-/* Uploads the host pos[] rows of heads hf[0..n) to the device mirror. */
-static int mirror_push_pos(cuda_impl_t *c, cuda_mirror_t *m, const int *hf, int n, mk_error_t *err) {
-  if (n <= 0) return 0;
-  const size_t row = (size_t)m->n_slots * sizeof(int32_t);
-  int r;
-  unsigned char *h = stage_begin(c, row * (size_t)n, &r, err);
-  if (!h) return -1;
-  const mk_kv_cache_t *kc = m->cache;
-  for (int i = 0; i < n; i++) {
-    memcpy(h + row * i, kc->heads[hf[i]].pos, row);
-    cudaCheck(err, c->dev, cudaMemcpyAsync(m->pos + (size_t)hf[i] * m->n_slots, h + row * i, row,
-                                           cudaMemcpyHostToDevice, c->stream));
-  }
-  return stage_end(c, r, NULL, 0, err);
-}
-
-/* MorphKV: slots head h must lose at the end of a step whose next position is next_pos (the
- * policy's trigger and keep count, kvcache/policy_morphkv.c). Candidates are the used slots
- * outside the recent window; the recent positions [next_pos - W, next_pos) are all present
- * (they were acquired and are never candidates), so candidates = used - min(W, next_pos). */
-static int mkv_losers(const mk_kv_config_t *cfg, const mk_kv_head_t *h, int64_t next_pos) {
-  double e = ceil((double)(cfg->capacity + 1) * (double)cfg->evict_after - 1e-9);
-  long total = e < cfg->capacity + 1 ? cfg->capacity + 1 : (long)e;
-  if ((long)h->n_used + 1 < total) return 0;
-  int64_t recent = next_pos < cfg->window ? next_pos : cfg->window;
-  int64_t cand = h->n_used - recent;
-  int64_t lose = cand - (cfg->capacity - cfg->window);
-  return lose > 0 ? (int)lose : 0;
-}
-
-/* ---- attention ---------------------------------------------------------------------------- */
-
-
-/* Host policy path: rows from the host copy of the cache, observe, evict (as backend_cpu.c). */
-static int host_policy_step(cuda_impl_t *c, cuda_mirror_t *m, const mk_attn_params_t *p, const int *slots,
-                            mk_error_t *err) {
-  mk_kv_cache_t *kc = p->cache;
-  const mk_kv_policy_ops_t *ops = kc->ops;
-  const mk_kv_config_t *cfg = &kc->cfg;
-  const unsigned needs = ops->needs(cfg);
-  const int prefill_rows = ops->prefill_rows(cfg);
-  const int d = p->head_dim, n_kv = p->n_kv, n_q = p->n_q, ns = kc->n_slots;
-  const size_t nq_f = (size_t)p->n_tok * n_q * d, nkv_f = (size_t)p->n_tok * n_kv * d;
-  const bool per_head = (needs & MK_KV_NEED_PER_HEAD) != 0;
-  const bool lsum_need = (needs & MK_KV_NEED_LOGIT_SUM) != 0;
-  /* host scratch: q, qsum, k, v | logits, probs (n_q, ns) | lsum, psum (ns) */
-  size_t need = nq_f + 3 * nkv_f + 2 * (size_t)n_q * ns + 2 * (size_t)ns;
-  float *hq = host_scratch(c, need);
-  if (!hq) return mk_fail(err, "cuda backend: out of host memory (%zu floats)", need);
-  float *hqs = hq + nq_f, *hk = hqs + nkv_f, *hv = hk + nkv_f, *lg = hv + nkv_f, *pr = lg + (size_t)n_q * ns;
-  float *ls = pr + (size_t)n_q * ns, *ps = ls + ns;
-  cudaCheck(err, c->dev, cudaMemcpyAsync(hq, p->q, nq_f * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  cudaCheck(err, c->dev, cudaMemcpyAsync(hk, p->k, nkv_f * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  cudaCheck(err, c->dev, cudaMemcpyAsync(hv, p->v, nkv_f * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  if (p->qsum)
-    cudaCheck(err, c->dev, cudaMemcpyAsync(hqs, p->qsum, nkv_f * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  cudaCheck(err, c->dev, cudaStreamSynchronize(c->stream));
-  const mk_kv_dtype_t dt = cfg->dtype;
-  const float scale = 1.0f / sqrtf((float)d);
-  int *pushed = (int *)malloc(sizeof(int) * (size_t)p->n_spans * n_kv);
-  if (!pushed) return mk_fail(err, "cuda backend: out of memory");
-  int n_pushed = 0;
-  for (int sp = 0; sp < p->n_spans; sp++) {
-    const mk_seq_span_t *span = &p->spans[sp];
-    /* the host copy of K/V, which the host rows read */
-    for (int i = 0; i < span->n; i++)
-      for (int j = 0; j < n_kv; j++) {
-        mk_kv_head_t *h = mk_kv_cache_head(kc, span->seq, p->layer, j);
-        size_t r = ((size_t)(span->row + i) * n_kv + j) * d;
-        mk_kv_write(h, dt, slots[(span->row + i) * n_kv + j], hk + r, hv + r);
-      }
-    for (int i = 0; i < span->n && needs; i++) {
-      const int64_t qpos = (int64_t)span->pos0 + i;
-      const int tok = span->row + i;
-      if (span->prefill && (int64_t)span->n - i > (int64_t)prefill_rows) continue;
-      for (int j = 0; j < n_kv; j++) {
-        mk_kv_head_t *h = mk_kv_cache_head(kc, span->seq, p->layer, j);
-        const float *lgp[64], *prp[64];
-        int nq = 0;
-        for (int s = 0; s < ns; s++) {
-          ls[s] = -INFINITY;
-          ps[s] = 0.f;
-        }
-        for (int u = 0; u < n_q; u++) {
-          if (p->q_to_kv[u] != j) continue;
-          float *lu = lg + (size_t)u * ns, *pu = pr + (size_t)u * ns;
-          const float *qv = hq + ((size_t)tok * n_q + u) * d;
-          float mx = -INFINITY;
-          for (int s = 0; s < ns; s++) {
-            lu[s] = -INFINITY;
-            if (s >= h->hi || h->pos[s] < 0 || h->pos[s] > qpos) continue;
-            float dot = 0.f;
-            for (int i2 = 0; i2 < d; i2++) {
-              float kv = dt == MK_KV_F16 ? mk_f16_to_f32(((const uint16_t *)h->k)[(size_t)s * d + i2])
-                                         : ((const float *)h->k)[(size_t)s * d + i2];
-              dot += kv * qv[i2];
-            }
-            lu[s] = dot * scale;
-            if (lu[s] > mx) mx = lu[s];
-          }
-          double sum = 0;
-          for (int s = 0; s < ns; s++) {
-            pu[s] = lu[s] == -INFINITY ? 0.f : expf(lu[s] - mx);
-            sum += pu[s];
-          }
-          float inv = sum > 0 ? (float)(1.0 / sum) : 0.f;
-          for (int s = 0; s < ns; s++) {
-            pu[s] *= inv;
-            ps[s] += pu[s];
-          }
-          if (!p->qsum && lsum_need)
-            for (int s = 0; s < ns; s++)
-              if (lu[s] != -INFINITY) ls[s] = (ls[s] == -INFINITY ? 0.f : ls[s]) + lu[s];
-          if (nq < 64) {
-            lgp[nq] = lu;
-            prp[nq] = pu;
-            nq++;
-          }
-        }
-        if (p->qsum && lsum_need) {
-          const float *qv = hqs + ((size_t)tok * n_kv + j) * d;
-          for (int s = 0; s < h->hi; s++) {
-            if (h->pos[s] < 0 || h->pos[s] > qpos) continue;
-            float dot = 0.f;
-            for (int i2 = 0; i2 < d; i2++) {
-              float kv = dt == MK_KV_F16 ? mk_f16_to_f32(((const uint16_t *)h->k)[(size_t)s * d + i2])
-                                         : ((const float *)h->k)[(size_t)s * d + i2];
-              dot += kv * qv[i2];
-            }
-            ls[s] = dot * scale;
-          }
-        }
-        mk_kv_row_t row;
-        memset(&row, 0, sizeof row);
-        row.qpos = qpos;
-        row.logit_sum = lsum_need ? ls : NULL;
-        row.prob_sum = ps;
-        row.n_q = nq;
-        row.logits = per_head ? lgp : NULL;
-        row.probs = prp;
-        ops->observe(cfg, h, &row);
-      }
-    }
-    for (int j = 0; j < n_kv; j++) {
-      mk_kv_head_t *h = mk_kv_cache_head(kc, span->seq, p->layer, j);
-      if (ops->evict(cfg, h, (int64_t)span->pos0 + span->n, span->prefill, err) != 0) {
-        free(pushed);
-        char why[512];
-        snprintf(why, sizeof why, "%.480s", err ? err->msg : "");
-        return mk_fail(err, "cache policy %s, layer %d, KV head %d: %s", ops->name, p->layer, h->kv_head, why);
-      }
-      pushed[n_pushed++] = (int)(h - kc->heads);
-    }
-  }
-  int rc = mirror_push_pos(c, m, pushed, n_pushed, err);
-  free(pushed);
-  return rc;
-}
-
-/* Several losers: device scores, host top-k with the policy's order, pos[] pushed back. */
-static int mkv_dump_select(cuda_impl_t *c, cuda_mirror_t *m, const mk_kv_config_t *cfg,
-                           const mk_cuda_mkv_job_t *jobs, int n_jobs, mk_error_t *err) {
-  cudaCheck(err, c->dev, cudaStreamSynchronize(c->stream));
-  for (int l = 0; l < m->n_layer; l++)
-    if (mirror_apply(c, m, l, err) != 0) return -1;
-  mk_kv_cache_t *kc = (mk_kv_cache_t *)m->cache;
-  const int ns = m->n_slots, keep = cfg->capacity - cfg->window;
-  float *sc = host_scratch(c, (size_t)ns + (size_t)ns); /* scores, then cand (as int) */
-  if (!sc) return mk_fail(err, "cuda backend: out of host memory");
-  int *cand = (int *)(sc + ns);
-  int *pushed = (int *)malloc(sizeof(int) * (size_t)n_jobs);
-  if (!pushed) return mk_fail(err, "cuda backend: out of memory");
-  int n_pushed = 0;
-  for (int j = 0; j < n_jobs; j++) {
-    if (jobs[j].mode != MK_MKV_DUMP) continue;
-    mk_kv_head_t *h = &kc->heads[jobs[j].hf];
-    cudaError_t e = cudaMemcpy(sc, m->dump + jobs[j].dump_off, sizeof(float) * (size_t)jobs[j].nscan,
-                               cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) {
-      free(pushed);
-      return mk_fail(err, "CUDA copy of MorphKV scores failed: %s (device %d)", cudaGetErrorString(e), c->dev);
-    }
-    const int64_t lim = (int64_t)jobs[j].next_pos - cfg->window;
-    int n = 0;
-    for (int s = 0; s < jobs[j].nscan; s++)
-      if (h->pos[s] >= 0 && h->pos[s] < lim) cand[n++] = s;
-    if (n > keep) {
-      mk_kv_select_top(cand, n, keep, sc, h->pos);
-      for (int i = keep; i < n; i++) mk_kv_release(h, cand[i]);
-    }
-    pushed[n_pushed++] = jobs[j].hf;
-  }
-  int rc = mirror_push_pos(c, m, pushed, n_pushed, err);
-  free(pushed);
-  return rc;
-}
-
-static int cuda_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err) {
-  cuda_impl_t *c = impl_of(b);
-  if (sticky(c, err)) return -1;
-  cudaCheck(err, c->dev, cudaSetDevice(c->dev));
-  mk_kv_cache_t *kc = p->cache;
-  const int d = p->head_dim, n_kv = p->n_kv, n_q = p->n_q, n_tok = p->n_tok, L = p->layer;
-  if (n_kv != kc->n_heads || d != kc->head_dim)
-    return mk_fail(err, "cuda attention: %d KV heads of dim %d, but the cache holds %d of dim %d", n_kv, d,
-                   kc->n_heads, kc->head_dim);
-  if (L < 0 || L >= kc->n_layer) return mk_fail(err, "cuda attention: layer %d out of range", L);
-  if (!mk_cuda_attn_supported_dim(d))
-    return mk_fail(err, "cuda attention: head dim %d is not compiled (64, 128, 256)", d);
-  if (n_tok <= 0) return 0;
-  if (n_tok > 65535) return mk_fail(err, "cuda attention: %d tokens in one call (at most 65535)", n_tok);
-  cuda_mirror_t *m = NULL;
-  if (mirror_get(c, kc, &m, err) != 0) return -1;
-  if (mirror_apply(c, m, L, err) != 0) return -1; /* last step's victims of this layer */
-  const int W = kc->cfg.window;
-
-  /* units: each KV head with up to MK_ATTN_GMAX of its query heads */
-  int n_units = 0;
-  mk_cuda_attn_unit_t units_stack[64], *units = units_stack;
-  const int max_units = n_q + n_kv;
-  if (max_units > 64) {
-    units = (mk_cuda_attn_unit_t *)malloc(sizeof *units * (size_t)max_units);
-    if (!units) return mk_fail(err, "cuda backend: out of memory");
-  }
-  for (int j = 0; j < n_kv; j++) {
-    int first = n_units;
-    for (int u = 0; u < n_q; u++) {
-      if (p->q_to_kv[u] != j) continue;
-      if (n_units == first || units[n_units - 1].nq == MK_ATTN_GMAX) {
-        memset(&units[n_units], 0, sizeof units[n_units]);
-        units[n_units].kv = j;
-        units[n_units].zwrite = n_units == first;
-        n_units++;
-      }
-      mk_cuda_attn_unit_t *un = &units[n_units - 1];
-      un->q[un->nq++] = u;
-    }
-    if (n_units == first) { /* no local query head: only the ring row, if any */
-      memset(&units[n_units], 0, sizeof units[n_units]);
-      units[n_units].kv = j;
-      units[n_units].zwrite = 1;
-      n_units++;
-    }
-  }
-
-  /* argument blob: slots (n_tok, n_kv) | head0, qpos, nscan, zrow (n_tok) | units | jobs | map */
-  const size_t o_slots = 0, o_head0 = mk_align16(o_slots + sizeof(int) * (size_t)n_tok * n_kv);
-  const size_t o_qpos = mk_align16(o_head0 + sizeof(int) * n_tok), o_nscan = mk_align16(o_qpos + sizeof(int) * n_tok);
-  const size_t o_zrow = mk_align16(o_nscan + sizeof(int) * n_tok), o_units = mk_align16(o_zrow + sizeof(int) * n_tok);
-  const size_t max_jobs = (size_t)p->n_spans * n_kv;
-  const size_t o_jobs = mk_align16(o_units + sizeof(mk_cuda_attn_unit_t) * n_units);
-  const size_t o_map = mk_align16(o_jobs + sizeof(mk_cuda_mkv_job_t) * max_jobs);
-  const size_t blob = mk_align16(o_map + sizeof(int) * n_q);
-  int region;
-  unsigned char *h = stage_begin(c, blob, &region, err);
-  if (!h) {
-    if (units != units_stack) free(units);
-    return -1;
-  }
-  int *slots = (int *)(h + o_slots), *head0 = (int *)(h + o_head0), *qpos = (int *)(h + o_qpos);
-  int *nscan = (int *)(h + o_nscan), *zrow = (int *)(h + o_zrow);
-  memcpy(h + o_units, units, sizeof *units * (size_t)n_units);
-  memcpy(h + o_map, p->q_to_kv, sizeof(int) * (size_t)n_q);
-  if (units != units_stack) free(units);
-  mk_cuda_mkv_job_t *jobs = (mk_cuda_mkv_job_t *)(h + o_jobs);
-  for (int i = 0; i < n_tok * n_kv; i++) slots[i] = -1; /* rows outside every span stay untouched */
-  for (int t = 0; t < n_tok; t++) zrow[t] = -1, nscan[t] = 0, head0[t] = 0, qpos[t] = 0;
-  int *prefill_heads = NULL, n_prefill_heads = 0;
-  int max_nscan = 0;
-  for (int sp = 0; sp < p->n_spans; sp++) {
-    const mk_seq_span_t *s = &p->spans[sp];
-    if (s->seq < 0 || s->seq >= kc->n_seq || s->row < 0 || s->n < 0 || s->row + s->n > n_tok) {
-      free(prefill_heads);
-      return mk_fail(err, "cuda attention: span %d (sequence %d, rows %d..%d) out of range", sp, s->seq, s->row,
-                     s->row + s->n);
-    }
-    int hi = 0;
-    for (int j = 0; j < n_kv; j++) {
-      mk_kv_head_t *hd = mk_kv_cache_head(kc, s->seq, L, j);
-      for (int i = 0; i < s->n; i++) {
-        int64_t ps = (int64_t)s->pos0 + i;
-        int slot = mk_kv_acquire(hd, ps);
-        if (slot < 0) {
-          free(prefill_heads);
-          stage_end(c, region, NULL, 0, err);
-          return mk_fail(err, "KV cache full: layer %d, KV head %d, sequence %d holds %d slots, token at position %lld does not fit (policy %s)",
-                         L, hd->kv_head, s->seq, hd->n_slots, (long long)ps, kc->ops->name);
-        }
-        slots[(s->row + i) * n_kv + j] = slot;
-      }
-      if (hd->hi > hi) hi = hd->hi;
-    }
-    if (hi > max_nscan) max_nscan = hi;
-    const int64_t next_pos = (int64_t)s->pos0 + s->n;
-    for (int i = 0; i < s->n; i++) {
-      const int t = s->row + i;
-      head0[t] = (s->seq * kc->n_layer + L) * kc->n_heads;
-      qpos[t] = s->pos0 + i;
-      nscan[t] = hi;
-      zrow[t] = (m->fast_mkv && qpos[t] >= next_pos - W) ? qpos[t] % W : -1;
-    }
-    if (s->prefill) { /* a new sequence: the device pos[] of its heads may be stale */
-      int *grown = (int *)realloc(prefill_heads, sizeof(int) * (size_t)(n_prefill_heads + n_kv));
-      if (!grown) {
-        free(prefill_heads);
-        stage_end(c, region, NULL, 0, err);
-        return mk_fail(err, "cuda backend: out of memory");
-      }
-      prefill_heads = grown;
-      for (int j = 0; j < n_kv; j++) prefill_heads[n_prefill_heads++] = head0[s->row] + j;
-    }
-  }
-  mk_kv_cache_note_peak(kc);
-
-  /* MorphKV jobs: decided from host counts */
-  int n_jobs = 0, n_argmin = 0, n_dump = 0, job_nscan = 0;
-  if (m->fast_mkv) {
-    for (int sp = 0; sp < p->n_spans; sp++) {
-      const mk_seq_span_t *s = &p->spans[sp];
-      const int64_t next_pos = (int64_t)s->pos0 + s->n;
-      for (int j = 0; j < n_kv; j++) {
-        mk_kv_head_t *hd = mk_kv_cache_head(kc, s->seq, L, j);
-        int lose = mkv_losers(&kc->cfg, hd, next_pos);
-        if (lose <= 0) continue;
-        mk_cuda_mkv_job_t *jb = &jobs[n_jobs];
-        jb->hf = (int)(hd - kc->heads);
-        jb->next_pos = (int)next_pos;
-        jb->nscan = hd->hi;
-        jb->mode = lose == 1 ? MK_MKV_ARGMIN : MK_MKV_DUMP;
-        jb->dump_off = lose == 1 ? 0 : n_dump * m->n_slots;
-        if (lose == 1)
-          n_argmin++;
-        else
-          n_dump++;
-        if (hd->hi > job_nscan) job_nscan = hd->hi;
-        n_jobs++;
-      }
-    }
-  }
-  mk_cuda_mkv_job_t *jobs_host = NULL;
-  if (n_dump) {
-    jobs_host = (mk_cuda_mkv_job_t *)malloc(sizeof *jobs_host * (size_t)n_jobs);
-    if (!jobs_host) {
-      free(prefill_heads);
-      stage_end(c, region, NULL, 0, err);
-      return mk_fail(err, "cuda backend: out of memory");
-    }
-    memcpy(jobs_host, jobs, sizeof *jobs_host * (size_t)n_jobs);
-  }
-  if (m->fast_mkv) { /* log of this call's argmin jobs */
-    const size_t nj = (size_t)m->n_seq * m->n_heads;
-    int *hf = m->log_hf + (size_t)L * nj;
-    for (int j = 0; j < n_jobs; j++) hf[j] = jobs[j].mode == MK_MKV_ARGMIN ? jobs[j].hf : -1;
-    m->log_n[L] = n_jobs;
-  }
-
-  int rc = -1;
-  if (dev_reserve(c, (void **)&c->args, &c->args_cap, blob, err) != 0) {
-    stage_end(c, region, NULL, 0, err);
-    goto out;
-  }
-  if (stage_end(c, region, c->args, blob, err) != 0) goto out;
-  if (n_prefill_heads && mirror_push_pos(c, m, prefill_heads, n_prefill_heads, err) != 0) goto out;
-  {
-    unsigned char *da = c->args;
-    const int *d_slots = (const int *)(da + o_slots);
-    mk_cuda_kv_write(m->k, m->v, m->pos, p->k, p->v, d_slots, (const int *)(da + o_head0),
-                     (const int *)(da + o_qpos), n_tok, n_kv, d, m->n_slots, c->stream);
-    cudaCheckLaunch(err, c->dev, "kv_write");
-
-    const float *qsum = p->qsum;
-    if (m->fast_mkv && !qsum) { /* single rank without a caller qsum: sum the local heads */
-      if (dev_reserve(c, (void **)&c->qsum, &c->qsum_cap, sizeof(float) * (size_t)n_tok * n_kv * d, err) != 0)
-        goto out;
-      mk_cuda_group_qsum(c->qsum, p->q, n_tok, n_q, n_kv, d, (const int *)(da + o_map), c->stream);
-      cudaCheckLaunch(err, c->dev, "group_qsum");
-      qsum = c->qsum;
-    }
-    mk_cuda_attn_args_t a;
-    memset(&a, 0, sizeof a);
-    a.q = p->q;
-    a.qsum = m->fast_mkv ? qsum : NULL;
-    a.out = p->out;
-    a.k = m->k;
-    a.v = m->v;
-    a.pos = m->pos;
-    a.zring = m->fast_mkv ? m->zring : NULL;
-    a.tok_head0 = (const int *)(da + o_head0);
-    a.tok_qpos = (const int *)(da + o_qpos);
-    a.tok_nscan = (const int *)(da + o_nscan);
-    a.tok_zrow = m->fast_mkv ? (const int *)(da + o_zrow) : NULL;
-    a.units = (const mk_cuda_attn_unit_t *)(da + o_units);
-    a.n_units = n_units;
-    a.n_tok = n_tok;
-    a.n_q = n_q;
-    a.n_kv = n_kv;
-    a.d = d;
-    a.n_slots = m->n_slots;
-    a.window = W;
-    a.scale = 1.0f / sqrtf((float)d);
-    mk_cuda_attn_plan(n_units, n_tok, max_nscan, 4 * c->n_sm, &a.n_split, &a.split_len);
-    size_t pf = mk_cuda_attn_part_floats(n_tok, a.n_split, n_q, d);
-    if (pf) {
-      size_t total = pf + (size_t)n_tok * a.n_split * n_q * 2;
-      if (dev_reserve(c, (void **)&c->part, &c->part_cap, total * sizeof(float), err) != 0) goto out;
-      a.part_o = c->part;
-      a.part_ml = c->part + pf;
-    }
-    mk_cuda_attention(&a, c->stream);
-    cudaCheckLaunch(err, c->dev, "attention");
-
-    if (n_jobs) {
-      if (n_dump && !m->dump) {
-        size_t bytes = (size_t)m->n_seq * m->n_heads * m->n_slots * sizeof(float);
-        cudaCheck(err, c->dev, cudaMalloc((void **)&m->dump, bytes));
-      }
-      mk_cuda_mkv_args_t ma;
-      memset(&ma, 0, sizeof ma);
-      ma.jobs = (const mk_cuda_mkv_job_t *)(da + o_jobs);
-      ma.n_jobs = n_jobs;
-      ma.pos = m->pos;
-      ma.zring = m->zring;
-      ma.n_slots = m->n_slots;
-      ma.window = W;
-      ma.fusion_max = kc->cfg.fusion == MK_KV_FUSION_MAX;
-      mk_cuda_mkv_plan(job_nscan, &ma.n_split, &ma.split_len);
-      ma.stats = m->stats;
-      ma.best = m->best;
-      ma.counters = m->counters;
-      ma.victims = m->victims;
-      ma.dump = m->dump;
-      mk_cuda_morphkv_select(&ma, c->stream);
-      cudaCheckLaunch(err, c->dev, "morphkv select");
-      if (n_argmin) {
-        const size_t nj = (size_t)m->n_seq * m->n_heads;
-        cudaCheck(err, c->dev, cudaMemcpyAsync(m->log_host + (size_t)L * nj * 2, m->victims,
-                                               sizeof(int) * 2 * (size_t)n_jobs, cudaMemcpyDeviceToHost, c->stream));
-        cudaCheck(err, c->dev, cudaEventRecord(m->log_ev[L], c->stream));
-        m->log_pending[L] = true;
-      } else {
-        m->log_n[L] = 0;
-      }
-      if (n_dump && mkv_dump_select(c, m, &kc->cfg, jobs_host, n_jobs, err) != 0) goto out;
-    }
-  }
-  if (m->host_policy && host_policy_step(c, m, p, slots, err) != 0) goto out;
-  rc = 0;
-out:
-  free(prefill_heads);
-  free(jobs_host);
-  return rc;
 }
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
@@ -1040,7 +487,7 @@ static void cuda_free(mk_backend_t *b) {
   if (!c) return;
   cudaSetDevice(c->dev);
   if (c->stream) cudaStreamSynchronize(c->stream);
-  for (int i = 0; i < c->n_mir; i++) mirror_free(c->mir[i]);
+  for (int i = 0; i < c->n_mir; i++) cb_mirror_free(c->mir[i]);
   free(c->mir);
   for (int r = 0; r < MK_STAGE_REGIONS; r++) {
     if (c->stage[r]) cudaFreeHost(c->stage[r]);
@@ -1052,6 +499,7 @@ static void cuda_free(mk_backend_t *b) {
   cudaFree(c->mm_part);
   cudaFree(c->qsum);
   cudaFree(c->wtmp);
+  cudaFree(c->wtile);
   free(c->hbuf);
   if (c->cublas) cublasDestroy(c->cublas);
   if (c->stream) cudaStreamDestroy(c->stream);
@@ -1080,7 +528,11 @@ static mk_backend_ops_t cuda_ops_make(void) {
   o.swiglu = cuda_swiglu;
   o.add = cuda_add;
   o.group_qsum = cuda_group_qsum;
-  o.attention = cuda_attention;
+  o.kv_write = cb_kv_write;
+  o.attention = cb_attention;
+  o.kv_pos_changed = cb_kv_pos_changed;
+  o.mkv_begin = cb_mkv_begin;
+  o.mkv_select = cb_mkv_select;
   o.sync = cuda_sync;
   return o;
 }

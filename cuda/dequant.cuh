@@ -25,9 +25,21 @@
 #ifndef MK_CUDA_DEQUANT_CUH
 #define MK_CUDA_DEQUANT_CUH
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
+/* The block structs (sizes, field offsets) and the type ids are the CPU's: src/quant_blocks.h
+ * and src/quant.h. Blocks are read through byte pointers at the structs' offsets, because a
+ * block in a row is not aligned (a Q4_0 block is 18 bytes). */
+extern "C" {
+#include "src/quant.h"
+#include "src/quant_blocks.h"
+}
+
+#ifdef MK_HD /* quant_blocks.h's (host-only outside nvcc); the emulator wants the CUDA spelling */
+#undef MK_HD
+#endif
 #if defined(__CUDACC__) || defined(MK_CUDA_EMU)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -36,19 +48,24 @@
 #define MK_HD
 #endif
 
-/* GGML type ids (same numbering as src/quant.h's mk_type_t). */
+/* GGML type ids, as src/quant.h's mk_type_t (asserted below). */
 enum {
-  MK_DQ_F32 = 0, MK_DQ_F16 = 1, MK_DQ_Q4_0 = 2, MK_DQ_Q4_1 = 3, MK_DQ_Q5_0 = 6, MK_DQ_Q5_1 = 7,
-  MK_DQ_Q8_0 = 8, MK_DQ_Q2_K = 10, MK_DQ_Q3_K = 11, MK_DQ_Q4_K = 12, MK_DQ_Q5_K = 13, MK_DQ_Q6_K = 14,
-  MK_DQ_BF16 = 30
+  MK_DQ_F32 = MK_TYPE_F32, MK_DQ_F16 = MK_TYPE_F16, MK_DQ_Q4_0 = MK_TYPE_Q4_0, MK_DQ_Q4_1 = MK_TYPE_Q4_1,
+  MK_DQ_Q5_0 = MK_TYPE_Q5_0, MK_DQ_Q5_1 = MK_TYPE_Q5_1, MK_DQ_Q8_0 = MK_TYPE_Q8_0, MK_DQ_Q2_K = MK_TYPE_Q2_K,
+  MK_DQ_Q3_K = MK_TYPE_Q3_K, MK_DQ_Q4_K = MK_TYPE_Q4_K, MK_DQ_Q5_K = MK_TYPE_Q5_K, MK_DQ_Q6_K = MK_TYPE_Q6_K,
+  MK_DQ_BF16 = MK_TYPE_BF16
 };
+static_assert(MK_DQ_F32 == 0 && MK_DQ_F16 == 1 && MK_DQ_Q4_0 == 2 && MK_DQ_Q4_1 == 3 && MK_DQ_Q5_0 == 6 &&
+                  MK_DQ_Q5_1 == 7 && MK_DQ_Q8_0 == 8 && MK_DQ_Q2_K == 10 && MK_DQ_Q3_K == 11 && MK_DQ_Q4_K == 12 &&
+                  MK_DQ_Q5_K == 13 && MK_DQ_Q6_K == 14 && MK_DQ_BF16 == 30,
+              "the GGML type ids of src/quant.h (the file format's numbering)");
 
 /* Elements per block; 0 for a type this file cannot decode. */
 MK_HD static inline int mk_dq_block_elems(int t) {
   switch (t) {
     case MK_DQ_F32: case MK_DQ_F16: case MK_DQ_BF16: return 1;
-    case MK_DQ_Q4_0: case MK_DQ_Q4_1: case MK_DQ_Q5_0: case MK_DQ_Q5_1: case MK_DQ_Q8_0: return 32;
-    case MK_DQ_Q2_K: case MK_DQ_Q3_K: case MK_DQ_Q4_K: case MK_DQ_Q5_K: case MK_DQ_Q6_K: return 256;
+    case MK_DQ_Q4_0: case MK_DQ_Q4_1: case MK_DQ_Q5_0: case MK_DQ_Q5_1: case MK_DQ_Q8_0: return MK_QK;
+    case MK_DQ_Q2_K: case MK_DQ_Q3_K: case MK_DQ_Q4_K: case MK_DQ_Q5_K: case MK_DQ_Q6_K: return MK_QK_K;
     default: return 0;
   }
 }
@@ -57,19 +74,21 @@ MK_HD static inline int mk_dq_block_bytes(int t) {
   switch (t) {
     case MK_DQ_F32: return 4;
     case MK_DQ_F16: case MK_DQ_BF16: return 2;
-    case MK_DQ_Q4_0: return 18;
-    case MK_DQ_Q4_1: return 20;
-    case MK_DQ_Q5_0: return 22;
-    case MK_DQ_Q5_1: return 24;
-    case MK_DQ_Q8_0: return 34;
-    case MK_DQ_Q2_K: return 84;
-    case MK_DQ_Q3_K: return 110;
-    case MK_DQ_Q4_K: return 144;
-    case MK_DQ_Q5_K: return 176;
-    case MK_DQ_Q6_K: return 210;
+    case MK_DQ_Q4_0: return (int)sizeof(mk_block_q4_0);
+    case MK_DQ_Q4_1: return (int)sizeof(mk_block_q4_1);
+    case MK_DQ_Q5_0: return (int)sizeof(mk_block_q5_0);
+    case MK_DQ_Q5_1: return (int)sizeof(mk_block_q5_1);
+    case MK_DQ_Q8_0: return (int)sizeof(mk_block_q8_0);
+    case MK_DQ_Q2_K: return (int)sizeof(mk_block_q2_k);
+    case MK_DQ_Q3_K: return (int)sizeof(mk_block_q3_k);
+    case MK_DQ_Q4_K: return (int)sizeof(mk_block_q4_k);
+    case MK_DQ_Q5_K: return (int)sizeof(mk_block_q5_k);
+    case MK_DQ_Q6_K: return (int)sizeof(mk_block_q6_k);
     default: return 0;
   }
 }
+
+#define MK_DQ_OFF(type, field) ((int)offsetof(type, field))
 
 MK_HD static inline float mk_dq_bits_f32(uint32_t u) {
   float f;
@@ -94,17 +113,6 @@ MK_HD static inline float mk_dq_f16(uint16_t h) {
   return mk_dq_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
 }
 
-/* 6-bit scale and min number j (0..7) of a Q4_K/Q5_K block's 12 packed scale bytes. */
-MK_HD static inline void mk_dq_scale_min_k4(int j, const uint8_t *q, int *sc, int *mn) {
-  if (j < 4) {
-    *sc = q[j] & 63;
-    *mn = q[j + 4] & 63;
-  } else {
-    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-    *mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 /* y[0 .. mk_dq_block_elems(t)) = block b of type t. */
 MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
   switch (t) {
@@ -113,15 +121,15 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
     case MK_DQ_BF16: y[0] = mk_dq_bits_f32((uint32_t)mk_dq_u16(b) << 16); break;
     case MK_DQ_Q4_0: {
       float d = mk_dq_f16(mk_dq_u16(b));
-      const uint8_t *qs = b + 2;
+      const uint8_t *qs = b + MK_DQ_OFF(mk_block_q4_0, qs);
       for (int j = 0; j < 16; j++) {
         y[j] = (float)((qs[j] & 0xF) - 8) * d;
         y[j + 16] = (float)((qs[j] >> 4) - 8) * d;
       }
     } break;
     case MK_DQ_Q4_1: {
-      float d = mk_dq_f16(mk_dq_u16(b)), m = mk_dq_f16(mk_dq_u16(b + 2));
-      const uint8_t *qs = b + 4;
+      float d = mk_dq_f16(mk_dq_u16(b)), m = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q4_1, m)));
+      const uint8_t *qs = b + MK_DQ_OFF(mk_block_q4_1, qs);
       for (int j = 0; j < 16; j++) {
         y[j] = (float)(qs[j] & 0xF) * d + m;
         y[j + 16] = (float)(qs[j] >> 4) * d + m;
@@ -129,8 +137,8 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
     } break;
     case MK_DQ_Q5_0: {
       float d = mk_dq_f16(mk_dq_u16(b));
-      uint32_t qh = mk_dq_u32(b + 2);
-      const uint8_t *qs = b + 6;
+      uint32_t qh = mk_dq_u32(b + MK_DQ_OFF(mk_block_q5_0, qh));
+      const uint8_t *qs = b + MK_DQ_OFF(mk_block_q5_0, qs);
       for (int j = 0; j < 16; j++) {
         int h0 = (int)((qh >> j) << 4) & 0x10, h1 = (int)(qh >> (j + 12)) & 0x10;
         y[j] = (float)(((qs[j] & 0xF) | h0) - 16) * d;
@@ -138,9 +146,9 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
       }
     } break;
     case MK_DQ_Q5_1: {
-      float d = mk_dq_f16(mk_dq_u16(b)), m = mk_dq_f16(mk_dq_u16(b + 2));
-      uint32_t qh = mk_dq_u32(b + 4);
-      const uint8_t *qs = b + 8;
+      float d = mk_dq_f16(mk_dq_u16(b)), m = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q5_1, m)));
+      uint32_t qh = mk_dq_u32(b + MK_DQ_OFF(mk_block_q5_1, qh));
+      const uint8_t *qs = b + MK_DQ_OFF(mk_block_q5_1, qs);
       for (int j = 0; j < 16; j++) {
         int h0 = (int)((qh >> j) << 4) & 0x10, h1 = (int)(qh >> (j + 12)) & 0x10;
         y[j] = (float)((qs[j] & 0xF) | h0) * d + m;
@@ -149,12 +157,13 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
     } break;
     case MK_DQ_Q8_0: {
       float d = mk_dq_f16(mk_dq_u16(b));
-      const int8_t *qs = (const int8_t *)(b + 2);
+      const int8_t *qs = (const int8_t *)(b + MK_DQ_OFF(mk_block_q8_0, qs));
       for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
     } break;
     case MK_DQ_Q2_K: {
-      const uint8_t *sc = b, *qs = b + 16;
-      float d = mk_dq_f16(mk_dq_u16(b + 80)), dmin = mk_dq_f16(mk_dq_u16(b + 82));
+      const uint8_t *sc = b + MK_DQ_OFF(mk_block_q2_k, scales), *qs = b + MK_DQ_OFF(mk_block_q2_k, qs);
+      float d = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q2_k, d)));
+      float dmin = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q2_k, dmin)));
       int is = 0;
       for (int h = 0; h < 2; h++) {
         const uint8_t *q = qs + 32 * h;
@@ -170,8 +179,9 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
       }
     } break;
     case MK_DQ_Q3_K: {
-      const uint8_t *hm = b, *qs = b + 32, *ps = b + 96;
-      float d = mk_dq_f16(mk_dq_u16(b + 108));
+      const uint8_t *hm = b + MK_DQ_OFF(mk_block_q3_k, hmask), *qs = b + MK_DQ_OFF(mk_block_q3_k, qs);
+      const uint8_t *ps = b + MK_DQ_OFF(mk_block_q3_k, scales);
+      float d = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q3_k, d)));
       int sc[16]; /* 6-bit scales: low 4 bits from bytes 0..7, high 2 bits from bytes 8..11 */
       for (int i = 0; i < 16; i++) {
         int lo = i < 8 ? (ps[i] & 0xF) : (ps[i - 8] >> 4);
@@ -196,12 +206,12 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
       }
     } break;
     case MK_DQ_Q4_K: {
-      float d = mk_dq_f16(mk_dq_u16(b)), dmin = mk_dq_f16(mk_dq_u16(b + 2));
-      const uint8_t *sc = b + 4, *qs = b + 16;
+      float d = mk_dq_f16(mk_dq_u16(b)), dmin = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q4_k, dmin)));
+      const uint8_t *sc = b + MK_DQ_OFF(mk_block_q4_k, scales), *qs = b + MK_DQ_OFF(mk_block_q4_k, qs);
       for (int c = 0; c < 4; c++) {
-        int s1, m1, s2, m2;
-        mk_dq_scale_min_k4(2 * c, sc, &s1, &m1);
-        mk_dq_scale_min_k4(2 * c + 1, sc, &s2, &m2);
+        uint8_t s1, m1, s2, m2;
+        mk_q4k_scale_min(sc, 2 * c, &s1, &m1);
+        mk_q4k_scale_min(sc, 2 * c + 1, &s2, &m2);
         float d1 = d * (float)s1, o1 = dmin * (float)m1, d2 = d * (float)s2, o2 = dmin * (float)m2;
         const uint8_t *q = qs + 32 * c;
         for (int l = 0; l < 32; l++) {
@@ -211,12 +221,13 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
       }
     } break;
     case MK_DQ_Q5_K: {
-      float d = mk_dq_f16(mk_dq_u16(b)), dmin = mk_dq_f16(mk_dq_u16(b + 2));
-      const uint8_t *sc = b + 4, *qh = b + 16, *qs = b + 48;
+      float d = mk_dq_f16(mk_dq_u16(b)), dmin = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q5_k, dmin)));
+      const uint8_t *sc = b + MK_DQ_OFF(mk_block_q5_k, scales), *qh = b + MK_DQ_OFF(mk_block_q5_k, qh);
+      const uint8_t *qs = b + MK_DQ_OFF(mk_block_q5_k, qs);
       for (int c = 0; c < 4; c++) {
-        int s1, m1, s2, m2;
-        mk_dq_scale_min_k4(2 * c, sc, &s1, &m1);
-        mk_dq_scale_min_k4(2 * c + 1, sc, &s2, &m2);
+        uint8_t s1, m1, s2, m2;
+        mk_q4k_scale_min(sc, 2 * c, &s1, &m1);
+        mk_q4k_scale_min(sc, 2 * c + 1, &s2, &m2);
         float d1 = d * (float)s1, o1 = dmin * (float)m1, d2 = d * (float)s2, o2 = dmin * (float)m2;
         const uint8_t *q = qs + 32 * c;
         int u1 = 1 << (2 * c), u2 = 2 << (2 * c);
@@ -227,9 +238,9 @@ MK_HD static inline void mk_dq_block(int t, const uint8_t *b, float *y) {
       }
     } break;
     case MK_DQ_Q6_K: {
-      const uint8_t *ql = b, *qh = b + 128;
-      const int8_t *sc = (const int8_t *)(b + 192);
-      float d = mk_dq_f16(mk_dq_u16(b + 208));
+      const uint8_t *ql = b + MK_DQ_OFF(mk_block_q6_k, ql), *qh = b + MK_DQ_OFF(mk_block_q6_k, qh);
+      const int8_t *sc = (const int8_t *)(b + MK_DQ_OFF(mk_block_q6_k, scales));
+      float d = mk_dq_f16(mk_dq_u16(b + MK_DQ_OFF(mk_block_q6_k, d)));
       for (int h = 0; h < 2; h++) {
         const uint8_t *l4 = ql + 64 * h, *h2 = qh + 32 * h;
         const int8_t *s = sc + 8 * h;

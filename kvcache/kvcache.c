@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvcache/driver.h"
 #include "src/quant.h"
 
 static const char *const policy_names[MK_KV_POLICY_COUNT] = {"full", "morphkv", "streaming", "h2o",
@@ -99,6 +100,7 @@ int mk_kv_cache_init(mk_kv_cache_t *c, const mk_kv_config_t *cfg, const mk_kv_ca
 }
 
 void mk_kv_cache_free(mk_kv_cache_t *c) {
+  mk_kv_driver_scratch_free(c->drv);
   free(c->heads);
   free(c->pos_arena);
   free(c->kv_arena);

@@ -15,7 +15,8 @@
  *       ops->observe(head, row_t)          row_t = this query's scores over all slots
  *   ops->evict(head, next_pos, is_prefill)   frees slots (mk_kv_release) as the policy decides
  * So a decode step is "write, attend, observe, evict": the token that arrives next takes the
- * victim's slot. Eviction never moves data.
+ * victim's slot. Eviction never moves data. kvcache/driver.c is that order, written once for
+ * every backend (the engine and the tests call it).
  *
  * What a row carries (mk_kv_row_t) is the group's view of one query: for each slot, the sum over
  * the query heads that read this KV head of the scaled logits q_h.k/sqrt(d), and of the softmax
@@ -118,6 +119,9 @@ typedef struct mk_kv_policy_ops {
    * internal inconsistency. */
   int (*evict)(const mk_kv_config_t *cfg, mk_kv_head_t *h, int64_t next_pos, bool prefill,
                mk_error_t *err);
+  /* Optional (MorphKV): how many slots evict(next_pos) will release, from counts alone. Lets
+   * a backend that scores on the device (kvcache/driver.c) run the policy's trigger. */
+  int (*losers)(const mk_kv_config_t *cfg, const mk_kv_head_t *h, int64_t next_pos);
 } mk_kv_policy_ops_t;
 
 const mk_kv_policy_ops_t *mk_kv_policy_get(mk_kv_policy_kind_t k);
@@ -134,6 +138,11 @@ typedef struct mk_kv_cache {
   int32_t *pos_arena;
   size_t kv_bytes_alloc, state_bytes_alloc;
   size_t peak_used_slots; /* max over the run of the total used slots across heads */
+  struct mk_kv_driver_scratch *drv; /* kvcache/driver.c: per-call buffers, grown, freed with the cache */
+  /* Test hook: another slot choice for the driver (NULL: mk_kv_acquire, lowest free). The
+   * policy tests pick random free slots to show that kept sets do not depend on slot order. */
+  int (*acquire)(mk_kv_head_t *h, int64_t pos, void *ctx);
+  void *acquire_ctx;
 } mk_kv_cache_t;
 
 typedef struct mk_kv_cache_params {

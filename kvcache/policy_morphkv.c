@@ -109,6 +109,16 @@ static long mkv_evict_total(const mk_kv_config_t *cfg) {
   return e < cfg->capacity + 1 ? cfg->capacity + 1 : (long)e;
 }
 
+/* Slots evict(next_pos) releases, from counts alone: the candidates are the used slots outside
+ * the recent window, and the recent positions [next_pos - W, next_pos) are all present (acquired,
+ * never candidates), so candidates = used - min(W, next_pos), of which C - W are kept. */
+static int mkv_losers(const mk_kv_config_t *cfg, const mk_kv_head_t *h, int64_t next_pos) {
+  if ((long)h->n_used + 1 < mkv_evict_total(cfg)) return 0;
+  int64_t recent = next_pos < cfg->window ? next_pos : cfg->window;
+  int64_t lose = (int64_t)h->n_used - recent - (cfg->capacity - cfg->window);
+  return lose > 0 ? (int)lose : 0;
+}
+
 static int mkv_validate(const mk_kv_config_t *cfg, mk_error_t *err) {
   if (cfg->window < 1) return mk_fail(err, "morphkv: kv window %d must be at least 1", cfg->window);
   if (cfg->capacity <= cfg->window)
@@ -338,4 +348,5 @@ const mk_kv_policy_ops_t mk_kv_policy_morphkv = {
     .reset = mkv_reset,
     .observe = mkv_observe,
     .evict = mkv_evict,
+    .losers = mkv_losers,
 };

@@ -11,7 +11,12 @@
  * each op and adds the layer. A backend whose ops run asynchronously (CUDA) reports a launch
  * failure at the op that launched; a fault that only shows when the device runs the kernel
  * surfaces at the next op that checks the device (attention, download, sync), naming the call
- * that saw it. */
+ * that saw it.
+ *
+ * The cache policy is not the backend's: kvcache/driver.c acquires the slots, hands the policy
+ * its rows, evicts and keeps the host pos[] exact. The backend writes K/V into the slots it is
+ * given (kv_write), attends over the visible slots and produces the score rows the driver asks
+ * for (attention), and may score MorphKV on the device (mkv_begin / mkv_select, optional). */
 #ifndef MK_BACKEND_H
 #define MK_BACKEND_H
 
@@ -30,7 +35,9 @@ typedef struct mk_backend mk_backend_t;
 typedef struct mk_bweight {
   mk_qmat_t host;
   void *dev;      /* backend-owned; NULL on the CPU (it reads host directly) */
-  int dev_type;   /* backend-specific */
+  void *dev_q;    /* backend-owned second copy (CUDA: the file-format blocks on the device) or NULL */
+  int dev_type;   /* backend-specific (CUDA: which copies are resident) */
+  size_t dev_bytes; /* device memory this weight holds (all its copies); 0 on the CPU */
 } mk_bweight_t;
 
 typedef struct mk_rope_params {
@@ -66,7 +73,31 @@ typedef struct mk_attn_params {
   int n_q, n_kv, head_dim;
   const int *q_to_kv;        /* (n_q) local KV head read by local query head i */
   mk_kv_cache_t *cache;
+  /* Set by the cache-policy driver (kvcache/driver.h) for the backend: */
+  const int *slots;          /* (n_tok, n_kv) host: the slot of each new token's K/V, -1 outside every span */
+  int tok0, tok1;            /* attention: attend the batch rows [tok0, tok1) */
 } mk_attn_params_t;
+
+/* Score rows of one attention call, host memory, for the batch rows [row0, row1) (n_r rows), as
+ * the policy asked (mk_kv_policy_ops_t.needs). Entries of invisible slots (free, pos > qpos,
+ * at or beyond the head's high-water mark) are -INFINITY in logits and 0 in probabilities. */
+typedef struct mk_attn_rows {
+  int row0, row1;
+  unsigned needs;    /* MK_KV_NEED_* */
+  bool device;       /* device MorphKV: the group logit rows stay on the device (its ring); no host rows */
+  float *logit_sum;  /* NEED_LOGIT_SUM: (n_r, n_kv, n_slots), from the caller's qsum */
+  float *prob_sum;   /* (n_r, n_kv, n_slots) sum of probs over the group's local query heads */
+  float *probs;      /* (n_r, n_q, n_slots) per local query head */
+  float *logits;     /* NEED_PER_HEAD: (n_r, n_q, n_slots); else NULL */
+} mk_attn_rows_t;
+
+/* Device MorphKV, one eviction job: a head that must lose `losers` slots (kvcache/driver.c). */
+typedef struct mk_kv_mkv_job {
+  int head;     /* flat index in cache->heads */
+  int next_pos; /* position of the next token */
+  int nscan;    /* slots [0, nscan) hold every used slot */
+  int losers;   /* 1: the device frees the argmin; > 1: the device writes scores, the driver picks */
+} mk_kv_mkv_job_t;
 
 typedef struct mk_backend_ops {
   const char *name;
@@ -105,8 +136,24 @@ typedef struct mk_backend_ops {
   /* qsum(n_tok, n_kv, d) = sum of q(n_tok, n_q, d) over the query heads of each local KV head */
   int (*group_qsum)(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
                     int d, const int *q_to_kv, mk_error_t *err);
-  /* Writes K/V of the new tokens into the cache, attends, runs the cache policy. */
-  int (*attention)(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err);
+  /* K/V of the new tokens into p->slots (the driver has marked them in pos[]). */
+  int (*kv_write)(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err);
+  /* out rows [tok0, tok1) = softmax over the visible slots (used, pos <= qpos) of q.K, times V;
+   * and, when rows is not NULL, its score rows. Never changes the cache's metadata. */
+  int (*attention)(mk_backend_t *b, const mk_attn_params_t *p, const mk_attn_rows_t *rows, mk_error_t *err);
+  /* Optional (NULL: the backend reads the host pos[] directly): the host pos[] of heads[0..n)
+   * (flat indices) changed outside kv_write (evictions on the host, a sequence restarted). */
+  int (*kv_pos_changed)(mk_backend_t *b, mk_kv_cache_t *c, const int *heads, int n, mk_error_t *err);
+  /* Optional device MorphKV. mkv_begin, at the start of each layer's step: *on_device says
+   * whether this backend scores the cache's MorphKV on the device; the victims its device chose
+   * at the layer's last step are released (mk_kv_driver_apply_victims) before it returns.
+   * mkv_select: after the attention that pushed the rows. Jobs with losers == 1: the device frees
+   * the lowest-ranked candidate in its pos[], reported at the next mkv_begin of the layer or at
+   * sync/download. Jobs with losers > 1: scores + k * n_slots (the k-th such job) receives the
+   * score of each slot < nscan (-1 for non-candidates); the call waits for them. */
+  int (*mkv_begin)(mk_backend_t *b, mk_kv_cache_t *c, int layer, bool *on_device, mk_error_t *err);
+  int (*mkv_select)(mk_backend_t *b, mk_kv_cache_t *c, int layer, const mk_kv_mkv_job_t *jobs, int n_jobs,
+                    float *scores, mk_error_t *err);
   int (*sync)(mk_backend_t *b, mk_error_t *err);
 } mk_backend_ops_t;
 
@@ -131,6 +178,9 @@ int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_
  * that a build without the CUDA sources links; mk_backend_init checks it is there. */
 int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err)
     __attribute__((weak));
+/* CUDA: bytes of weights resident on the device as file-format blocks and as bf16 copies
+ * (MORPHKV_CUDA_WEIGHTS, docs/cuda.md). Weak, as mk_backend_cuda_init. */
+void mk_backend_cuda_resident(mk_backend_t *b, size_t *quant_bytes, size_t *bf16_bytes) __attribute__((weak));
 /* Dispatch on p->kind; "cuda" without a CUDA build or without a device is an error. */
 int mk_backend_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err);
 

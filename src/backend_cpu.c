@@ -1,9 +1,9 @@
 /* CPU backend: the reference implementation of every op in src/backend.h.
  *
  * Weights are read in their file format (src/quant.h kernels, SIMD level chosen at start-up);
- * activations are fp32 host memory. Attention runs the cache policy on the host: per sequence and
- * layer it writes the new K/V into slots, attends each new query over the visible slots
- * (pos <= qpos), hands the policy the rows it asked for, then lets it evict.
+ * activations are fp32 host memory. Attention is math only (the cache policy is kvcache/driver.c's):
+ * kv_write stores the new K/V into the slots the driver acquired, attention attends each query
+ * over the visible slots (pos <= qpos) and fills the score rows the driver asked for.
  * Scratch buffers grow at most a few times (first prefill) and are then reused: no allocation on
  * the decode path. An allocation that fails is reported by the op that needed it. */
 #include <math.h>
@@ -208,19 +208,56 @@ static void attend_one(const mk_cpu_kernels_t *k, mk_kv_dtype_t dt, const mk_kv_
     for (int s = h->hi; s < h->n_slots; s++) lg[s] = -INFINITY;
 }
 
-static int cpu_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err) {
-  cpu_impl_t *c = impl_of(b);
+static int cpu_kv_write(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err) {
   mk_kv_cache_t *cache = p->cache;
-  const mk_kv_policy_ops_t *ops = cache->ops;
-  const mk_kv_config_t *cfg = &cache->cfg;
-  const unsigned needs = ops->needs(cfg);
-  const int prefill_rows = ops->prefill_rows(cfg);
+  const int d = p->head_dim;
+  for (int sp = 0; sp < p->n_spans; sp++) {
+    const mk_seq_span_t *span = &p->spans[sp];
+    for (int j = 0; j < p->n_kv; j++) {
+      mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
+      for (int i = 0; i < span->n; i++) {
+        size_t t = (size_t)(span->row + i), r = (t * p->n_kv + j) * d;
+        mk_kv_write(h, cache->cfg.dtype, p->slots[t * p->n_kv + j], p->k + r, p->v + r);
+      }
+    }
+  }
+  return 0;
+}
+
+/* Score rows of batch row tok (rows->row0 <= tok < rows->row1): logit sums from qsum, prob sums
+ * over each KV head's local query heads (in query-head order). */
+static void cpu_group_rows(const mk_cpu_kernels_t *k, const mk_attn_params_t *p, const mk_attn_rows_t *rows,
+                           int seq, int tok, int64_t qpos) {
+  mk_kv_cache_t *cache = p->cache;
   const int d = p->head_dim, n_slots = cache->n_slots;
   const float scale = 1.0f / sqrtf((float)d);
-  const mk_kv_dtype_t dt = cfg->dtype;
+  const size_t kr = (size_t)(tok - rows->row0);
+  for (int j = 0; j < p->n_kv; j++) {
+    const mk_kv_head_t *h = mk_kv_cache_head(cache, seq, p->layer, j);
+    float *ps = rows->prob_sum + (kr * p->n_kv + j) * n_slots;
+    if (rows->logit_sum) {
+      float *ls = rows->logit_sum + (kr * p->n_kv + j) * n_slots;
+      scores_row(k, cache->cfg.dtype, h, p->qsum + ((size_t)tok * p->n_kv + j) * d, qpos, scale, ls);
+      for (int s = h->hi; s < n_slots; s++) ls[s] = -INFINITY;
+    }
+    memset(ps, 0, sizeof(float) * (size_t)n_slots);
+    for (int u = 0; u < p->n_q; u++) {
+      if (p->q_to_kv[u] != j) continue;
+      const float *pu = rows->probs + (kr * p->n_q + u) * n_slots;
+      for (int s = 0; s < h->hi; s++) ps[s] += pu[s];
+    }
+  }
+}
 
-  /* scratch: logits (n_q x n_slots), probs (n_q x n_slots), logit_sum and prob_sum (n_kv x n_slots) */
-  size_t need = (size_t)(2 * p->n_q + 2 * p->n_kv) * n_slots;
+static int cpu_attention(mk_backend_t *b, const mk_attn_params_t *p, const mk_attn_rows_t *rows, mk_error_t *err) {
+  cpu_impl_t *c = impl_of(b);
+  mk_kv_cache_t *cache = p->cache;
+  const int d = p->head_dim, n_slots = cache->n_slots;
+  const float scale = 1.0f / sqrtf((float)d);
+  const mk_kv_dtype_t dt = cache->cfg.dtype;
+
+  /* scratch: probs of one query (n_q x n_slots) for rows the policy does not read */
+  size_t need = (size_t)p->n_q * n_slots;
   if (need > c->att_scratch_floats) {
     free(c->att_scratch);
     c->att_scratch = aligned_alloc(64, ((need * sizeof(float)) + 63) & ~(size_t)63);
@@ -230,72 +267,24 @@ static int cpu_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t 
     }
     c->att_scratch_floats = need;
   }
-  float *lg = c->att_scratch, *pr = lg + (size_t)p->n_q * n_slots;
-  float *lsum = pr + (size_t)p->n_q * n_slots, *psum = lsum + (size_t)p->n_kv * n_slots;
-  const bool per_head = (needs & MK_KV_NEED_PER_HEAD) != 0;
-
   for (int sp = 0; sp < p->n_spans; sp++) {
     const mk_seq_span_t *span = &p->spans[sp];
-    for (int j = 0; j < p->n_kv; j++) {
-      mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
-      for (int i = 0; i < span->n; i++) {
-        int64_t pos = (int64_t)span->pos0 + i;
-        int slot = mk_kv_acquire(h, pos);
-        if (slot < 0)
-          return mk_fail(err, "KV cache full: layer %d, KV head %d, sequence %d holds %d slots, token at position %lld does not fit (policy %s)",
-                         p->layer, h->kv_head, span->seq, h->n_slots, (long long)pos, ops->name);
-        size_t r = ((size_t)(span->row + i) * p->n_kv + j) * d;
-        mk_kv_write(h, dt, slot, p->k + r, p->v + r);
-      }
-    }
-    mk_kv_cache_note_peak(cache);
     for (int i = 0; i < span->n; i++) {
-      const int64_t qpos = (int64_t)span->pos0 + i;
       const int tok = span->row + i;
-      bool want_row = needs != 0 && (!span->prefill || (int64_t)span->n - i <= (int64_t)prefill_rows);
+      if (tok < p->tok0 || tok >= p->tok1) continue;
+      const int64_t qpos = (int64_t)span->pos0 + i;
+      const bool want_row = rows && tok >= rows->row0 && tok < rows->row1;
+      const size_t kr = want_row ? (size_t)(tok - rows->row0) * p->n_q : 0;
+      float *lg = want_row && rows->logits ? rows->logits + kr * n_slots : NULL;
+      float *pr = want_row ? rows->probs + kr * n_slots : c->att_scratch;
 #pragma omp parallel for schedule(dynamic, 1)
       for (int u = 0; u < p->n_q; u++) {
         const mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, p->q_to_kv[u]);
         attend_one(c->k, dt, h, p->q + ((size_t)tok * p->n_q + u) * d, qpos, scale,
-                   want_row && per_head ? lg + (size_t)u * n_slots : NULL, pr + (size_t)u * n_slots,
+                   lg ? lg + (size_t)u * n_slots : NULL, pr + (size_t)u * n_slots,
                    p->out + ((size_t)tok * p->n_q + u) * d);
       }
-      if (!want_row) continue;
-      for (int j = 0; j < p->n_kv; j++) {
-        mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
-        float *ls = lsum + (size_t)j * n_slots, *ps = psum + (size_t)j * n_slots;
-        if (needs & MK_KV_NEED_LOGIT_SUM) {
-          scores_row(c->k, dt, h, p->qsum + ((size_t)tok * p->n_kv + j) * d, qpos, scale, ls);
-          for (int s = h->hi; s < n_slots; s++) ls[s] = -INFINITY;
-        }
-        const float *lgp[64], *prp[64];
-        int nq = 0;
-        memset(ps, 0, sizeof(float) * (size_t)n_slots);
-        for (int u = 0; u < p->n_q; u++) {
-          if (p->q_to_kv[u] != j) continue;
-          const float *pu = pr + (size_t)u * n_slots;
-          for (int s = 0; s < h->hi; s++) ps[s] += pu[s];
-          if (nq < 64) {
-            lgp[nq] = per_head ? lg + (size_t)u * n_slots : NULL;
-            prp[nq] = pu;
-            nq++;
-          }
-        }
-        mk_kv_row_t row = {.qpos = qpos,
-                           .logit_sum = (needs & MK_KV_NEED_LOGIT_SUM) ? ls : NULL,
-                           .prob_sum = ps,
-                           .n_q = nq,
-                           .logits = per_head ? lgp : NULL,
-                           .probs = prp};
-        ops->observe(cfg, h, &row);
-      }
-    }
-    for (int j = 0; j < p->n_kv; j++) {
-      mk_kv_head_t *h = mk_kv_cache_head(cache, span->seq, p->layer, j);
-      if (ops->evict(cfg, h, (int64_t)span->pos0 + span->n, span->prefill, err) != 0) {
-        mk_error_prefix(err, "cache policy %s, layer %d, KV head %d", ops->name, p->layer, h->kv_head);
-        return -1;
-      }
+      if (want_row) cpu_group_rows(c->k, p, rows, span->seq, tok, qpos);
     }
   }
   return 0;
@@ -331,6 +320,7 @@ static const mk_backend_ops_t cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .group_qsum = cpu_group_qsum,
+    .kv_write = cpu_kv_write,
     .attention = cpu_attention,
     .sync = cpu_sync,
 };

@@ -7,7 +7,7 @@
  *     rope(q), rope(k)                         keys are cached post-RoPE
  *     qsum  = per-KV-head sum of q             only if the cache policy scores by logit sums;
  *                                              all-reduced when some KV head is replicated
- *     att   = attention(q, cache)              writes K/V to slots, runs the cache policy
+ *     att   = attention(q, cache)              kvcache/driver.c: slots, K/V write, attention, policy
  *     x    += rowpar(att Wo)                   row-parallel
  *     x    += rowpar(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
  *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
@@ -27,6 +27,8 @@
  * MK_NUMERICS_FAST keeps the old path: one matmul per layer and an MPI all-reduce of the rank
  * partials (their grouping depends on T). */
 #include "src/engine.h"
+
+#include "kvcache/driver.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -644,7 +646,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
                            .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
-    if (o->attention(b, &ap, err) != 0) return -1;
+    if (mk_kv_driver_attend(b, &ap, err) != 0) return -1;
     if (row_parallel(e, &w->wo, &e->rp_o, e->att, n, e->o, err) != 0) return layer_failed(err, l);
     if (o->add(b, e->x, e->o, (size_t)n * ne, err) ||
         o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps, err) ||

@@ -12,9 +12,22 @@
  * the datasheet peak (H200: 4.8 TB/s), the peak from the device attributes (memory clock x bus
  * width x 2) and a measured device-to-device copy.
  *
- * Usage: bench_decode [--quick | --tiny] [--steps N] [--layers N]
- *   --quick  4 layers, vocabulary 32000, contexts / 4: a smoke run on a GPU
- *   --tiny   a toy shape for the CPU emulator (bench_decode_emu): checks the program, not speed */
+ * Weights: bf16 (cuBLAS / the bf16 GEMV) and Q4_0 (the backend's quantized GEMV on file-format
+ * blocks for batches <= 4, bf16 tiles dequantized per matmul + cuBLAS above), the same random
+ * model in both (Q4_0 blocks generated on the device). Bytes per step count each matrix in its
+ * own format (Q4_0: 18 bytes per 32 weights).
+ *
+ * Usage (stable: tests/gpu/device-check.sh calls it):
+ *   bench_decode [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all] [--eager]
+ *   --quick    4 layers, vocabulary 32000, contexts / 4: a smoke run on a GPU
+ *   --tiny     a toy shape for the CPU emulator (bench_decode_emu): checks the program, not speed
+ *   --weights  which weight formats to run (all: bf16 then Q4_0; default all)
+ *   --eager    launch every kernel of a step (no CUDA graph): run once with and once without to
+ *              measure the launch overhead a graph removes (docs/cuda.md, "CUDA graphs")
+ * Configurations, per weight format: batch 1 and 16 x {full at 512, 8K, 32K; MorphKV W 32 C 2048
+ * at 8K, 32K}. One line each: ms/step, tok/s, KV bytes, bytes moved per step, TB/s, and the fraction
+ * of the datasheet, attribute and measured device-to-device copy bandwidths. Exit 0, 1 (a sanity
+ * check failed), 2 (usage), 77 (no device). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +35,9 @@
 
 #include "cuda/attention.cuh"
 #include "cuda/common.cuh"
+#include "cuda/dequant.cuh"
 #include "cuda/elementwise.cuh"
+#include "cuda/gemv_quant.cuh"
 #include "cuda/matmul.cuh"
 #include "cuda/morphkv.cuh"
 #include "cuda/norm.cuh"
@@ -51,17 +66,29 @@ typedef struct shape {
   int n_layer, n_embd, n_head, n_kv, n_ff, n_vocab, d;
 } shape_t;
 
+/* A weight matrix on the device: bf16 (rows, cols) or Q4_0 blocks (rows, cols / 32 x 18 bytes). */
+typedef struct wmat {
+  void *p;
+  int type; /* MK_DQ_BF16 or MK_DQ_Q4_0 */
+  int rows, cols;
+} wmat_t;
+
 typedef struct layer {
-  __nv_bfloat16 *wq, *wk, *wv, *wo, *wg, *wu, *wd;
+  wmat_t wq, wk, wv, wo, wg, wu, wd;
   float *attn_norm, *ffn_norm;
 } layer_t;
 
 typedef struct model {
   shape_t s;
-  __nv_bfloat16 *tok_embd, *output;
+  int wtype;
+  __nv_bfloat16 *tok_embd;
+  wmat_t output;
+  __nv_bfloat16 *tile; /* Q4_0: one dequantized bf16 tile for batched matmuls */
+  size_t tile_elems;
   float *out_norm;
   layer_t *L;
-  size_t bytes_read_per_token; /* every matrix but the embedding table, plus norms */
+  size_t bytes_read_per_token; /* every matrix but the embedding table (in its format), plus norms */
+  size_t weight_elems;         /* weights of those matrices */
 } model_t;
 
 /* ---- random fills (bench-only kernels) --------------------------------------------------- */
@@ -77,6 +104,17 @@ static __device__ __forceinline__ float bench_rand(uint64_t i, uint64_t seed) {
 __global__ void bench_fill_bf16(__nv_bfloat16 *p, size_t n, uint64_t seed, float scale) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     p[i] = __float2bfloat16_rn(bench_rand(i, seed) * scale);
+}
+
+/* Q4_0 blocks: d = scale / 8 x (0.5 .. 1), quants uniform: weights of magnitude ~ scale. */
+__global__ void bench_fill_q4_0(uint8_t *p, size_t n_blocks, uint64_t seed, float scale) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_blocks; i += (size_t)gridDim.x * blockDim.x) {
+    uint8_t *b = p + i * 18;
+    __half_raw r = __float2half_rn(scale / 8.0f * (0.75f + 0.25f * bench_rand(i, seed)));
+    b[0] = (uint8_t)(r.x & 0xff);
+    b[1] = (uint8_t)(r.x >> 8);
+    for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)((bench_rand(i * 16 + j, seed ^ 0x5bd1e995ull) + 1.0f) * 127.9f);
+  }
 }
 
 __global__ void bench_fill_f16(__half *p, size_t n, uint64_t seed, float scale) {
@@ -163,14 +201,33 @@ typedef struct acts {
   int32_t *ids;
 } acts_t;
 
-static void matmul(cublasHandle_t h, const __nv_bfloat16 *W, int rows, int cols, const float *x, int n, float *y,
+/* y = x W^T as the backend does it (backend_cuda.cu cuda_matmul, weights mode "quant"). */
+static void matmul(const model_t *m, cublasHandle_t h, const wmat_t *w, const float *x, int n, float *y,
                    __nv_bfloat16 *xb, cudaStream_t st) {
-  if (n <= MK_GEMV_MAX_N) {
-    mk_cuda_gemv_bf16(W, rows, cols, x, n, y, st);
+  const int rows = w->rows, cols = w->cols;
+  if (w->type == MK_DQ_Q4_0 && n <= MK_GEMV_MAX_N) {
+    mk_cuda_gemv_quant(MK_DQ_Q4_0, w->p, rows, cols, (size_t)cols / 32 * 18, x, n, y, st);
+  } else if (n <= MK_GEMV_MAX_N) {
+    mk_cuda_gemv_bf16((const __nv_bfloat16 *)w->p, rows, cols, x, n, y, st);
   } else {
     mk_cuda_f32_to_bf16(x, xb, (size_t)n * cols, st);
-    CB(mk_cuda_gemm_bf16(h, W, rows, cols, xb, n, y));
+    if (w->type == MK_DQ_BF16) {
+      CB(mk_cuda_gemm_bf16(h, (const __nv_bfloat16 *)w->p, rows, cols, xb, n, y));
+      return;
+    }
+    const int tile = (int)(m->tile_elems / (size_t)cols < (size_t)rows ? m->tile_elems / (size_t)cols : (size_t)rows);
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+      const int nr = rows - r0 < tile ? rows - r0 : tile;
+      mk_cuda_dequant_bf16(MK_DQ_Q4_0, (const uint8_t *)w->p + (size_t)r0 * (cols / 32) * 18, (int64_t)nr * (cols / 32),
+                           m->tile, st);
+      CB(mk_cuda_gemm_bf16_tile(h, m->tile, nr, cols, xb, n, y + r0, rows));
+    }
   }
+}
+
+/* Bytes of a matrix in its format. */
+static size_t wmat_bytes(const wmat_t *w) {
+  return w->type == MK_DQ_Q4_0 ? (size_t)w->rows * (w->cols / 32) * 18 : (size_t)w->rows * w->cols * 2;
 }
 
 static __nv_bfloat16 *alloc_bf16(size_t n, uint64_t seed, float scale) {
@@ -187,30 +244,65 @@ static float *alloc_f32(size_t n, uint64_t seed, float scale, float offset) {
   return p;
 }
 
-static void model_init(model_t *m, const shape_t *s) {
+static wmat_t alloc_w(int type, int rows, int cols, uint64_t seed, float scale) {
+  wmat_t w = {NULL, type, rows, cols};
+  if (type == MK_DQ_BF16) {
+    w.p = alloc_bf16((size_t)rows * cols, seed, scale);
+  } else {
+    const size_t nb = (size_t)rows * (cols / 32);
+    CK(cudaMalloc(&w.p, nb * 18));
+    bench_fill_q4_0<<<fill_blocks(nb), 256>>>((uint8_t *)w.p, nb, seed, scale);
+  }
+  return w;
+}
+
+static void model_init(model_t *m, const shape_t *s, int wtype) {
+  memset(m, 0, sizeof *m);
   m->s = *s;
-  const size_t E = s->n_embd, Q = (size_t)s->n_head * s->d, K = (size_t)s->n_kv * s->d, F = s->n_ff;
+  m->wtype = wtype;
+  const int E = s->n_embd, Q = s->n_head * s->d, K = s->n_kv * s->d, F = s->n_ff;
   uint64_t seed = 1;
   m->tok_embd = alloc_bf16((size_t)s->n_vocab * E, seed++, 1.0f);
-  m->output = alloc_bf16((size_t)s->n_vocab * E, seed++, 1.0f / sqrtf((float)E));
+  m->output = alloc_w(wtype, s->n_vocab, E, seed++, 1.0f / sqrtf((float)E));
   m->out_norm = alloc_f32(E, seed++, 0.1f, 1.0f);
   m->L = (layer_t *)calloc((size_t)s->n_layer, sizeof(layer_t));
-  size_t per_layer = 0;
+  size_t w_bytes = wmat_bytes(&m->output), w_elems = (size_t)s->n_vocab * E;
   for (int l = 0; l < s->n_layer; l++) {
     layer_t *L = &m->L[l];
-    L->wq = alloc_bf16(Q * E, seed++, 1.0f / sqrtf((float)E));
-    L->wk = alloc_bf16(K * E, seed++, 1.0f / sqrtf((float)E));
-    L->wv = alloc_bf16(K * E, seed++, 1.0f / sqrtf((float)E));
-    L->wo = alloc_bf16(E * Q, seed++, 1.0f / sqrtf((float)Q));
-    L->wg = alloc_bf16(F * E, seed++, 1.0f / sqrtf((float)E));
-    L->wu = alloc_bf16(F * E, seed++, 1.0f / sqrtf((float)E));
-    L->wd = alloc_bf16(E * F, seed++, 1.0f / sqrtf((float)F));
+    L->wq = alloc_w(wtype, Q, E, seed++, 1.0f / sqrtf((float)E));
+    L->wk = alloc_w(wtype, K, E, seed++, 1.0f / sqrtf((float)E));
+    L->wv = alloc_w(wtype, K, E, seed++, 1.0f / sqrtf((float)E));
+    L->wo = alloc_w(wtype, E, Q, seed++, 1.0f / sqrtf((float)Q));
+    L->wg = alloc_w(wtype, F, E, seed++, 1.0f / sqrtf((float)E));
+    L->wu = alloc_w(wtype, F, E, seed++, 1.0f / sqrtf((float)E));
+    L->wd = alloc_w(wtype, E, F, seed++, 1.0f / sqrtf((float)F));
     L->attn_norm = alloc_f32(E, seed++, 0.1f, 1.0f);
     L->ffn_norm = alloc_f32(E, seed++, 0.1f, 1.0f);
+    const wmat_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+    for (int i = 0; i < 7; i++) w_bytes += wmat_bytes(ws[i]), w_elems += (size_t)ws[i]->rows * ws[i]->cols;
   }
-  per_layer = 2 * (Q * E + 2 * K * E + E * Q + 3 * F * E) + 2 * 4 * E;
-  m->bytes_read_per_token = per_layer * s->n_layer + 2 * (size_t)s->n_vocab * E + 4 * E;
+  m->bytes_read_per_token = w_bytes + (size_t)s->n_layer * 2 * 4 * E + 4 * (size_t)E;
+  m->weight_elems = w_elems;
+  if (wtype == MK_DQ_Q4_0) { /* the backend's tile: 64 MiB of bf16 (MK_WTMP_BYTES) */
+    m->tile_elems = ((size_t)64 << 20) / sizeof(__nv_bfloat16);
+    CK(cudaMalloc((void **)&m->tile, m->tile_elems * sizeof(__nv_bfloat16)));
+  }
   CK(cudaDeviceSynchronize());
+}
+
+static void model_free(model_t *m) {
+  cudaFree(m->tok_embd);
+  cudaFree(m->output.p);
+  cudaFree(m->out_norm);
+  cudaFree(m->tile);
+  for (int l = 0; l < m->s.n_layer; l++) {
+    layer_t *L = &m->L[l];
+    const wmat_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+    for (int i = 0; i < 7; i++) cudaFree(ws[i]->p);
+    cudaFree(L->attn_norm);
+    cudaFree(L->ffn_norm);
+  }
+  free(m->L);
 }
 
 /* Enqueues one decode step of B sequences (all kernels on st). */
@@ -224,9 +316,9 @@ static void decode_step(const model_t *m, const run_cfg_t *rc, acts_t *a, step_b
   for (int l = 0; l < s->n_layer; l++) {
     const layer_t *L = &m->L[l];
     mk_cuda_rmsnorm(a->xn, a->x, L->attn_norm, B, E, 1e-5f, st);
-    matmul(h, L->wq, n_q * d, E, a->xn, B, a->q, a->xb, st);
-    matmul(h, L->wk, n_kv * d, E, a->xn, B, a->k, a->xb, st);
-    matmul(h, L->wv, n_kv * d, E, a->xn, B, a->v, a->xb, st);
+    matmul(m, h, &L->wq, a->xn, B, a->q, a->xb, st);
+    matmul(m, h, &L->wk, a->xn, B, a->k, a->xb, st);
+    matmul(m, h, &L->wv, a->xn, B, a->v, a->xb, st);
     mk_cuda_rope(a->q, sb->qpos, B, n_q, d, d, 5e5f, false, NULL, st);
     mk_cuda_rope(a->k, sb->qpos, B, n_kv, d, d, 5e5f, false, NULL, st);
     if (rc->morph) mk_cuda_group_qsum(a->qsum, a->q, B, n_q, n_kv, d, sb->q_to_kv, st);
@@ -241,49 +333,54 @@ static void decode_step(const model_t *m, const run_cfg_t *rc, acts_t *a, step_b
       ma.victims = sb->victims + (size_t)l * B * n_kv * 2;
       mk_cuda_morphkv_select(&ma, st);
     }
-    matmul(h, L->wo, E, n_q * d, a->att, B, a->o, a->xb, st);
+    matmul(m, h, &L->wo, a->att, B, a->o, a->xb, st);
     mk_cuda_add(a->x, a->o, (size_t)B * E, st);
     mk_cuda_rmsnorm(a->xn, a->x, L->ffn_norm, B, E, 1e-5f, st);
-    matmul(h, L->wg, s->n_ff, E, a->xn, B, a->fg, a->xb, st);
-    matmul(h, L->wu, s->n_ff, E, a->xn, B, a->fu, a->xb, st);
+    matmul(m, h, &L->wg, a->xn, B, a->fg, a->xb, st);
+    matmul(m, h, &L->wu, a->xn, B, a->fu, a->xb, st);
     mk_cuda_swiglu(a->fg, a->fg, a->fu, (size_t)B * s->n_ff, st);
-    matmul(h, L->wd, E, s->n_ff, a->fg, B, a->o, a->xb, st);
+    matmul(m, h, &L->wd, a->fg, B, a->o, a->xb, st);
     mk_cuda_add(a->x, a->o, (size_t)B * E, st);
   }
   mk_cuda_rmsnorm(a->xn, a->x, m->out_norm, B, E, 1e-5f, st);
-  matmul(h, m->output, s->n_vocab, E, a->xn, B, a->logits, a->xb, st);
+  matmul(m, h, &m->output, a->xn, B, a->logits, a->xb, st);
 }
 
 typedef struct peaks {
   double datasheet, attr, copy;
 } peaks_t;
 
-/* Runs one configuration and prints its line; false if its sanity checks failed. */
-static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
-                       cublasHandle_t h, cudaStream_t st) {
-  const shape_t *s = &m->s;
-  const int B = rc->B, d = s->d, n_q = s->n_head, n_kv = s->n_kv, E = s->n_embd;
-  const int total_steps = warm + steps + 1;
-  const int n_slots = rc->morph ? rc->C + 1 : rc->ctx + total_steps;
-  const size_t n_heads = (size_t)B * s->n_layer * n_kv;
-  const size_t kv_elems = n_heads * n_slots * d;
+/* The device cache of one configuration, filled with random K/V (and ring rows). */
+typedef struct dev_cache {
   __half *kc, *vc;
   int32_t *posc;
-  float *zring = NULL;
-  CK(cudaMalloc((void **)&kc, kv_elems * sizeof(__half)));
-  CK(cudaMalloc((void **)&vc, kv_elems * sizeof(__half)));
-  CK(cudaMalloc((void **)&posc, n_heads * n_slots * sizeof(int32_t)));
-  bench_fill_f16<<<fill_blocks(kv_elems), 256, 0, st>>>(kc, kv_elems, 77, 1.0f);
-  bench_fill_f16<<<fill_blocks(kv_elems), 256, 0, st>>>(vc, kv_elems, 78, 1.0f);
-  bench_fill_pos<<<fill_blocks(n_heads * n_slots), 256, 0, st>>>(posc, n_heads, n_slots, rc->ctx, rc->morph, rc->C, rc->W);
-  if (rc->morph) {
-    size_t zn = n_heads * (size_t)rc->W * n_slots;
-    CK(cudaMalloc((void **)&zring, zn * sizeof(float)));
-    bench_fill_f32<<<fill_blocks(zn), 256, 0, st>>>(zring, zn, 79, 4.0f, 0.0f);
-  }
+  float *zring;
+  int n_slots;
+  size_t n_heads, kv_elems;
+} dev_cache_t;
 
-  /* activations */
+static void cache_init(dev_cache_t *dc, const shape_t *s, const run_cfg_t *rc, int total_steps, cudaStream_t st) {
+  memset(dc, 0, sizeof *dc);
+  dc->n_slots = rc->morph ? rc->C + 1 : rc->ctx + total_steps;
+  dc->n_heads = (size_t)rc->B * s->n_layer * s->n_kv;
+  dc->kv_elems = dc->n_heads * dc->n_slots * s->d;
+  CK(cudaMalloc((void **)&dc->kc, dc->kv_elems * sizeof(__half)));
+  CK(cudaMalloc((void **)&dc->vc, dc->kv_elems * sizeof(__half)));
+  CK(cudaMalloc((void **)&dc->posc, dc->n_heads * dc->n_slots * sizeof(int32_t)));
+  bench_fill_f16<<<fill_blocks(dc->kv_elems), 256, 0, st>>>(dc->kc, dc->kv_elems, 77, 1.0f);
+  bench_fill_f16<<<fill_blocks(dc->kv_elems), 256, 0, st>>>(dc->vc, dc->kv_elems, 78, 1.0f);
+  bench_fill_pos<<<fill_blocks(dc->n_heads * dc->n_slots), 256, 0, st>>>(dc->posc, dc->n_heads, dc->n_slots, rc->ctx,
+                                                                         rc->morph, rc->C, rc->W);
+  if (rc->morph) {
+    size_t zn = dc->n_heads * (size_t)rc->W * dc->n_slots;
+    CK(cudaMalloc((void **)&dc->zring, zn * sizeof(float)));
+    bench_fill_f32<<<fill_blocks(zn), 256, 0, st>>>(dc->zring, zn, 79, 4.0f, 0.0f);
+  }
+}
+
+static void acts_init(acts_t *ap, const shape_t *s, int B) {
   acts_t a;
+  const int n_q = s->n_head, n_kv = s->n_kv, d = s->d, E = s->n_embd;
   memset(&a, 0, sizeof a);
   const size_t Q = (size_t)n_q * d, K = (size_t)n_kv * d;
   CK(cudaMalloc((void **)&a.x, sizeof(float) * B * E));
@@ -305,7 +402,12 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   for (int b = 0; b < B; b++) ids_h[b] = (int32_t)((b * 7919 + 13) % s->n_vocab);
   CK(cudaMemcpy(a.ids, ids_h, sizeof(int32_t) * B, cudaMemcpyHostToDevice));
 
-  /* bookkeeping */
+  *ap = a;
+}
+
+/* Step bookkeeping on the device (slots, victims, jobs, units); returns the unit count. */
+static int bookkeeping_init(step_bufs_t *sbp, const shape_t *s, const run_cfg_t *rc, int n_slots) {
+  const int B = rc->B, n_q = s->n_head, n_kv = s->n_kv;
   step_bufs_t sb;
   memset(&sb, 0, sizeof sb);
   const int per = B * n_kv;
@@ -356,7 +458,24 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   CK(cudaMalloc((void **)&sb.units, sizeof(mk_cuda_attn_unit_t) * n_units));
   CK(cudaMemcpy(sb.units, h_units, sizeof(mk_cuda_attn_unit_t) * n_units, cudaMemcpyHostToDevice));
 
-  /* attention template: splits planned for the largest nscan of the run */
+  free(h_head0);
+  free(h_vic);
+  free(h_jobs);
+  *sbp = sb;
+  return n_units;
+}
+
+/* The attention and MorphKV argument templates of a configuration (splits planned for its
+ * largest scan); scratch it allocates goes to a->part and *scratch[3]. */
+static void templates_init(mk_cuda_attn_args_t *atp, mk_cuda_mkv_args_t *map, void *scratch[3], acts_t *ap,
+                           const step_bufs_t *sbp, int n_units, const shape_t *s, const run_cfg_t *rc,
+                           const dev_cache_t *dc, int n_sm) {
+  const int B = rc->B, n_q = s->n_head, n_kv = s->n_kv, d = s->d, n_slots = dc->n_slots, per = B * n_kv;
+  acts_t &a = *ap;
+  const step_bufs_t &sb = *sbp;
+  __half *kc = dc->kc, *vc = dc->vc;
+  int32_t *posc = dc->posc;
+  float *zring = dc->zring;
   mk_cuda_attn_args_t at;
   memset(&at, 0, sizeof at);
   at.q = a.q;
@@ -406,13 +525,30 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
     ma.best = best;
     ma.counters = counters;
   }
-  CK(cudaStreamSynchronize(st));
+  *atp = at;
+  *map = ma;
+  scratch[0] = stats;
+  scratch[1] = best;
+  scratch[2] = counters;
+}
 
-  /* capture one step as a graph */
+/* Times `steps` decode steps after `warm` ones: one CUDA graph per step when capture works
+ * (and eager is false), else eager launches. Returns seconds per step. */
+static double time_steps(const model_t *m, const run_cfg_t *rc, acts_t *ap, step_bufs_t *sbp, const dev_cache_t *dc,
+                         const mk_cuda_attn_args_t *atp, const mk_cuda_mkv_args_t *map, int warm, int steps,
+                         bool eager, bool *graphed_out, cublasHandle_t h, cudaStream_t st) {
+  acts_t &a = *ap;
+  step_bufs_t &sb = *sbp;
+  const mk_cuda_attn_args_t &at = *atp;
+  const mk_cuda_mkv_args_t &ma = *map;
+  __half *kc = dc->kc, *vc = dc->vc;
+  int32_t *posc = dc->posc;
+  float *zring = dc->zring;
+  const int n_slots = dc->n_slots;
   cudaGraphExec_t exec = NULL;
   cudaGraph_t graph = NULL;
   bool graphed = false;
-  if (cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+  if (!eager && cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
     decode_step(m, rc, &a, &sb, kc, vc, posc, zring, &at, &ma, n_slots, h, st);
     if (cudaStreamEndCapture(st, &graph) == cudaSuccess && cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess)
       graphed = true;
@@ -420,7 +556,8 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   if (!graphed) {
     cudaGetLastError();
     if (graph) cudaGraphDestroy(graph);
-    fprintf(stderr, "bench_decode: graph capture failed, timing eager launches\n");
+    graph = NULL;
+    if (!eager) fprintf(stderr, "bench_decode: graph capture failed, timing eager launches\n");
   }
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
@@ -444,6 +581,38 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   float ms = 0;
   CK(cudaEventElapsedTime(&ms, e0, e1));
   const double step_s = ms / 1e3 / steps;
+
+  if (graphed) {
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  *graphed_out = graphed;
+  return step_s;
+}
+
+/* Runs one configuration and prints its line; false if its sanity checks failed. */
+static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int steps, int n_sm, const peaks_t *pk,
+                       bool eager, cublasHandle_t h, cudaStream_t st) {
+  const shape_t *s = &m->s;
+  const int B = rc->B, d = s->d, n_kv = s->n_kv, E = s->n_embd;
+  dev_cache_t dc;
+  cache_init(&dc, s, rc, warm + steps + 1, st);
+  const int n_slots = dc.n_slots;
+  const size_t n_heads = dc.n_heads, kv_elems = dc.kv_elems;
+  acts_t a;
+  acts_init(&a, s, B);
+  step_bufs_t sb;
+  const int n_units = bookkeeping_init(&sb, s, rc, n_slots);
+  mk_cuda_attn_args_t at;
+  mk_cuda_mkv_args_t ma;
+  void *scratch[3];
+  templates_init(&at, &ma, scratch, &a, &sb, n_units, s, rc, &dc, n_sm);
+  CK(cudaStreamSynchronize(st));
+  bool graphed = false;
+  const double step_s = time_steps(m, rc, &a, &sb, &dc, &at, &ma, warm, steps, eager, &graphed, h, st);
+  int32_t *posc = dc.posc;
 
   /* sanity: finite logits, and for MorphKV every head still holds exactly C used slots */
   float lg[8];
@@ -469,14 +638,16 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   const int scanned = rc->morph ? n_slots : mean_ctx;
   const double kv_read = (double)B * s->n_layer * n_kv * scanned * d * 2.0 * 2.0;
   const double ring = rc->morph ? (double)B * s->n_layer * n_kv * (rc->W + 1.0) * n_slots * 4.0 : 0.0;
-  const double bytes = (double)m->bytes_read_per_token + (double)B * E * 2 + kv_read + ring;
+  /* Q4_0 above the GEMV batch: each weight also goes through a bf16 tile (written, then read) */
+  const double tiles = m->wtype == MK_DQ_Q4_0 && B > MK_GEMV_MAX_N ? 4.0 * (double)m->weight_elems : 0.0;
+  const double bytes = (double)m->bytes_read_per_token + (double)B * E * 2 + kv_read + ring + tiles;
   const double kv_alloc = (double)kv_elems * 2 * sizeof(__half);
   const double kv_live_start = (double)B * s->n_layer * n_kv * (rc->morph ? rc->C : rc->ctx) * d * 2.0 * 2.0;
   const double kv_live_end = (double)B * s->n_layer * n_kv * (rc->morph ? rc->C : rc->ctx + warm + steps) * d * 2.0 * 2.0;
   const double bw = bytes / step_s;
-  printf("B=%-2d %-7s ctx=%-6d | %8.2f ms/step %9.1f tok/s | KV live %7.2f GB -> %7.2f GB (alloc %7.2f) | "
+  printf("%-4s B=%-2d %-7s ctx=%-6d | %8.2f ms/step %9.1f tok/s | KV live %7.2f GB -> %7.2f GB (alloc %7.2f) | "
          "%6.2f GB/step %5.2f TB/s | roofline %5.1f%% (datasheet) %5.1f%% (attr) %5.1f%% (copy) | %s%s",
-         B, rc->morph ? "morphkv" : "full", rc->ctx, step_s * 1e3, B / step_s, kv_live_start / 1e9, kv_live_end / 1e9,
+         m->wtype == MK_DQ_Q4_0 ? "q4_0" : "bf16", B, rc->morph ? "morphkv" : "full", rc->ctx, step_s * 1e3, B / step_s, kv_live_start / 1e9, kv_live_end / 1e9,
          kv_alloc / 1e9, bytes / 1e9, bw / 1e12, 100 * bw / pk->datasheet, pk->attr > 0 ? 100 * bw / pk->attr : 0.0,
          pk->copy > 0 ? 100 * bw / pk->copy : 0.0,
          graphed ? "graph" : "eager", finite ? "" : " NON-FINITE LOGITS");
@@ -484,20 +655,11 @@ static bool run_config(const model_t *m, const run_cfg_t *rc, int warm, int step
   printf("\n");
   fflush(stdout);
 
-  if (graphed) {
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  void *frees[] = {kc, vc, posc, zring, a.x, a.xn, a.q, a.k, a.v, a.qsum, a.att, a.o, a.fg, a.fu, a.logits, a.part,
-                   a.xb, a.ids, sb.ctr, sb.qpos, sb.nscan, sb.zrow, sb.head0, sb.slots, sb.victims, sb.jobs,
-                   sb.q_to_kv, sb.units, stats, best, counters};
+  void *frees[] = {dc.kc, dc.vc, dc.posc, dc.zring, a.x, a.xn, a.q, a.k, a.v, a.qsum, a.att, a.o, a.fg, a.fu,
+                   a.logits, a.part, a.xb, a.ids, sb.ctr, sb.qpos, sb.nscan, sb.zrow, sb.head0, sb.slots, sb.victims,
+                   sb.jobs, sb.q_to_kv, sb.units, scratch[0], scratch[1], scratch[2]};
   for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++)
     if (frees[i]) cudaFree(frees[i]);
-  free(h_head0);
-  free(h_vic);
-  free(h_jobs);
   return finite && (!rc->morph || (used_min == rc->C && used_max == rc->C));
 }
 
@@ -505,6 +667,8 @@ int main(int argc, char **argv) {
   shape_t s = {32, 4096, 32, 8, 14336, 128256, 128}; /* Llama-3.1-8B */
   int steps = 20, warm = 3;
   bool quick = false, tiny = false;
+  const char *weights = "all";
+  bool eager = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) {
       quick = true;
@@ -514,8 +678,13 @@ int main(int argc, char **argv) {
       steps = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--layers") && i + 1 < argc) {
       s.n_layer = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--eager")) {
+      eager = true;
+    } else if (!strcmp(argv[i], "--weights") && i + 1 < argc &&
+               (!strcmp(argv[i + 1], "bf16") || !strcmp(argv[i + 1], "q4_0") || !strcmp(argv[i + 1], "all"))) {
+      weights = argv[++i];
     } else {
-      fprintf(stderr, "usage: %s [--quick | --tiny] [--steps N] [--layers N]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--quick | --tiny] [--steps N] [--layers N] [--weights bf16|q4_0|all] [--eager]\n", argv[0]);
       return 2;
     }
   }
@@ -572,13 +741,9 @@ int main(int argc, char **argv) {
          "datasheet %.2f TB/s; measured copy %.2f TB/s\n",
          dev, prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, prop.l2CacheSize / 1048576.0,
          mem_khz / 1000, bus_bits, pk.attr / 1e12, pk.datasheet / 1e12, pk.copy / 1e12);
-  printf("model: %d layers, hidden %d, %d heads, %d KV heads, head dim %d, MLP %d, vocab %d; bf16 weights; "
+  printf("model: %d layers, hidden %d, %d heads, %d KV heads, head dim %d, MLP %d, vocab %d; weights %s; "
          "%d warm-up + %d timed steps per configuration\n",
-         s.n_layer, s.n_embd, s.n_head, s.n_kv, s.d, s.n_ff, s.n_vocab, warm, steps);
-
-  model_t m;
-  model_init(&m, &s);
-  printf("weights read per step: %.2f GB\n", m.bytes_read_per_token / 1e9);
+         s.n_layer, s.n_embd, s.n_head, s.n_kv, s.d, s.n_ff, s.n_vocab, weights, warm, steps);
   cublasHandle_t h;
   CB(cublasCreate(&h));
   CB(cublasSetStream(h, st));
@@ -590,19 +755,27 @@ int main(int argc, char **argv) {
   const int ctxs[] = {512, 8192, 32768};
   bool ok = true;
   const int batches[] = {1, 16};
-  for (int bi = 0; bi < 2; bi++) {
-    for (int ci = 0; ci < 3; ci++) {
-      run_cfg_t rc = {batches[bi], false, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
-      if (quick) rc.C = 512;
-      if (tiny) rc.C = 256, rc.W = 8;
-      ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
+  const int wtypes[] = {MK_DQ_BF16, MK_DQ_Q4_0};
+  for (int wi = 0; wi < 2; wi++) {
+    if (strcmp(weights, "all") != 0 && strcmp(weights, wi ? "q4_0" : "bf16") != 0) continue;
+    model_t m;
+    model_init(&m, &s, wtypes[wi]);
+    printf("%s weights read per step: %.2f GB\n", wi ? "q4_0" : "bf16", m.bytes_read_per_token / 1e9);
+    for (int bi = 0; bi < 2; bi++) {
+      for (int ci = 0; ci < 3; ci++) {
+        run_cfg_t rc = {batches[bi], false, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
+        if (quick) rc.C = 512;
+        if (tiny) rc.C = 256, rc.W = 8;
+        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, eager, h, st);
+      }
+      for (int ci = 1; ci < 3; ci++) {
+        run_cfg_t rc = {batches[bi], true, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
+        if (quick) rc.C = 512;
+        if (tiny) rc.C = 256, rc.W = 8;
+        ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, eager, h, st);
+      }
     }
-    for (int ci = 1; ci < 3; ci++) {
-      run_cfg_t rc = {batches[bi], true, quick ? ctxs[ci] / 4 : tiny ? ctxs[ci] / 16 : ctxs[ci], 2048, 32};
-      if (quick) rc.C = 512;
-      if (tiny) rc.C = 256, rc.W = 8;
-      ok &= run_config(&m, &rc, warm, steps, prop.multiProcessorCount, &pk, h, st);
-    }
+    model_free(&m);
   }
   cublasDestroy(h);
   if (!ok) printf("bench_decode: a sanity check failed (non-finite logits, or MorphKV heads not holding C slots)\n");

@@ -7,6 +7,8 @@
  *   dequantized weights   within 1 bf16 ulp of the CPU's fp32 value (the device keeps bf16)
  *   matmul, float types   1e-5   bf16 rounding of the weights (2^-9 relative, ~1e-6 NMSE)
  *   matmul, quant types   3e-4   plus the CPU's 8-bit quantization of the activations
+ *   quantized GEMV        1e-10 vs the fp64 product of the dequantized weights (fp32 sums only),
+ *                         3e-4 vs the CPU kernel (test_gemv_quant says more)
  *   embed                 1e-5   bf16 table rows
  *   rmsnorm, add, bias,
  *   rope, swiglu, qsum    1e-10  same fp32/fp64 formulas; last-bit differences only (expf, FMA)
@@ -23,6 +25,7 @@
 
 #include <cmocka.h>
 
+#include "kvcache/driver.h"
 #include "kvcache/kvcache.h"
 #include "src/backend.h"
 #include "src/quant.h"
@@ -105,12 +108,23 @@ static uint8_t *rand_matrix(mk_type_t t, int64_t rows, int64_t cols, uint64_t *s
   return p;
 }
 
+/* A random matrix (rand_matrix) prepared for both backends. */
+static uint8_t *rand_prepared(mk_type_t t, int64_t rows, int64_t cols, uint64_t *st, mk_qmat_t *m, mk_bweight_t *wc,
+                              mk_bweight_t *wg) {
+  uint8_t *raw = rand_matrix(t, rows, cols, st, m);
+  mk_error_t err;
+  assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, m, wc, &err), 0);
+  if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, m, wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+  return raw;
+}
+
 static const mk_type_t k_types[] = {MK_TYPE_F32,  MK_TYPE_F16,  MK_TYPE_BF16, MK_TYPE_Q4_0, MK_TYPE_Q4_1,
                                     MK_TYPE_Q5_0, MK_TYPE_Q5_1, MK_TYPE_Q8_0, MK_TYPE_Q2_K, MK_TYPE_Q3_K,
                                     MK_TYPE_Q4_K, MK_TYPE_Q5_K, MK_TYPE_Q6_K};
 
 static void test_weight_dequant(void **state) {
   const mk_cpu_kernels_t *k = mk_cpu_kernels_get(MK_SIMD_SCALAR);
+  setenv("MORPHKV_CUDA_WEIGHTS", "bf16", 1); /* the bf16 copy is what this test reads back */
   uint64_t st = 11;
   int failures = 0;
   for (size_t ti = 0; ti < sizeof k_types / sizeof k_types[0]; ti++) {
@@ -146,6 +160,7 @@ static void test_weight_dequant(void **state) {
     free(ref);
     free(raw);
   }
+  unsetenv("MORPHKV_CUDA_WEIGHTS");
   assert_int_equal(failures, 0);
 }
 
@@ -158,11 +173,8 @@ static void test_matmul(void **state) {
     mk_type_t t = ti < sizeof k_types / sizeof k_types[0] ? k_types[ti] : (ti % 2 ? MK_TYPE_F16 : MK_TYPE_F32);
     const int64_t rows = 97, cols = ti < sizeof k_types / sizeof k_types[0] ? 768 : 100;
     mk_qmat_t m;
-    uint8_t *raw = rand_matrix(t, rows, cols, &st, &m);
     mk_bweight_t wc, wg;
-    mk_error_t err;
-    assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, &m, &wc, &err), 0);
-    if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, &m, &wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+    uint8_t *raw = rand_prepared(t, rows, cols, &st, &m, &wc, &wg);
     const bool quant = mk_type_block_elems(t) > 1;
     const double bound = quant ? 3e-4 : 1e-5;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
@@ -245,6 +257,76 @@ static void test_matmul_chunks(void **state) {
     g_fx.gpu.ops->weight_release(&g_fx.gpu, &wg);
     g_fx.cpu.ops->weight_release(&g_fx.cpu, &wc);
     free(x), free(pc), free(pg), free(p1), free(yf), free(ys), free(raw);
+  }
+  assert_int_equal(failures, 0);
+}
+
+/* The decode GEMV on file-format blocks (cuda/gemv_quant.cuh), every type it reads, n = 1..4,
+ * and the bf16 tiles it uses for larger batches. Against two references:
+ *   fp64 product of the CPU's scalar dequantization and x   bound 1e-10 (fp32 sums only; the
+ *                                                            GEMV has no other rounding)
+ *   the CPU backend's matmul (8-bit activations)            bound 3e-4 (the CPU's rounding of x)
+ * Batched (n = 9, bf16 tiles): fp64 bound 1e-5 (bf16 weights and x, as the float-type matmul).
+ * Memory accounting: only the blocks are resident (dev_q, dev_bytes = the file bytes). */
+static void test_gemv_quant(void **state) {
+  const mk_cpu_kernels_t *k = mk_cpu_kernels_get(MK_SIMD_SCALAR);
+  const mk_type_t types[] = {MK_TYPE_Q4_0, MK_TYPE_Q4_1, MK_TYPE_Q8_0, MK_TYPE_Q4_K, MK_TYPE_Q6_K};
+  uint64_t st = 21;
+  int failures = 0;
+  for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+    const mk_type_t t = types[ti];
+    const int64_t rows = 37, cols = 512;
+    mk_qmat_t m;
+    mk_bweight_t wc, wg;
+    uint8_t *raw = rand_prepared(t, rows, cols, &st, &m, &wc, &wg);
+    size_t rq = 0, rb = 0;
+    mk_backend_cuda_resident(&g_fx.gpu, &rq, &rb);
+    if (wg.dev != NULL || wg.dev_q == NULL || wg.dev_bytes != (size_t)rows * m.row_bytes || rq < wg.dev_bytes) {
+      printf("%s: resident copies wrong: bf16 %p, blocks %p, %zu bytes (want %zu), backend total %zu\n",
+             mk_type_name(t), wg.dev, wg.dev_q, wg.dev_bytes, (size_t)rows * m.row_bytes, rq);
+      failures++;
+    }
+    float *deq = malloc(sizeof(float) * rows * cols);
+    for (int64_t r = 0; r < rows; r++) k->dequant_row(t, raw + r * m.row_bytes, deq + r * cols, cols);
+    const int ns[] = {1, 2, 3, 4, 9};
+    double worst_exact = 0, worst_tile = 0, worst_cpu = 0;
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+      const int n = ns[ni];
+      float *x = rand_vec((size_t)n * cols, 1.f, &st);
+      float *yc = calloc((size_t)n * rows, sizeof(float)), *yg = calloc((size_t)n * rows, sizeof(float));
+      float *yr = malloc(sizeof(float) * (size_t)n * rows);
+      for (int i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) {
+          double acc = 0;
+          for (int64_t c = 0; c < cols; c++) acc += (double)deq[r * cols + c] * x[(size_t)i * cols + c];
+          yr[(size_t)i * rows + r] = (float)acc;
+        }
+      assert_int_equal(0, g_fx.cpu.ops->matmul(&g_fx.cpu, &wc, x, n, yc, &op_err));
+      float *dx = to_dev(x, sizeof(float) * n * cols), *dy = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * n * rows);
+      assert_int_equal(0, g_fx.gpu.ops->matmul(&g_fx.gpu, &wg, dx, n, dy, &op_err));
+      from_dev(yg, dy, sizeof(float) * n * rows);
+      const double e_ref = mk_nmse(yg, yr, (size_t)n * rows), e_cpu = mk_nmse(yg, yc, (size_t)n * rows);
+      if (n <= 4 && e_ref > worst_exact) worst_exact = e_ref;
+      if (n > 4 && e_ref > worst_tile) worst_tile = e_ref;
+      if (e_cpu > worst_cpu) worst_cpu = e_cpu;
+      char what[96];
+      snprintf(what, sizeof what, "gemv %s %lldx%lld n=%d vs fp64", mk_type_name(t), (long long)rows, (long long)cols, n);
+      failures += !mk_gpu_close(what, yg, yr, (size_t)n * rows, n <= 4 ? 1e-10 : 1e-5);
+      snprintf(what, sizeof what, "gemv %s %lldx%lld n=%d vs cpu", mk_type_name(t), (long long)rows, (long long)cols, n);
+      failures += !mk_gpu_close(what, yg, yc, (size_t)n * rows, 3e-4);
+      g_fx.gpu.ops->dealloc(&g_fx.gpu, dx);
+      g_fx.gpu.ops->dealloc(&g_fx.gpu, dy);
+      free(x);
+      free(yc);
+      free(yg);
+      free(yr);
+    }
+    printf("gemv %s: normalized error vs fp64 %.2e (n <= 4, bound 1e-10), %.2e (n = 9, bf16 tiles, bound 1e-5); "
+           "vs the CPU kernel %.2e (bound 3e-4)\n", mk_type_name(t), worst_exact, worst_tile, worst_cpu);
+    g_fx.gpu.ops->weight_release(&g_fx.gpu, &wg);
+    g_fx.cpu.ops->weight_release(&g_fx.cpu, &wc);
+    free(deq);
+    free(raw);
   }
   assert_int_equal(failures, 0);
 }
@@ -474,7 +556,7 @@ static int run_attn_case(const attn_case_t *tc) {
       mk_attn_params_t ap = {.layer = L, .n_tok = n_tok, .n_spans = n_spans, .spans = spans, .q = q, .k = k, .v = v,
                              .qsum = qs, .out = oc, .n_q = n_q, .n_kv = n_kv, .head_dim = d, .q_to_kv = q_to_kv,
                              .cache = &cc};
-      if (g_fx.cpu.ops->attention(&g_fx.cpu, &ap, &err) != 0) fail_msg("%s cpu: %s", tc->name, err.msg);
+      if (mk_kv_driver_attend(&g_fx.cpu, &ap, &err) != 0) fail_msg("%s cpu: %s", tc->name, err.msg);
       g_fx.gpu.ops->upload(&g_fx.gpu, dq, q, sizeof(float) * nq, NULL);
       g_fx.gpu.ops->upload(&g_fx.gpu, dk, k, sizeof(float) * nk, NULL);
       g_fx.gpu.ops->upload(&g_fx.gpu, dv, v, sizeof(float) * nk, NULL);
@@ -485,7 +567,7 @@ static int run_attn_case(const attn_case_t *tc) {
       ap.qsum = dqs;
       ap.out = dout;
       ap.cache = &cg;
-      if (g_fx.gpu.ops->attention(&g_fx.gpu, &ap, &err) != 0) fail_msg("%s cuda: %s", tc->name, err.msg);
+      if (mk_kv_driver_attend(&g_fx.gpu, &ap, &err) != 0) fail_msg("%s cuda: %s", tc->name, err.msg);
       from_dev(og, dout, sizeof(float) * nq);
       gsync();
       char what[128];
@@ -576,7 +658,7 @@ int main(void) {
     return 1;
   }
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_weight_dequant), cmocka_unit_test(test_matmul),
+      cmocka_unit_test(test_weight_dequant), cmocka_unit_test(test_matmul), cmocka_unit_test(test_gemv_quant),
       cmocka_unit_test(test_matmul_chunks),
       cmocka_unit_test(test_embed),          cmocka_unit_test(test_rmsnorm_add_bias_swiglu),
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_group_qsum),

@@ -65,20 +65,19 @@ static void run(int W, int C, int P, int T, int g, mk_kv_h2o_mode_t mode, bool r
   double *pr = malloc(sizeof(double) * n_pos);
   int32_t *set = malloc(sizeof(int32_t) * n_pos), *after = malloc(sizeof(int32_t) * n_pos);
   int n_evict = 0, n_clear = 0;
-  for (int t = 0; t < P; t++) assert_true(kvsim_add(&s, t) >= 0);
   for (int64_t step = P - 1; step < n_pos; step++) {
     int64_t next_pos = step + 1;
-    int nb;
+    int nb = 0;
     if (step == P - 1) { /* prefill: every prompt query, causal */
       for (int i = 0; i < P; i++) {
-        kvsim_observe(&s, i);
         int n = 0;
         for (int p = 0; p <= i; p++) set[n++] = p;
         kvsim_ref_prob_sum(q, k, g, d, i, set, n, pr);
         for (int j = 0; j < n; j++) refacc[set[j]] += pr[j];
       }
-      nb = kvsim_kept(&s, set);
-      int rc = s.cache.ops->evict(&cfg, s.h, next_pos, true, &s.err);
+      int rc = kvsim_prefill(&s, P); /* every prompt row observed, then evict */
+      nb = s.n_att;
+      memcpy(set, s.att, sizeof(int32_t) * (size_t)nb);
       if (mode == MK_KV_H2O_PER_HEAD && g > 1) { /* refused, with a message */
         assert_int_equal(rc, -1);
         assert_non_null(strstr(s.err.msg, "3 query heads"));
@@ -86,8 +85,7 @@ static void run(int W, int C, int P, int T, int g, mk_kv_h2o_mode_t mode, bool r
       }
       assert_int_equal(rc, 0);
     } else {
-      assert_true(kvsim_add(&s, step) >= 0);
-      nb = kvsim_kept(&s, set);
+      assert_int_equal(kvsim_step(&s, step, set, &nb), 0); /* set: the slots at attention */
       assert_int_equal(nb, step + 1 < C + 1 ? step + 1 : C + 1); /* C+1 at attention */
       for (int64_t r = step - W; r <= step; r++)
         if (r >= 0) assert_true(kvsim_contains(set, nb, (int32_t)r));
@@ -95,10 +93,8 @@ static void run(int W, int C, int P, int T, int g, mk_kv_h2o_mode_t mode, bool r
         memset(traj + (size_t)(step - P) * stride, 0xff, sizeof(int32_t) * stride);
         memcpy(traj + (size_t)(step - P) * stride, set, sizeof(int32_t) * nb);
       }
-      kvsim_observe(&s, step);
       kvsim_ref_prob_sum(q, k, g, d, step, set, nb, pr);
       for (int j = 0; j < nb; j++) refacc[set[j]] += pr[j];
-      assert_int_equal(s.cache.ops->evict(&cfg, s.h, next_pos, false, &s.err), 0);
     }
     int na = kvsim_kept(&s, after);
     int ncand = 0;

@@ -319,10 +319,9 @@ static void run_case(const ref_case_t *rc, bool random_slots, int32_t *traj, int
   int32_t *after = malloc(sizeof(int32_t) * s.h->n_slots);
   check_stats_t cs = {0};
   /* prefill: the first compression (P > C) is checked like any decision */
-  for (int t = 0; t < rc->P; t++) assert_true(kvsim_add(&s, t) >= 0);
-  int nb = kvsim_kept(&s, before);
-  for (int i = rc->P - rc->W < 0 ? 0 : rc->P - rc->W; i < rc->P; i++) kvsim_observe(&s, i);
-  assert_int_equal(s.cache.ops->evict(&cfg, s.h, rc->P, true, &s.err), 0);
+  assert_int_equal(kvsim_prefill(&s, rc->P), 0); /* rows of qpos >= P - W, then evict */
+  int nb = s.n_att;
+  memcpy(before, s.att, sizeof(int32_t) * (size_t)nb);
   int na = kvsim_kept(&s, after);
   check_decision(rc, q, k, rc->P, before, nb, after, na, &cs);
   if (rc->P > rc->C && rc->P >= E - 1) assert_int_equal(na, rc->C);
@@ -403,16 +402,14 @@ static void test_w1_tova(void **unused) {
     assert_int_equal(kvsim_prefill(&s, P), 0);
     int checked = 0;
     for (int t = P; t < P + T; t++) {
-      assert_true(kvsim_add(&s, t) >= 0);
-      kvsim_observe(&s, t); /* s.lsum now holds query t's row */
       int32_t before[64];
-      int nb = kvsim_kept(&s, before);
-      int victim = -1;
+      int nb = 0;
+      assert_int_equal(kvsim_step(&s, t, before, &nb), 0); /* s.lsum holds query t's row */
+      int victim = -1; /* from the slots at attention time (s.att_pos) */
       for (int j = 0; j < s.h->n_slots; j++)
-        if (s.h->pos[j] >= 0 && s.h->pos[j] < t &&
+        if (s.att_pos[j] >= 0 && s.att_pos[j] < t &&
             (victim < 0 || s.lsum[j] < s.lsum[victim])) victim = j;
-      int32_t vpos = s.h->pos[victim];
-      assert_int_equal(s.cache.ops->evict(&cfg, s.h, t + 1, false, &s.err), 0);
+      int32_t vpos = s.att_pos[victim];
       if (nb == C + 1) {
         assert_int_equal(s.h->n_used, C);
         assert_int_equal(s.h->pos[victim], -1);
@@ -425,6 +422,41 @@ static void test_w1_tova(void **unused) {
   }
   free(q);
   free(k);
+}
+
+/* The count trigger (ops->losers, what the driver runs for device scoring) predicts exactly how
+ * many slots evict releases, at the prompt compression and at every decode step, for ea = 1 and a
+ * bursty ea = 1.5. */
+static void test_losers_trigger(void **unused) {
+  const struct { int W, C, P; float ea; } cases[] = {{8, 32, 5, 1.0f}, {8, 32, 60, 1.0f}, {4, 16, 40, 1.5f}, {1, 10, 3, 1.0f}};
+  const int T = 80, g = 2, d = 16;
+  for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+    float *q, *k;
+    kvsim_random_qk(31 + ci, cases[ci].P + T, g, d, 6.0f, &q, &k);
+    mk_kv_config_t cfg = mkv_cfg(cases[ci].W, cases[ci].C);
+    cfg.evict_after = cases[ci].ea;
+    kvsim_t s;
+    assert_int_equal(kvsim_init(&s, &cfg, g, d, cases[ci].P, cases[ci].P + T, q, k), 0);
+    const mk_kv_policy_ops_t *ops = s.cache.ops;
+    assert_non_null(ops->losers);
+    int checked = 0;
+    for (int t = cases[ci].P - 1; t < cases[ci].P + T; t++) {
+      const bool pre = t == cases[ci].P - 1;
+      assert_int_equal(pre ? kvsim_prefill(&s, cases[ci].P) : kvsim_step(&s, t, NULL, NULL), 0);
+      mk_kv_head_t at = *s.h; /* the head as the trigger sees it: counts at attention time */
+      at.n_used = s.n_att;
+      at.pos = s.att_pos;
+      const int want = ops->losers(&cfg, &at, t + 1), got = s.n_att - s.h->n_used;
+      if (want != got)
+        fail_msg("W %d C %d ea %.1f: step %d: losers() says %d, evict released %d", cases[ci].W, cases[ci].C,
+                 (double)cases[ci].ea, t, want, got);
+      checked += got > 0;
+    }
+    assert_true(checked >= 3); /* the trigger fired (bursty: every ~9 steps), not only quiet steps */
+    kvsim_free(&s);
+    free(q);
+    free(k);
+  }
 }
 
 /* The state and the slot count do not depend on the output length. */
@@ -501,7 +533,7 @@ int main(void) {
       cmocka_unit_test(test_gqa_example),      cmocka_unit_test(test_no_candidates),
       cmocka_unit_test(test_sliding_example),  cmocka_unit_test(test_properties),
       cmocka_unit_test(test_slot_order),       cmocka_unit_test(test_w1_tova),
-      cmocka_unit_test(test_state_constant),
+      cmocka_unit_test(test_state_constant),   cmocka_unit_test(test_losers_trigger),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
