@@ -205,6 +205,7 @@ static void test_matmul(void **state) {
  * bounds as test_matmul), and on the device, bit for bit: the fused form equals sum_parts over the
  * partials, and a token's partials do not depend on the batch it is in. */
 static void test_matmul_chunks(void **state) {
+  setenv("MORPHKV_CUDA_WEIGHTS", "bf16", 1); /* the chunk kernel reads the bf16 copy */
   uint64_t st = 21;
   int failures = 0;
   const mk_type_t types[] = {MK_TYPE_F32, MK_TYPE_Q4_1, MK_TYPE_Q8_0};
@@ -258,6 +259,7 @@ static void test_matmul_chunks(void **state) {
     g_fx.cpu.ops->weight_release(&g_fx.cpu, &wc);
     free(x), free(pc), free(pg), free(p1), free(yf), free(ys), free(raw);
   }
+  unsetenv("MORPHKV_CUDA_WEIGHTS");
   assert_int_equal(failures, 0);
 }
 
