@@ -92,6 +92,8 @@ typedef struct cuda_impl {
   size_t xb_cap;
   float *part; /* attention partials */
   size_t part_cap;
+  float *mm_part; /* chunk partials of the fused chunked matmul */
+  size_t mm_part_cap;
   float *qsum; /* qsum when the caller gave none */
   size_t qsum_cap;
   void *wtmp; /* quantized weight upload chunk */
@@ -360,6 +362,39 @@ static int cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, i
              (long long)cols, n, cublasGetStatusString(s), c->dev);
   }
   return sticky(c, err);
+}
+
+/* Deterministic numerics (src/backend.h): the chunk partials by the fixed-order warp kernel, then
+ * their left-to-right sum. Same chunk order as the CPU, not the same bits (bf16 weights, fp32
+ * activations; README "Numerics"). */
+static int cuda_matmul_chunks(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
+                              float *parts, float *y, mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  if (c->failed || n <= 0) return sticky(c, err);
+  if (!w->dev) return op_fail(c, "matmul_chunks: the weight was not prepared for this backend", err);
+  const int64_t rows = w->host.rows, cols = w->host.cols, nc = (cols + chunk_cols - 1) / chunk_cols;
+  float *dst = parts;
+  if (!dst) {
+    mk_error_t e;
+    if (dev_reserve(c, (void **)&c->mm_part, &c->mm_part_cap, sizeof(float) * (size_t)(nc * n * rows), &e) != 0)
+      return op_fail(c, e.msg, err);
+    dst = c->mm_part;
+  }
+  mk_cuda_gemv_chunks_bf16((const __nv_bfloat16 *)w->dev, rows, cols, chunk_cols, x, n, dst, c->stream);
+  check_launch(c, "matmul_chunks");
+  if (!parts) mk_cuda_sum_parts(y, dst, NULL, (int)nc, (size_t)n * rows, c->stream);
+  return op_done(c, "matmul_chunks", err);
+}
+
+static int cuda_sum_parts(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n,
+                          mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  if (c->failed) return sticky(c, err);
+  mk_error_t e;
+  const int *didx = (const int *)args_upload(c, idx, sizeof(int) * (size_t)n_idx, &e);
+  if (!didx) return op_fail(c, e.msg, err);
+  mk_cuda_sum_parts(y, parts, didx, n_idx, n, c->stream);
+  return op_done(c, "sum_parts", err);
 }
 
 static int cuda_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
@@ -1014,6 +1049,7 @@ static void cuda_free(mk_backend_t *b) {
   cudaFree(c->args);
   cudaFree(c->xb);
   cudaFree(c->part);
+  cudaFree(c->mm_part);
   cudaFree(c->qsum);
   cudaFree(c->wtmp);
   free(c->hbuf);
@@ -1036,6 +1072,8 @@ static mk_backend_ops_t cuda_ops_make(void) {
   o.weight_release = cuda_weight_release;
   o.embed = cuda_embed;
   o.matmul = cuda_matmul;
+  o.matmul_chunks = cuda_matmul_chunks;
+  o.sum_parts = cuda_sum_parts;
   o.rmsnorm = cuda_rmsnorm;
   o.add_bias = cuda_add_bias;
   o.rope = cuda_rope;

@@ -120,3 +120,38 @@ cublasStatus_t mk_cuda_gemm_bf16(cublasHandle_t h, const __nv_bfloat16 *W, int64
                       (int)cols, xb, CUDA_R_16BF, (int)cols, &beta, y, CUDA_R_32F, (int)rows,
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
+
+__global__ void mk_gemv_chunks_kernel(const __nv_bfloat16 *W, int64_t rows, int64_t cols, int64_t chunk,
+                                      const float *x, int n, float *parts) {
+  const int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int64_t c = blockIdx.y;
+  const int t = blockIdx.z, lane = threadIdx.x & 31;
+  if (r >= rows) return;
+  const int64_t c0 = c * chunk, c1 = c0 + chunk < cols ? c0 + chunk : cols;
+  const __nv_bfloat16 *w = W + r * cols;
+  const float *xt = x + (int64_t)t * cols;
+  float s = 0.f;
+  for (int64_t k = c0 + lane; k < c1; k += 32) s = fmaf(__bfloat162float(w[k]), xt[k], s);
+  s = mk_warp_sum(s);
+  if (lane == 0) parts[((size_t)c * n + t) * rows + r] = s;
+}
+
+void mk_cuda_gemv_chunks_bf16(const __nv_bfloat16 *W, int64_t rows, int64_t cols, int64_t chunk,
+                              const float *x, int n, float *parts, cudaStream_t stream) {
+  if (rows <= 0 || n <= 0 || chunk <= 0) return;
+  dim3 grid((unsigned)mk_ceil_div(rows, 8), (unsigned)mk_ceil_div(cols, chunk), (unsigned)n);
+  mk_gemv_chunks_kernel<<<grid, 256, 0, stream>>>(W, rows, cols, chunk, x, n, parts);
+}
+
+__global__ void mk_sum_parts_kernel(float *y, const float *parts, const int *idx, int n_idx, size_t n) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float s = parts[(size_t)(idx ? idx[0] : 0) * n + i];
+  for (int j = 1; j < n_idx; j++) s += parts[(size_t)(idx ? idx[j] : j) * n + i];
+  y[i] = s;
+}
+
+void mk_cuda_sum_parts(float *y, const float *parts, const int *idx, int n_idx, size_t n, cudaStream_t stream) {
+  if (n == 0 || n_idx <= 0) return;
+  mk_sum_parts_kernel<<<(unsigned)mk_ceil_div((int64_t)n, 256), 256, 0, stream>>>(y, parts, idx, n_idx, n);
+}

@@ -27,4 +27,16 @@ cublasStatus_t mk_cuda_gemm_bf16(cublasHandle_t h, const __nv_bfloat16 *W /* (ro
                                  int64_t rows, int64_t cols, const __nv_bfloat16 *xb /* (n, cols) */,
                                  int n, float *y /* (n, rows) */);
 
+/* Chunked product for the deterministic numerics (src/quant.c): parts(n_chunks, n, rows) = the
+ * partial over columns [c*chunk, min((c+1)*chunk, cols)) of every row and token, one warp per
+ * (row, chunk, token) with a fixed lane order and shuffle tree, so a partial depends only on the
+ * row's and the token's data (not on n, rows or the launch). */
+void mk_cuda_gemv_chunks_bf16(const __nv_bfloat16 *W /* (rows, cols) */, int64_t rows, int64_t cols,
+                              int64_t chunk, const float *x /* (n, cols) */, int n, float *parts,
+                              cudaStream_t stream);
+
+/* y[i] = parts[idx[0]*n + i] + parts[idx[1]*n + i] + ... left to right (idx NULL: 0, 1, ...). */
+void mk_cuda_sum_parts(float *y, const float *parts, const int *idx /* device or NULL */, int n_idx, size_t n,
+                       cudaStream_t stream);
+
 #endif

@@ -27,7 +27,7 @@
 
 typedef struct mk_plan_dims {
   int n_head, n_kv_head, head_dim, n_ff, n_vocab, n_embd;
-  int ff_align;    /* column alignment required to slice ffn_down rows (block elems), >= 1 */
+  int ff_align;    /* the unit n_ff is split in: ffn_down's column chunk (src/model.c), >= 1 */
   int vocab_align; /* >= 1 */
 } mk_plan_dims_t;
 

@@ -82,6 +82,16 @@ typedef struct mk_backend_ops {
   int (*embed)(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x, mk_error_t *err);
   /* y(n, rows) = x(n, cols) W^T */
   int (*matmul)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err);
+  /* The same product in fixed column chunks of chunk_cols (row-parallel layers; the numerics
+   * note in src/quant.c): parts != NULL: parts(n_chunks, n, rows) = each chunk's partial sum;
+   * parts == NULL: y(n, rows) = the partials added left to right in chunk order. A backend
+   * without it (NULL) cannot run --deterministic on. */
+  int (*matmul_chunks)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
+                       float *parts, float *y, mk_error_t *err);
+  /* y(n) = parts[idx[0]] + parts[idx[1]] + ... left to right; parts are n floats apart (backend
+   * memory), idx is host memory. */
+  int (*sum_parts)(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n,
+                   mk_error_t *err);
   /* y(n, dim) = x / rms(x) * w */
   int (*rmsnorm)(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
                  mk_error_t *err);

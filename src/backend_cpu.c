@@ -57,18 +57,36 @@ static int cpu_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *
   return 0;
 }
 
-static int cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err) {
-  cpu_impl_t *c = impl_of(b);
-  size_t need = mk_matmul_scratch_bytes(&w->host, n);
+static int mm_scratch(cpu_impl_t *c, size_t need, int n, const mk_qmat_t *w, mk_error_t *err) {
   if (need > c->mm_scratch_bytes) {
     free(c->mm_scratch);
     c->mm_scratch = aligned_alloc(64, (need + 63) & ~(size_t)63);
     c->mm_scratch_bytes = c->mm_scratch ? need : 0;
     if (!c->mm_scratch)
       return mk_fail(err, "matmul: out of memory for %zu bytes of quantized activations (%d tokens x %lld columns)",
-                     need, n, (long long)w->host.cols);
+                     need, n, (long long)w->cols);
   }
+  return 0;
+}
+
+static int cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err) {
+  cpu_impl_t *c = impl_of(b);
+  if (mm_scratch(c, mk_matmul_scratch_bytes(&w->host, n), n, &w->host, err)) return -1;
   mk_matmul(c->k, &w->host, x, n, y, c->mm_scratch);
+  return 0;
+}
+
+static int cpu_matmul_chunks(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, int chunk_cols,
+                             float *parts, float *y, mk_error_t *err) {
+  cpu_impl_t *c = impl_of(b);
+  if (mm_scratch(c, mk_matmul_chunks_scratch_bytes(&w->host, n, chunk_cols), n, &w->host, err)) return -1;
+  mk_matmul_chunks(c->k, &w->host, x, n, chunk_cols, parts, y, c->mm_scratch);
+  return 0;
+}
+
+static int cpu_sum_parts(mk_backend_t *b, float *y, const float *parts, const int *idx, int n_idx, size_t n,
+                         mk_error_t *err) {
+  mk_sum_parts(y, parts, idx, n_idx, n);
   return 0;
 }
 
@@ -305,6 +323,8 @@ static const mk_backend_ops_t cpu_ops = {
     .weight_release = cpu_weight_release,
     .embed = cpu_embed,
     .matmul = cpu_matmul,
+    .matmul_chunks = cpu_matmul_chunks,
+    .sum_parts = cpu_sum_parts,
     .rmsnorm = cpu_rmsnorm,
     .add_bias = cpu_add_bias,
     .rope = cpu_rope,

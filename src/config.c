@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_DETERMINISTIC, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -87,6 +87,9 @@ static const opt_def_t OPTS[] = {
     {O_SIMD, "simd", K_ENUM, "auto|scalar|avx2|avx512", "force a CPU kernel level (default auto)",
      false},
     {O_TP, "tp", K_INT, "N", "expected tensor-parallel degree, checked against the MPI world",
+     false},
+    {O_DETERMINISTIC, "deterministic", K_ENUM, "on|off",
+     "on: the same bits for every rank count and batch; off: all-reduce rank partials (default on)",
      false},
     {O_COMM_TIMEOUT, "comm-timeout", K_FLOAT, "SECONDS",
      "abort every rank when a collective waits longer than SECONDS for a wedged rank, naming "
@@ -379,6 +382,10 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
       o->simd = e == 0 ? -1 : e == 1 ? MK_SIMD_SCALAR : e == 2 ? MK_SIMD_AVX2 : MK_SIMD_AVX512;
       return 0;
     case O_TP: return parse_int(d, v, 0, 65536, &o->tp, err);
+    case O_DETERMINISTIC:
+      if ((e = parse_enum(d, v, err)) < 0) return -1;
+      o->deterministic_off = e == 1;
+      return 0;
     case O_COMM_TIMEOUT: return parse_float(d, v, 0.0, 1e6, &o->comm_timeout, err);
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);
     case O_QUIET: return parse_bool(d, v, &o->quiet, err);

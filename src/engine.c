@@ -8,10 +8,24 @@
  *     qsum  = per-KV-head sum of q             only if the cache policy scores by logit sums;
  *                                              all-reduced when some KV head is replicated
  *     att   = attention(q, cache)              writes K/V to slots, runs the cache policy
- *     x    += all_reduce(att Wo)               row-parallel
- *     x    += all_reduce(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
+ *     x    += rowpar(att Wo)                   row-parallel
+ *     x    += rowpar(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
  *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
- * Every rank ends with the same full logits, so the same sampler picks the same token. */
+ * Every rank ends with the same full logits, so the same sampler picks the same token.
+ *
+ * Invariance (MK_NUMERICS_DETERMINISTIC, the default; README "Numerics"). The logits do not
+ * depend on the rank count T nor on the batch:
+ * - rowpar: the output is the left-to-right sum of the partials of fixed column chunks (one
+ *   query head of attn_output; the plan's ff unit of ffn_down), whatever T is. A rank computes
+ *   the partials of its chunks, all ranks all-gather them and add all n_chunks of them in chunk
+ *   order; T = 1 computes every chunk and adds them in the same order (mk_matmul_chunks).
+ * - column-parallel products (Q/K/V, gate/up, LM head) and every kernel give a row the same bits
+ *   whatever rows or tokens share the call (src/quant.h), so slices and batches change nothing.
+ * - the replicated-KV query sum: every rank all-gathers the query vectors of the replicated heads
+ *   (not partial sums) and adds them in head order, the order group_qsum uses for the others.
+ * - RMSNorm, RoPE, attention and softmax are per row and per head, in slot order.
+ * MK_NUMERICS_FAST keeps the old path: one matmul per layer and an MPI all-reduce of the rank
+ * partials (their grouping depends on T). */
 #include "src/engine.h"
 
 #include <math.h>
@@ -20,6 +34,17 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+
+/* A row-parallel layer's fixed column chunks (deterministic numerics). */
+typedef struct rp_chunks {
+  int chunk_cols; /* columns per chunk (the last may be shorter) */
+  int n_chunks;   /* over the whole matrix */
+  int max_loc;    /* most chunks one rank holds: every rank's all-gather slot holds that many */
+  int *idx;       /* (n_chunks) global chunk k sits at part idx[k] of the gathered buffer */
+} rp_chunks_t;
+
+/* Tokens per all-gather of chunk partials (bounds the buffers at prefill). */
+#define MK_RP_SLAB 128
 
 typedef struct layer_bw {
   mk_bweight_t wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -45,9 +70,20 @@ struct mk_engine {
    * rank), and for each the local index here or -1. Only their query sums are all-reduced. */
   int n_rep, *rep_local;
   float *qsum_glob;   /* host (n, n_rep, d) */
+  /* deterministic numerics */
+  bool fast;                 /* MK_NUMERICS_FAST */
+  rp_chunks_t rp_o, rp_down; /* attn_output, ffn_down */
+  float *parts, *gath;       /* backend: (max_loc, slab, n_embd), (tp, max_loc, slab, n_embd) */
+  float *h_parts, *h_gath;   /* host staging of the same, for the host communicator */
+  /* Ordered query sum of replicated heads: this rank sends the vectors of its query heads that
+   * read a replicated KV head (qs_send_u: local query heads, qs_n of them; qs_m = the most any
+   * rank sends); qs_src[i*g + k] = where query head k of replicated head i sits in the gather. */
+  int qs_n, qs_m, *qs_send_u, *qs_src;
+  float *qs_send, *qs_recv;  /* host (n, qs_m, d), (tp, n, qs_m, d) */
   float *logits_pad;  /* host (n, tp * vocab_slice_max), all-gather target */
   float *logits_host; /* host (n, vocab_slice_max) */
   int32_t *pos_buf;
+  int *prow; /* (cap_tok) policy rows of the batch */
   mk_kv_cache_t cache;
   bool have_cache;
   int n_seq;
@@ -105,6 +141,88 @@ static int prepare_weights(mk_engine_t *e, mk_error_t *err) {
     }
   }
   return 0;
+}
+
+/* Chunk layout of a row-parallel layer of `total` columns of which rank r holds [beg[r], end[r])
+ * (every beg[r] a chunk boundary: the plan and mk_model_check_tp see to that). */
+static int rp_init(rp_chunks_t *c, int chunk_cols, int total, const int *beg, const int *end, int world) {
+  c->chunk_cols = chunk_cols;
+  c->n_chunks = (total + chunk_cols - 1) / chunk_cols;
+  c->max_loc = 0;
+  for (int r = 0; r < world; r++) {
+    int n = (end[r] - beg[r] + chunk_cols - 1) / chunk_cols;
+    if (n > c->max_loc) c->max_loc = n;
+  }
+  c->idx = malloc(sizeof(int) * (size_t)c->n_chunks);
+  if (!c->idx) return -1;
+  for (int r = 0; r < world; r++)
+    for (int j = 0; j < (end[r] - beg[r] + chunk_cols - 1) / chunk_cols; j++)
+      c->idx[beg[r] / chunk_cols + j] = r * c->max_loc + j;
+  return 0;
+}
+
+/* Where every rank's query heads of replicated KV heads go in the ordered query-sum gather. */
+static int qs_init(mk_engine_t *e, const mk_plan_t *pl, int world) {
+  const mk_model_config_t *c = &e->model.cfg;
+  const int g = c->n_head / c->n_kv_head, rank = e->model.plan.rank;
+  int *holders = calloc((size_t)c->n_kv_head, sizeof(int)), *cnt = calloc((size_t)world, sizeof(int));
+  e->qs_src = malloc(sizeof(int) * (size_t)(e->n_rep ? e->n_rep : 1) * g);
+  e->qs_send_u = malloc(sizeof(int) * (size_t)(e->n_rep ? e->n_rep : 1) * g);
+  int rc = holders && cnt && e->qs_src && e->qs_send_u ? 0 : -1;
+  for (int r = 0; r < world && rc == 0; r++)
+    for (int h = pl[r].kv_begin; h < pl[r].kv_end; h++) holders[h]++;
+  for (int pass = 0; pass < 2 && rc == 0; pass++) { /* pass 0 counts, pass 1 fills */
+    int i = 0;
+    memset(cnt, 0, sizeof(int) * (size_t)world);
+    for (int h = 0; h < c->n_kv_head; h++) {
+      if (holders[h] < 2) continue;
+      for (int k = 0; k < g; k++) {
+        int u = h * g + k, r = 0;
+        while (!(u >= pl[r].q_begin && u < pl[r].q_end)) r++;
+        if (pass == 1) {
+          e->qs_src[i * g + k] = r * e->qs_m + cnt[r];
+          if (r == rank) e->qs_send_u[cnt[r]] = u - pl[r].q_begin;
+        }
+        cnt[r]++;
+      }
+      i++;
+    }
+    if (pass == 0)
+      for (int r = 0; r < world; r++)
+        if (cnt[r] > e->qs_m) e->qs_m = cnt[r];
+  }
+  if (rc == 0) e->qs_n = cnt[rank];
+  free(holders);
+  free(cnt);
+  return rc;
+}
+
+/* Deterministic numerics: the chunk layouts of attn_output and ffn_down and the ordered query sum. */
+static int numerics_init(mk_engine_t *e, const mk_tensor_source_t *src, int world, mk_error_t *err) {
+  const mk_model_config_t *c = &e->model.cfg;
+  mk_plan_dims_t dims;
+  mk_model_plan_dims(c, src, &dims);
+  mk_plan_t *pl = malloc(sizeof *pl * (size_t)world);
+  int *b = malloc(sizeof(int) * 4 * (size_t)world);
+  if (!pl || !b) {
+    free(pl);
+    free(b);
+    return mk_fail(err, "out of memory");
+  }
+  int rc = 0;
+  if (world == 1) pl[0] = e->model.plan;
+  for (int r = 0; r < world && world > 1 && rc == 0; r++) rc = mk_plan_make(&dims, world, r, &pl[r], err);
+  for (int r = 0; r < world && rc == 0; r++) {
+    b[r] = pl[r].q_begin * c->head_dim, b[world + r] = pl[r].q_end * c->head_dim;
+    b[2 * world + r] = pl[r].ff_begin, b[3 * world + r] = pl[r].ff_end;
+  }
+  if (rc == 0 && (rp_init(&e->rp_o, mk_model_attn_out_chunk(c, src), c->n_head * c->head_dim, b, b + world, world) ||
+                  rp_init(&e->rp_down, dims.ff_align, c->n_ff, b + 2 * world, b + 3 * world, world) ||
+                  (e->n_rep > 0 && qs_init(e, pl, world))))
+    rc = mk_fail(err, "out of memory");
+  free(pl);
+  free(b);
+  return rc;
 }
 
 /* This rank's plan (planp NULL for a world of one: the model owns everything). */
@@ -188,7 +306,14 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   }
   int g = cfg.n_head / cfg.n_kv_head;
   for (int i = 0; i < e->n_q; i++) e->q_to_kv[i] = (pl->q_begin + i) / g - pl->kv_begin;
+  e->fast = p->numerics == MK_NUMERICS_FAST;
+  if (numerics_init(e, &src, world, err) != 0) goto fail;
   if (mk_backend_init(&e->be, &p->backend, err) != 0) goto fail;
+  if (!e->fast && (!e->be.ops->matmul_chunks || !e->be.ops->sum_parts)) {
+    mk_fail(err, "backend %s has no chunked matmul, so it cannot keep the deterministic numerics; run with "
+            "--deterministic off", e->be.ops->name);
+    goto fail;
+  }
   if (prepare_weights(e, err) != 0) goto fail;
   *out = e;
   return 0;
@@ -204,10 +329,20 @@ static void free_acts(mk_engine_t *e) {
     if (*bufs[i]) e->be.ops->dealloc(&e->be, *bufs[i]);
     *bufs[i] = NULL;
   }
+  if (e->parts) e->be.ops->dealloc(&e->be, e->parts);
+  if (e->gath) e->be.ops->dealloc(&e->be, e->gath);
+  e->parts = e->gath = NULL;
+  free(e->h_parts);
+  free(e->h_gath);
+  free(e->qs_send);
+  free(e->qs_recv);
+  e->h_parts = e->h_gath = e->qs_send = e->qs_recv = NULL;
   free(e->qsum_glob);
   free(e->logits_pad);
   free(e->logits_host);
   free(e->pos_buf);
+  free(e->prow);
+  e->prow = NULL;
   e->qsum_glob = e->logits_pad = e->logits_host = NULL;
   e->pos_buf = NULL;
   e->cap_tok = 0;
@@ -238,6 +373,10 @@ void mk_engine_close(mk_engine_t *e) {
   free(e->lw);
   free(e->q_to_kv);
   free(e->rep_local);
+  free(e->rp_o.idx);
+  free(e->rp_down.idx);
+  free(e->qs_src);
+  free(e->qs_send_u);
   free(e->vocab_begin_r);
   free(e->vocab_len_r);
   free(e->n_past);
@@ -269,8 +408,22 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
   e->logits_pad = malloc((size_t)(tp + 1) * e->vocab_slice_max * sizeof(float));
   e->logits_host = malloc(N * (size_t)e->vocab_slice_max * sizeof(float));
   e->pos_buf = malloc(N * sizeof(int32_t));
-  if (!e->qsum_glob || !e->logits_pad || !e->logits_host || !e->pos_buf)
+  e->prow = malloc(N * sizeof(int));
+  if (!e->qsum_glob || !e->logits_pad || !e->logits_host || !e->pos_buf || !e->prow)
     return mk_fail(err, "out of memory for %d tokens", n);
+  if (!e->fast && tp > 1) {
+    int ml = e->rp_o.max_loc > e->rp_down.max_loc ? e->rp_o.max_loc : e->rp_down.max_loc;
+    size_t part = (size_t)ml * (size_t)(n < MK_RP_SLAB ? n : MK_RP_SLAB) * c->n_embd;
+    e->parts = o->alloc(&e->be, part * sizeof(float));
+    e->gath = o->alloc(&e->be, part * (size_t)tp * sizeof(float));
+    e->h_parts = calloc(part, sizeof(float)); /* the padding of the all-gather slot is sent too */
+    e->h_gath = malloc(part * (size_t)tp * sizeof(float));
+    size_t qs = N * (size_t)(e->qs_m ? e->qs_m : 1) * D;
+    e->qs_send = calloc(qs, sizeof(float));
+    e->qs_recv = malloc(qs * (size_t)tp * sizeof(float));
+    if (!e->parts || !e->gath || !e->h_parts || !e->h_gath || !e->qs_send || !e->qs_recv)
+      return mk_fail(err, "out of memory for the chunk partials of %d tokens", n);
+  }
   e->cap_tok = n;
   return 0;
 }
@@ -374,6 +527,77 @@ static int sync_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk
   return rows;
 }
 
+/* The policy rows of a batch, in order: every decode row, the last prefill_rows of a prefill. */
+static int policy_rows(const mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, int *rows) {
+  const int pre = e->cache.ops->prefill_rows(&e->cache.cfg);
+  int n = 0;
+  for (int s = 0; s < n_spans; s++) {
+    int first = spans[s].prefill && spans[s].n > pre ? spans[s].n - pre : 0;
+    for (int t = spans[s].row + first; t < spans[s].row + spans[s].n; t++) rows[n++] = t;
+  }
+  return n;
+}
+
+/* Deterministic score sync: the query vectors (not partial sums) of every replicated head's query
+ * heads are all-gathered, one collective per layer for all policy rows, and every replica adds
+ * them in head order (0 + q_0 + q_1 + ..., as group_qsum does for the heads it holds whole), so
+ * the sum has the same bits for every T. */
+static int sync_rows_ordered(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk_error_t *err) {
+  const mk_backend_ops_t *o = e->be.ops;
+  const int d = e->d, m = e->qs_m, g = e->model.cfg.n_head / e->model.cfg.n_kv_head;
+  int *rows = e->prow;
+  const int n = policy_rows(e, spans, n_spans, rows);
+  if (n == 0) return 0;
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < e->qs_n; j++)
+      if (o->download(&e->be, e->qs_send + ((size_t)i * m + j) * d,
+                      e->q + ((size_t)rows[i] * e->n_q + e->qs_send_u[j]) * d, sizeof(float) * (size_t)d, err))
+        return -1;
+  const size_t each = (size_t)n * m * d; /* floats per rank */
+  if (mk_comm_allgather(e->ctx->comm, MK_COMM_SCORE, e->qs_send, e->qs_recv, each * sizeof(float), err) != 0)
+    return -1;
+  float *sum = e->qsum_glob;
+  for (int i = 0; i < n; i++)
+    for (int h = 0; h < e->n_rep; h++) {
+      if (e->rep_local[h] < 0) continue;
+      for (int j = 0; j < d; j++) sum[j] = 0.0f;
+      for (int k = 0; k < g; k++) {
+        int src = e->qs_src[h * g + k]; /* rank * m + slot */
+        const float *v = e->qs_recv + (size_t)(src / m) * each + ((size_t)i * m + src % m) * d;
+        for (int j = 0; j < d; j++) sum[j] += v[j];
+      }
+      if (o->upload(&e->be, e->qsum + ((size_t)rows[i] * e->n_kv + e->rep_local[h]) * d, sum,
+                    sizeof(float) * (size_t)d, err))
+        return -1;
+    }
+  return n;
+}
+
+/* out(n, n_embd) = in(n, cols) W^T of a row-parallel layer, summed over all ranks. */
+static int row_parallel(mk_engine_t *e, const mk_bweight_t *w, const rp_chunks_t *rc, const float *in, int n,
+                        float *out, mk_error_t *err) {
+  const mk_backend_ops_t *o = e->be.ops;
+  mk_backend_t *b = &e->be;
+  const int tp = tp_of(e), ne = e->model.cfg.n_embd;
+  if (e->fast) {
+    if (o->matmul(b, w, in, n, out, err)) return -1;
+    return tp > 1 ? comm_allreduce(e, out, (size_t)n * ne, false, err) : 0;
+  }
+  if (tp == 1) return o->matmul_chunks(b, w, in, n, rc->chunk_cols, NULL, out, err);
+  const int n_loc = (int)mk_matmul_n_chunks(&w->host, rc->chunk_cols);
+  for (int t0 = 0; t0 < n; t0 += MK_RP_SLAB) {
+    const int m = n - t0 < MK_RP_SLAB ? n - t0 : MK_RP_SLAB;
+    const size_t part = (size_t)m * ne, each = part * (size_t)rc->max_loc;
+    if (o->matmul_chunks(b, w, in + (size_t)t0 * w->host.cols, m, rc->chunk_cols, e->parts, NULL, err)) return -1;
+    if (o->download(b, e->h_parts, e->parts, sizeof(float) * part * (size_t)n_loc, err)) return -1;
+    if (mk_comm_allgather(e->ctx->comm, MK_COMM_MODEL, e->h_parts, e->h_gath, sizeof(float) * each, err) != 0)
+      return -1;
+    if (o->upload(b, e->gath, e->h_gath, sizeof(float) * each * (size_t)tp, err)) return -1;
+    if (o->sum_parts(b, out + (size_t)t0 * ne, e->gath, rc->idx, rc->n_chunks, part, err)) return -1;
+  }
+  return 0;
+}
+
 /* An op of layer l failed: the op put its name and cause in err; add the layer. */
 static int layer_failed(mk_error_t *err, int l) {
   mk_error_prefix(err, "layer %d", l);
@@ -413,22 +637,21 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     if (o->rope(b, &rq, err) || o->rope(b, &rk, err)) return layer_failed(err, l);
     if (need_qsum) {
       if (o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv, err)) return layer_failed(err, l);
-      if (sync_qsum && sync_rows(e, spans, n_spans, err) < 0) return -1;
+      if (sync_qsum && (e->fast ? sync_rows(e, spans, n_spans, err) : sync_rows_ordered(e, spans, n_spans, err)) < 0)
+        return -1;
     }
     mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
                            .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
     if (o->attention(b, &ap, err) != 0) return -1;
-    if (o->matmul(b, &w->wo, e->att, n, e->o, err)) return layer_failed(err, l);
-    if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
+    if (row_parallel(e, &w->wo, &e->rp_o, e->att, n, e->o, err) != 0) return layer_failed(err, l);
     if (o->add(b, e->x, e->o, (size_t)n * ne, err) ||
         o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps, err) ||
         o->matmul(b, &w->w_gate, e->xn, n, e->fg, err) || o->matmul(b, &w->w_up, e->xn, n, e->fu, err) ||
-        o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc, err) ||
-        o->matmul(b, &w->w_down, e->fg, n, e->o, err))
+        o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc, err))
       return layer_failed(err, l);
-    if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
+    if (row_parallel(e, &w->w_down, &e->rp_down, e->fg, n, e->o, err) != 0) return layer_failed(err, l);
     if (o->add(b, e->x, e->o, (size_t)n * ne, err)) return layer_failed(err, l);
   }
   mk_kv_cache_note_peak(&e->cache);

@@ -21,10 +21,18 @@
 #include "src/model.h"
 #include "src/tokenizer.h"
 
+/* Reduction order of the row-parallel layers (README "Numerics"). */
+typedef enum mk_numerics {
+  MK_NUMERICS_DETERMINISTIC = 0, /* fixed column chunks added in chunk order: the same bits for every
+                                    rank count and batch (--deterministic on) */
+  MK_NUMERICS_FAST = 1,          /* one partial per rank, all-reduced (--deterministic off) */
+} mk_numerics_t;
+
 typedef struct mk_engine_params {
   const char *model_path;
   mk_backend_params_t backend;
   int tp; /* expected tensor-parallel degree (--tp), 0 = take the world size */
+  mk_numerics_t numerics;
 } mk_engine_params_t;
 
 typedef struct mk_engine mk_engine_t;

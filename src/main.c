@@ -385,7 +385,8 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
 /* Load (collective). */
 static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp};
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp,
+                           .numerics = o->deterministic_off ? MK_NUMERICS_FAST : MK_NUMERICS_DETERMINISTIC};
   ep.backend.kind = o->backend;
   ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
   ep.backend.simd = o->simd;

@@ -139,6 +139,25 @@ static size_t qmat_bytes(const mk_qmat_t *m) {
   return (size_t)m->rows * mk_type_row_bytes(m->type, m->cols);
 }
 
+/* The column chunk of ffn_down (the numerics note in src/quant.c): the largest multiple of the
+ * block size that divides n_ff and still leaves at least n_head chunks, so the MLP never limits
+ * the rank count below the query heads. The plan splits n_ff in whole chunks, so every rank
+ * boundary is a chunk boundary for every T the plan accepts. */
+static int ff_chunk_of(int n_ff, int blk, int n_head) {
+  int best = blk;
+  for (int c = blk; c <= n_ff; c += blk)
+    if (n_ff % c == 0 && n_ff / c >= n_head) best = c;
+  return best;
+}
+
+int mk_model_attn_out_chunk(const mk_model_config_t *cfg, const mk_tensor_source_t *src) {
+  const mk_tensor_info_t *wo = mk_tensor_find(src, "blk.0.attn_output.weight");
+  int64_t blk = wo && mk_type_block_elems(wo->type) > 0 ? mk_type_block_elems(wo->type) : 1;
+  int64_t c = cfg->head_dim;
+  while (c % blk) c += cfg->head_dim; /* lcm(head_dim, block) */
+  return (int)c;
+}
+
 void mk_model_plan_dims(const mk_model_config_t *cfg, const mk_tensor_source_t *src, mk_plan_dims_t *d) {
   memset(d, 0, sizeof *d);
   d->n_head = cfg->n_head;
@@ -151,6 +170,7 @@ void mk_model_plan_dims(const mk_model_config_t *cfg, const mk_tensor_source_t *
   d->vocab_align = 1;
   const mk_tensor_info_t *t = mk_tensor_find(src, "blk.0.ffn_down.weight");
   if (t && mk_type_block_elems(t->type) > 0) d->ff_align = (int)mk_type_block_elems(t->type);
+  d->ff_align = ff_chunk_of(cfg->n_ff, d->ff_align, cfg->n_head);
 }
 
 /* Whether every rank's column slices of attn_output and ffn_down fall on quantization blocks. */

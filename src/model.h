@@ -48,8 +48,11 @@ typedef struct mk_model {
 
 /* Reads hyperparameters from GGUF metadata; refuses unknown architectures by name. */
 int mk_model_config_read(const mk_gguf_t *g, mk_model_config_t *cfg, mk_error_t *err);
-/* Plan dims for this model (block alignment from the weight types). */
+/* Plan dims for this model. ff_align is the column chunk of ffn_down (a multiple of its block
+ * size, see model.c): the plan splits the MLP in whole chunks. */
 void mk_model_plan_dims(const mk_model_config_t *cfg, const mk_tensor_source_t *src, mk_plan_dims_t *d);
+/* The column chunk of attn_output: lcm(head_dim, block size), i.e. whole query heads. */
+int mk_model_attn_out_chunk(const mk_model_config_t *cfg, const mk_tensor_source_t *src);
 /* Refuses a tensor-parallel degree whose plan is impossible or whose weight slices would cut a
  * quantization block, naming the degrees that work. */
 int mk_model_check_tp(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int tp, mk_error_t *err);

@@ -254,3 +254,113 @@ void mk_matmul(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, in
     }
   }
 }
+
+/* ---- chunked matmul (row-parallel layers) ------------------------------------------------
+ *
+ * Numerics note. A row-parallel layer (attn_output, ffn_down) splits its input columns over
+ * ranks. Its output is defined, for every rank count, as the left-to-right fp32 sum of the
+ * partials of fixed column chunks (the units the sharding plan splits by), each partial computed
+ * by the ordinary row kernel on the chunk alone. A rank computes its own chunks' partials; the
+ * engine gathers them and adds them in chunk order; one process computes all of them and adds
+ * them in the same order here (the fused form). Since every kernel's result depends only on the
+ * data it is given (see mk_matmul), the bits do not depend on the rank count. */
+
+#define MK_CHUNK_ROWS 16 /* a multiple of 4 (the AVX-512 decode kernels take rows in fours) */
+
+int64_t mk_matmul_n_chunks(const mk_qmat_t *w, int64_t chunk_cols) {
+  return chunk_cols > 0 ? (w->cols + chunk_cols - 1) / chunk_cols : 0;
+}
+
+static int64_t chunk_cols_of(const mk_qmat_t *w, int64_t chunk_cols, int64_t c) {
+  int64_t c0 = c * chunk_cols, c1 = c0 + chunk_cols < w->cols ? c0 + chunk_cols : w->cols;
+  return c1 - c0;
+}
+
+size_t mk_matmul_chunks_scratch_bytes(const mk_qmat_t *w, int64_t n_tok, int64_t chunk_cols) {
+  if (n_tok <= 0 || chunk_cols <= 0) return 0;
+  size_t tmp = mk_align64((size_t)n_tok * (size_t)w->rows * sizeof(float)); /* P_c of the fused form */
+  size_t xq = mk_type_uses_xq(w->type)
+                  ? (size_t)n_tok * (size_t)mk_matmul_n_chunks(w, chunk_cols) * mk_xq_row_bytes(chunk_cols)
+                  : 0;
+  return tmp + xq + 64;
+}
+
+void mk_sum_parts(float *y, const float *parts, const int *idx, int n_idx, size_t n) {
+  if (n_idx <= 0) return;
+  memcpy(y, parts + (size_t)idx[0] * n, n * sizeof(float));
+  for (int j = 1; j < n_idx; j++) {
+    const float *p = parts + (size_t)idx[j] * n;
+    for (size_t i = 0; i < n; i++) y[i] += p[i];
+  }
+}
+
+/* The view of chunk c: the same rows, columns [c*chunk_cols, ...). */
+static mk_qmat_t chunk_view(const mk_qmat_t *w, int64_t chunk_cols, int64_t c) {
+  mk_qmat_t v = *w;
+  int64_t be = mk_type_block_elems(w->type);
+  v.data = (const char *)w->data + (size_t)(c * chunk_cols / be) * mk_type_block_bytes(w->type);
+  v.cols = chunk_cols_of(w, chunk_cols, c);
+  return v;
+}
+
+void mk_matmul_chunks(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, int64_t n_tok,
+                      int64_t chunk_cols, float *parts, float *y, void *scratch) {
+  const mk_quant_impl_t *im = (const mk_quant_impl_t *)k->impl;
+  const int64_t rows = w->rows, cols = w->cols, nc = mk_matmul_n_chunks(w, chunk_cols);
+  if (n_tok <= 0 || rows <= 0) return;
+  mk_rows_fn fn = ((int)w->type >= 0 && (int)w->type < MK_TYPE_COUNT) ? im->rows[w->type] : NULL;
+  int64_t be = mk_type_block_elems(w->type);
+  if (!fn || cols <= 0 || be <= 0 || cols % be != 0 || chunk_cols <= 0 || chunk_cols % be != 0) {
+    float *o = parts ? parts : y; /* misuse: make it visible */
+    for (int64_t i = 0; i < (parts ? nc : 1) * n_tok * rows; i++) o[i] = NAN;
+    return;
+  }
+  char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  float *tmp = (float *)base; /* (n_tok, rows): P_c, c >= 1, of the fused form */
+  char *xqbuf = base + mk_align64((size_t)n_tok * (size_t)rows * sizeof(float));
+  const bool xq = mk_type_uses_xq(w->type);
+  const int layout = im->xq_layout[w->type];
+  const size_t cstride = xq ? mk_xq_row_bytes(chunk_cols) : 0; /* one chunk of one token */
+  const size_t tstride = xq ? (size_t)nc * cstride : (size_t)cols * sizeof(float);
+  const bool quant_inside = xq && n_tok * nc >= 8;
+  if (xq && !quant_inside)
+    for (int64_t i = 0; i < n_tok * nc; i++)
+      im->quantize_xq(x + (i / nc) * cols + (i % nc) * chunk_cols, chunk_cols_of(w, chunk_cols, i % nc),
+                      xqbuf + (size_t)i * cstride, layout);
+  bool par = (double)rows * (double)cols * (double)n_tok >= 32768.0;
+#pragma omp parallel if (par)
+  {
+    if (quant_inside) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < n_tok * nc; i++)
+        im->quantize_xq(x + (i / nc) * cols + (i % nc) * chunk_cols, chunk_cols_of(w, chunk_cols, i % nc),
+                        xqbuf + (size_t)i * cstride, layout);
+    }
+    int64_t nth = omp_get_num_threads(), ith = omp_get_thread_num();
+    int64_t chunk = ((rows + nth - 1) / nth + 3) & ~(int64_t)3;
+    int64_t r0 = ith * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+    /* rows in blocks of MK_CHUNK_ROWS, every chunk of a block before the next block: the block's
+     * weight rows stay in L1 while the chunks walk along them */
+    for (int64_t t0 = 0; r0 < r1 && t0 < n_tok; t0 += MK_TOK_TILE) {
+      int64_t nt = n_tok - t0 < MK_TOK_TILE ? n_tok - t0 : MK_TOK_TILE;
+      for (int64_t b0 = r0; b0 < r1; b0 += MK_CHUNK_ROWS) {
+        int64_t b1 = b0 + MK_CHUNK_ROWS < r1 ? b0 + MK_CHUNK_ROWS : r1;
+        if (im->chunks[w->type] && xq) {
+          im->chunks[w->type](w, b0, b1, xqbuf + (size_t)t0 * tstride, cstride, tstride, nt, chunk_cols,
+                              parts ? parts + (size_t)t0 * rows : NULL, (size_t)n_tok * rows, y + t0 * rows, rows);
+          continue;
+        }
+        for (int64_t c = 0; c < nc; c++) {
+          mk_qmat_t v = chunk_view(w, chunk_cols, c);
+          const char *act = xq ? xqbuf + (size_t)t0 * tstride + (size_t)c * cstride
+                               : (const char *)(x + t0 * cols + c * chunk_cols);
+          float *dst = parts ? parts + ((size_t)c * n_tok + t0) * rows : (c == 0 ? y : tmp) + t0 * rows;
+          fn(&v, b0, b1, act, tstride, nt, dst, rows);
+          if (parts || c == 0) continue;
+          for (int64_t t = t0; t < t0 + nt; t++)
+            for (int64_t r = b0; r < b1; r++) y[t * rows + r] += tmp[t * rows + r];
+        }
+      }
+    }
+  }
+}

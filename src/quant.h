@@ -81,8 +81,29 @@ size_t mk_matmul_scratch_bytes(const mk_qmat_t *w, int64_t n_tok);
 
 /* y[t][r] = sum_c W[r][c] * x[t][c]   for t < n_tok, r < w->rows.
  * x: (n_tok, w->cols) fp32, y: (n_tok, w->rows) fp32. Threads: OpenMP, over rows (and tokens
- * for large n_tok); call it from outside any parallel region. scratch: mk_matmul_scratch_bytes. */
+ * for large n_tok); call it from outside any parallel region. scratch: mk_matmul_scratch_bytes.
+ *
+ * Invariance (every SIMD level): y[t][r] depends only on row r's bytes and token t's values,
+ * never on r's index, the number of rows or tokens in the call, nor the thread count. So a row
+ * slice gives the same bits as the whole matrix, a token the same bits alone as in any batch.
+ * tests/unit/test_quant.c checks it bit for bit. */
 void mk_matmul(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, int64_t n_tok,
                float *y, void *scratch);
+
+/* Chunked product for row-parallel layers (the reduction order does not depend on how the
+ * columns are split over ranks). Chunk c covers columns [c*chunk_cols, min((c+1)*chunk_cols,
+ * cols)) and its partial sum P_c is computed by the row kernel as if the chunk were a matrix of
+ * its own (its activations quantized from the chunk's first block on). Then:
+ *   parts != NULL: parts[(c*n_tok + t)*rows + r] = P_c[t][r]      (n_chunks, n_tok, rows); y unused
+ *   parts == NULL: y[t*rows + r] = ((P_0 + P_1) + P_2) + ...       fp32, in chunk order
+ * A column slice that starts on a chunk boundary yields the same P_c bits as the whole matrix,
+ * and mk_sum_parts over all P_c in order gives the same bits as the fused (parts == NULL) form.
+ * chunk_cols: a positive multiple of the type's block size. */
+int64_t mk_matmul_n_chunks(const mk_qmat_t *w, int64_t chunk_cols);
+size_t mk_matmul_chunks_scratch_bytes(const mk_qmat_t *w, int64_t n_tok, int64_t chunk_cols);
+void mk_matmul_chunks(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float *x, int64_t n_tok,
+                      int64_t chunk_cols, float *parts, float *y, void *scratch);
+/* y[i] = ((parts[idx[0]*n + i] + parts[idx[1]*n + i]) + ...) for i < n: the chunk-order sum. */
+void mk_sum_parts(float *y, const float *parts, const int *idx, int n_idx, size_t n);
 
 #endif

@@ -1,9 +1,10 @@
 /* AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c; used only when CPUID says so).
  *
  * Matmul micro-kernels take one weight row and up to MK_AVX2_TT tokens: each weight block is
- * loaded and unpacked once and multiplied with every token of the tile (prefill reuse). With one
- * or two tokens the block loop keeps two accumulator sets so the fp32 FMA chains do not bound
- * the loop. Integer products: _mm256_maddubs_epi16(unsigned weight codes, int8 activations),
+ * loaded and unpacked once and multiplied with every token of the tile (prefill reuse). The
+ * 32-block and float loops keep two accumulator sets (even / odd blocks) so the fp32 FMA chains
+ * do not bound the loop, for every tile size: a token's result never depends on the tile
+ * (batch invariance). Integer products: _mm256_maddubs_epi16(unsigned weight codes, int8 activations),
  * pairs summed with _mm256_madd_epi16; no int16 saturation is possible because weight codes
  * are <= 63 (Q8_0 uses |w| <= 128 with the sign moved onto the activation: 2*128*127 < 32768).
  * The arithmetic per type is the one written down in quant_ref.c. */
@@ -118,7 +119,8 @@ AI blk32_t decode_blk32(mk_type_t ty, const uint8_t *p) {
 /* y[t*ys] = dot(row, token t) for t < T. */
 AI void micro_blk32(mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t cols,
                     const char *act, size_t stride, const int T, float *y, int64_t ys) {
-  const int U = T <= 2 ? 2 : 1;
+  /* Two accumulator sets (even / odd blocks) whatever T is: a token's sum must not depend on how
+   * many tokens share the call (batch invariance, see quant.h). */
   int64_t nb = cols / 32;
   mk_xq_view_t x[MK_AVX2_TT];
   __m256 acc[MK_AVX2_TT][2];
@@ -142,11 +144,9 @@ AI void micro_blk32(mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t col
       if (ty != MK_TYPE_Q8_0) macc[t][u] += k.mc * x[t].s[bi];                               \
     }                                                                                        \
   } while (0)
-  if (U == 2) {
-    for (; b + 2 <= nb; b += 2) {
-      MK_BLK32_BODY(b, 0);
-      MK_BLK32_BODY(b + 1, 1);
-    }
+  for (; b + 2 <= nb; b += 2) {
+    MK_BLK32_BODY(b, 0);
+    MK_BLK32_BODY(b + 1, 1);
   }
   for (; b < nb; b++) MK_BLK32_BODY(b, 0);
 #undef MK_BLK32_BODY
@@ -154,6 +154,94 @@ AI void micro_blk32(mk_type_t ty, size_t bbytes, const uint8_t *row, int64_t col
   for (int t = 0; t < T; t++)
     y[t * ys] = hsum_ps(_mm256_add_ps(acc[t][0], acc[t][1])) + kmin * (macc[t][0] + macc[t][1]);
 }
+
+/* ---- chunked rows, 32-element block types (mk_matmul_chunks) ------------------------------
+ * One weight row, all its chunks: chunk c's partial is one accumulator over the chunk's blocks,
+ * reduced by hsum8 = ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)), plus kmin * (its min/offset sum).
+ * Eight chunks' accumulators are reduced at once by a hadd transpose in exactly that order, so the
+ * partial does not depend on how many chunks, rows or tokens share a call. */
+AI float hsum8_one(__m256 v) {
+  __m256 h = _mm256_hadd_ps(v, v);
+  h = _mm256_hadd_ps(h, h);
+  return _mm_cvtss_f32(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+/* out[i] = hsum8 of v[i], i < 8 */
+AI void hsum8_x8(const __m256 *v, float *out) {
+  __m256 h01 = _mm256_hadd_ps(v[0], v[1]), h23 = _mm256_hadd_ps(v[2], v[3]);
+  __m256 h45 = _mm256_hadd_ps(v[4], v[5]), h67 = _mm256_hadd_ps(v[6], v[7]);
+  __m256 a = _mm256_hadd_ps(h01, h23), b = _mm256_hadd_ps(h45, h67);
+  __m256 lo = _mm256_permute2f128_ps(a, b, 0x20), hi = _mm256_permute2f128_ps(a, b, 0x31);
+  _mm256_storeu_ps(out, _mm256_add_ps(lo, hi));
+}
+
+AI void chunks_blk32(mk_type_t ty, size_t bbytes, const mk_qmat_t *w, int64_t r0, int64_t r1, const char *act,
+                     size_t cstride, size_t tstride, int64_t n_tok, int64_t chunk_cols, float *parts,
+                     size_t pstride, float *y, int64_t ys) {
+  const int64_t cols = w->cols, nc = (cols + chunk_cols - 1) / chunk_cols, cb = chunk_cols / 32;
+  const float kmin = ty == MK_TYPE_Q4_0 ? -8.0f : ty == MK_TYPE_Q5_0 ? -16.0f : 1.0f;
+  enum { MAXC = 64 }; /* chunk views kept per token; more chunks are handled MAXC at a time */
+  mk_xq_view_t xv[MAXC];
+  int64_t nbk[MAXC];
+  for (int64_t t = 0; t < n_tok; t++)
+   for (int64_t g0 = 0; g0 < nc; g0 += MAXC) { /* chunks [g0, g1): their views, then every row */
+    const int64_t g1 = g0 + MAXC < nc ? g0 + MAXC : nc;
+    for (int64_t c = g0; c < g1; c++) {
+      const int64_t ccols = cols - c * chunk_cols < chunk_cols ? cols - c * chunk_cols : chunk_cols;
+      xv[c - g0] = mk_xq_view(act + (size_t)t * tstride + (size_t)c * cstride, ccols);
+      nbk[c - g0] = ccols / 32;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+      const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+      float sum = g0 == 0 ? 0.0f : (parts ? 0.0f : y[t * ys + r]);
+      for (int64_t c0 = g0; c0 < g1; c0 += 8) {
+        const int m = g1 - c0 < 8 ? (int)(g1 - c0) : 8;
+        __m256 acc[8];
+        float mac[8], part[8];
+        for (int j = 0; j < m; j++) {
+          const int64_t c = c0 + j;
+          const mk_xq_view_t x = xv[c - g0];
+          const uint8_t *wb = row + (size_t)(c * cb) * bbytes;
+          __m256 a = _mm256_setzero_ps();
+          float mc = 0.0f;
+          for (int64_t b = 0; b < nbk[c - g0]; b++) {
+            blk32_t k = decode_blk32(ty, wb + (size_t)b * bbytes);
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(x.qs + 32 * b));
+            if (ty == MK_TYPE_Q8_0) xv = _mm256_sign_epi8(xv, k.sgn);
+            a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_u8s8(k.q, xv)), _mm256_set1_ps(k.d * x.d[b]), a);
+            if (ty != MK_TYPE_Q8_0) mc += k.mc * x.s[b];
+          }
+          acc[j] = a;
+          mac[j] = mc;
+        }
+        if (m == 8) {
+          hsum8_x8(acc, part);
+        } else {
+          for (int j = 0; j < m; j++) part[j] = hsum8_one(acc[j]);
+        }
+        for (int j = 0; j < m; j++) {
+          float p = part[j] + kmin * mac[j];
+          if (parts)
+            parts[(size_t)(c0 + j) * pstride + (size_t)(t * ys + r)] = p;
+          else
+            sum = c0 + j == 0 ? p : sum + p;
+        }
+      }
+      if (!parts) y[t * ys + r] = sum;
+    }
+   }
+}
+
+#define MK_AVX2_CHUNKS(name, TY, BT)                                                                        \
+  static void name(const mk_qmat_t *w, int64_t r0, int64_t r1, const char *act, size_t cstride, size_t tstride, \
+                   int64_t n_tok, int64_t chunk_cols, float *parts, size_t pstride, float *y, int64_t ys) {     \
+    chunks_blk32(TY, sizeof(BT), w, r0, r1, act, cstride, tstride, n_tok, chunk_cols, parts, pstride, y, ys);   \
+  }
+MK_AVX2_CHUNKS(chunks_q4_0, MK_TYPE_Q4_0, mk_block_q4_0)
+MK_AVX2_CHUNKS(chunks_q4_1, MK_TYPE_Q4_1, mk_block_q4_1)
+MK_AVX2_CHUNKS(chunks_q5_0, MK_TYPE_Q5_0, mk_block_q5_0)
+MK_AVX2_CHUNKS(chunks_q5_1, MK_TYPE_Q5_1, mk_block_q5_1)
+MK_AVX2_CHUNKS(chunks_q8_0, MK_TYPE_Q8_0, mk_block_q8_0)
 
 /* ---- K types ----------------------------------------------------------------------------- */
 
@@ -348,7 +436,7 @@ AI float load1_w(mk_type_t ty, const uint8_t *row, int64_t i) {
 
 AI void micro_float(mk_type_t ty, const uint8_t *row, int64_t cols, const char *act, size_t stride,
                     const int T, float *y, int64_t ys) {
-  const int U = T <= 2 ? 2 : 1;
+  const int U = 2; /* fixed, whatever T is (batch invariance) */
   __m256 acc[MK_AVX2_TT][2];
   const float *x[MK_AVX2_TT];
   for (int t = 0; t < T; t++) {
@@ -582,6 +670,14 @@ static const mk_quant_impl_t mk_avx2_impl = {
             [MK_TYPE_Q4_K] = mk_avx2_rows_q4_k,
             [MK_TYPE_Q5_K] = mk_avx2_rows_q5_k,
             [MK_TYPE_Q6_K] = mk_avx2_rows_q6_k,
+        },
+    .chunks =
+        {
+            [MK_TYPE_Q4_0] = chunks_q4_0,
+            [MK_TYPE_Q4_1] = chunks_q4_1,
+            [MK_TYPE_Q5_0] = chunks_q5_0,
+            [MK_TYPE_Q5_1] = chunks_q5_1,
+            [MK_TYPE_Q8_0] = chunks_q8_0,
         },
 };
 

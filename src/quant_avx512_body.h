@@ -112,6 +112,18 @@ static inline __attribute__((always_inline)) void MK_SFX(group8)(
   }
 }
 
+/* The one horizontal-sum order of this file: per 128-bit lane (a0+a2)+(a1+a3), then
+ * (lane0+lane2)+(lane1+lane3). The four-at-once transpose-add in micro_g8 computes exactly this
+ * order too, so a row's sum does not depend on how many rows or tokens share the call (batch and
+ * slice invariance; _mm512_reduce_add_ps would use another order). */
+static inline __attribute__((always_inline)) float MK_SFX(hsum16)(__m512 v) {
+  __m512 s = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+  s = _mm512_add_ps(s, _mm512_permute_ps(s, 0xB1));
+  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  return _mm_cvtss_f32(q);
+}
+
 /* y[t*ys + r] = dot(row r, token t) for r < R, t < T (R*T <= 4). */
 static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
     mk_type_t ty, size_t bbytes, const uint8_t *const *rows, const int R, int64_t cols,
@@ -149,7 +161,7 @@ static inline __attribute__((always_inline)) void MK_SFX(micro_g8)(
     return;
   }
   for (int r = 0; r < R; r++)
-    for (int t = 0; t < T; t++) y[t * ys + r] = _mm512_reduce_add_ps(v[r * T + t]);
+    for (int t = 0; t < T; t++) y[t * ys + r] = MK_SFX(hsum16)(v[r * T + t]);
 }
 #undef MK_DOT_ACC
 

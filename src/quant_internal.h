@@ -76,10 +76,19 @@ static inline bool mk_type_uses_xq(mk_type_t t) {
 typedef void (*mk_rows_fn)(const mk_qmat_t *w, int64_t r0, int64_t r1, const void *act,
                            size_t act_stride, int64_t n_tok, float *y, int64_t y_stride);
 
+/* Chunked rows (mk_matmul_chunks) in one pass over each weight row: rows r0..r1, n_tok tokens;
+ * chunk c of token t reads its own XQ row at act + t*tstride + c*cstride. Writes chunk c's
+ * partial to parts[c*pstride + t*ys + r] (parts != NULL), else y[t*ys + r] = the partials added
+ * in chunk order. Optional per type: mk_matmul_chunks falls back to the rows kernel per chunk. */
+typedef void (*mk_chunks_fn)(const mk_qmat_t *w, int64_t r0, int64_t r1, const char *act, size_t cstride,
+                             size_t tstride, int64_t n_tok, int64_t chunk_cols, float *parts, size_t pstride,
+                             float *y, int64_t ys);
+
 typedef struct mk_quant_impl {
   /* x (cols) fp32 -> one XQ row in the given layout; cols a multiple of 32. */
   void (*quantize_xq)(const float *x, int64_t cols, void *xq, int layout);
   mk_rows_fn rows[MK_TYPE_COUNT];        /* NULL: type not multipliable */
+  mk_chunks_fn chunks[MK_TYPE_COUNT];    /* NULL: the rows kernel per chunk */
   uint8_t xq_layout[MK_TYPE_COUNT];      /* MK_XQ_* the row kernel of each type reads */
 } mk_quant_impl_t;
 

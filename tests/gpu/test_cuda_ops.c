@@ -189,6 +189,66 @@ static void test_matmul(void **state) {
   assert_int_equal(failures, 0);
 }
 
+/* Chunked matmul (deterministic numerics): the device's chunk partials against the CPU's (same
+ * bounds as test_matmul), and on the device, bit for bit: the fused form equals sum_parts over the
+ * partials, and a token's partials do not depend on the batch it is in. */
+static void test_matmul_chunks(void **state) {
+  uint64_t st = 21;
+  int failures = 0;
+  const mk_type_t types[] = {MK_TYPE_F32, MK_TYPE_Q4_1, MK_TYPE_Q8_0};
+  for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+    const mk_type_t t = types[ti];
+    const int64_t rows = 97, cols = 352, chunk = 64, nc = 6, n = 5; /* the last chunk is short */
+    mk_qmat_t m;
+    uint8_t *raw = rand_matrix(t, rows, cols, &st, &m);
+    mk_bweight_t wc, wg;
+    mk_error_t err;
+    assert_int_equal(g_fx.cpu.ops->weight_prepare(&g_fx.cpu, &m, &wc, &err), 0);
+    if (g_fx.gpu.ops->weight_prepare(&g_fx.gpu, &m, &wg, &err) != 0) fail_msg("%s: %s", mk_type_name(t), err.msg);
+    const size_t np = (size_t)(nc * n * rows);
+    float *x = rand_vec((size_t)(n * cols), 1.f, &st), *pc = calloc(np, sizeof(float)), *pg = calloc(np, sizeof(float));
+    float *p1 = calloc((size_t)(nc * rows), sizeof(float)), *yf = calloc((size_t)(n * rows), sizeof(float));
+    float *ys = calloc((size_t)(n * rows), sizeof(float));
+    assert_int_equal(0, g_fx.cpu.ops->matmul_chunks(&g_fx.cpu, &wc, x, (int)n, (int)chunk, pc, NULL, &op_err));
+    float *dx = to_dev(x, sizeof(float) * (size_t)(n * cols)), *dp = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * np);
+    float *dy = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * (size_t)(n * rows));
+    float *dy2 = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * (size_t)(n * rows));
+    assert_int_equal(0, g_fx.gpu.ops->matmul_chunks(&g_fx.gpu, &wg, dx, (int)n, (int)chunk, dp, NULL, &op_err));
+    from_dev(pg, dp, sizeof(float) * np);
+    char what[80];
+    snprintf(what, sizeof what, "matmul_chunks %s partials", mk_type_name(t));
+    failures += !mk_gpu_close(what, pg, pc, np, mk_type_block_elems(t) > 1 ? 3e-4 : 1e-5);
+    int idx[6] = {0, 1, 2, 3, 4, 5};
+    assert_int_equal(0, g_fx.gpu.ops->matmul_chunks(&g_fx.gpu, &wg, dx, (int)n, (int)chunk, NULL, dy, &op_err));
+    assert_int_equal(0, g_fx.gpu.ops->sum_parts(&g_fx.gpu, dy2, dp, idx, (int)nc, (size_t)(n * rows), &op_err));
+    from_dev(yf, dy, sizeof(float) * (size_t)(n * rows));
+    from_dev(ys, dy2, sizeof(float) * (size_t)(n * rows));
+    if (memcmp(yf, ys, sizeof(float) * (size_t)(n * rows)) != 0) {
+      fprintf(stderr, "%s: fused chunk sum differs from sum_parts\n", mk_type_name(t));
+      failures++;
+    }
+    for (int64_t tk = 0; tk < n; tk++) { /* token tk alone */
+      assert_int_equal(0, g_fx.gpu.ops->matmul_chunks(&g_fx.gpu, &wg, dx + tk * cols, 1, (int)chunk, dp, NULL, &op_err));
+      from_dev(p1, dp, sizeof(float) * (size_t)(nc * rows));
+      for (int64_t c = 0; c < nc; c++)
+        if (memcmp(p1 + c * rows, pg + (c * n + tk) * rows, sizeof(float) * (size_t)rows) != 0) {
+          fprintf(stderr, "%s: token %lld chunk %lld alone differs from in the batch\n", mk_type_name(t),
+                  (long long)tk, (long long)c);
+          failures++;
+        }
+    }
+    gsync();
+    g_fx.gpu.ops->dealloc(&g_fx.gpu, dx);
+    g_fx.gpu.ops->dealloc(&g_fx.gpu, dp);
+    g_fx.gpu.ops->dealloc(&g_fx.gpu, dy);
+    g_fx.gpu.ops->dealloc(&g_fx.gpu, dy2);
+    g_fx.gpu.ops->weight_release(&g_fx.gpu, &wg);
+    g_fx.cpu.ops->weight_release(&g_fx.cpu, &wc);
+    free(x), free(pc), free(pg), free(p1), free(yf), free(ys), free(raw);
+  }
+  assert_int_equal(failures, 0);
+}
+
 static void test_embed(void **state) {
   uint64_t st = 13;
   mk_qmat_t m;
@@ -517,6 +577,7 @@ int main(void) {
   }
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_weight_dequant), cmocka_unit_test(test_matmul),
+      cmocka_unit_test(test_matmul_chunks),
       cmocka_unit_test(test_embed),          cmocka_unit_test(test_rmsnorm_add_bias_swiglu),
       cmocka_unit_test(test_rope),           cmocka_unit_test(test_group_qsum),
       cmocka_unit_test(test_attention_policies), cmocka_unit_test(test_errors),

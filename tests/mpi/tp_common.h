@@ -7,6 +7,7 @@
 
 #include "kvcache/kvcache.h"
 #include "parallel/ctx.h"
+#include "src/cli.h" /* mk_ctx_abort */
 
 static int fails;
 #define CHECK(cond, ...)                     \

@@ -4,8 +4,8 @@
  *
  *   tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM]]]     (default 4 24 f32 16)
  *
- * The quantized weight types are for manual runs: their matmuls round activations to 8 bits,
- * so kept sets and tokens may drift from T = 1 (see tp_engine_test.c), and they need HEAD_DIM a
+ * The quantized weight types are for manual runs (the deterministic numerics keep them equal to
+ * T = 1 as well, although their matmuls round activations to 8 bits); they need HEAD_DIM a
  * multiple of 32 (default 32 for them), since attn_output is sliced by columns on query-head
  * boundaries and a column slice of a quantized row must fall on 32-element blocks.
  *
@@ -19,8 +19,10 @@
  *    row-parallel partial sums, ~1e-7 relative, far below the gaps between eviction scores);
  *  - the greedy token (argmax of the T-rank logits, fed to both engines) equals T = 1's argmax at
  *    every step (required, 0 divergences);
- *  - the score-sync bytes are exactly what the engine should send: per layer and replicated KV
- *    head one head_dim query sum per row the policy reads (W prefill rows, 1 per decode step),
+ *  - the logits equal T = 1's bit for bit (deterministic numerics, src/engine.c);
+ *  - the score-sync bytes are exactly what the engine should send: per layer and row the policy
+ *    reads (W prefill rows, 1 per decode step), the all-gather of the replicated heads' query
+ *    vectors, T x (most such query heads on one rank) x head_dim floats,
  *    0 when nothing is replicated, and per decode token under half the model's all-reduce bytes.
  * Prints "PASS: tp_synth_test ..." or "FAIL ..." (ctest matches FAIL). */
 #include <math.h>
@@ -147,18 +149,33 @@ int main(int argc, char **argv) {
   mk_plan_dims_t dims;
   mk_tensor_source_t src = mk_gguf_tensor_source(mk_engine_gguf(tp));
   mk_model_plan_dims(cfg, &src, &dims);
-  int holders[64] = {0}, n_rep = 0, vocab_slice_max = 0;
+  int holders[64] = {0}, n_rep = 0, vocab_slice_max = 0, qb[64], qe[64], max_loc_o = 0, max_loc_d = 0;
   if (KVH > 64 || V > 1024) mk_ctx_abort(&ctx, "synthetic model larger than this test's tables");
   for (int r = 0; r < T; r++) {
     mk_plan_t pr;
     if (mk_plan_make(&dims, T, r, &pr, &err) != 0) die(&ctx, &err);
     for (int h = pr.kv_begin; h < pr.kv_end; h++) holders[h]++;
+    if (r < 64) qb[r] = pr.q_begin, qe[r] = pr.q_end;
+    /* chunks of the row-parallel layers: whole query heads of attn_output, ff_align of ffn_down */
+    int co = (pr.q_end - pr.q_begin) * cfg->head_dim / mk_model_attn_out_chunk(cfg, &src);
+    int cd = (pr.ff_end - pr.ff_begin) / dims.ff_align;
+    if (co > max_loc_o) max_loc_o = co;
+    if (cd > max_loc_d) max_loc_d = cd;
     if (pr.vocab_end - pr.vocab_begin > vocab_slice_max) vocab_slice_max = pr.vocab_end - pr.vocab_begin;
     if (ctx.rank == 0)
       printf("T=%d plan rank %d: query heads [%d,%d) KV heads [%d,%d) ff [%d,%d) vocab [%d,%d)\n", T, r, pr.q_begin,
              pr.q_end, pr.kv_begin, pr.kv_end, pr.ff_begin, pr.ff_end, pr.vocab_begin, pr.vocab_end);
   }
   for (int h = 0; h < KVH; h++) n_rep += holders[h] > 1;
+  /* The ordered score sync all-gathers the query vectors of the replicated heads: each rank sends
+   * as many head_dim vectors per row and layer as the rank with the most such query heads. */
+  int qs_m = 0, g = cfg->n_head / KVH;
+  for (int r = 0; r < T && r < 64; r++) {
+    int cnt = 0;
+    for (int h = 0; h < KVH; h++)
+      for (int u = h * g; u < (h + 1) * g && holders[h] > 1; u++) cnt += u >= qb[r] && u < qe[r];
+    if (cnt > qs_m) qs_m = cnt;
+  }
   if (ctx.rank == 0) {
     printf("T=%d: model %d layers, %d query heads, %d KV heads, head_dim %d, n_ff %d, vocab %d, weights %s; "
            "replicated KV heads:",
@@ -233,10 +250,14 @@ int main(int argc, char **argv) {
   mk_engine_get_stats(tp, &s1);
 
   if (ctx.rank == 0) {
-    const double per_row = (double)L * n_rep * d * sizeof(float); /* one query sum per layer, replicated head */
+    const double per_row = (double)L * T * qs_m * d * sizeof(float); /* all-gathered query vectors per layer */
     const double score_dec = (double)(s1.comm_score_bytes - s0.comm_score_bytes) / N_NEW;
     const double model_dec = (double)(s1.comm_model_bytes - s0.comm_model_bytes) / N_NEW;
-    const double model_expect = T > 1 ? 2.0 * L * cfg->n_embd * sizeof(float) + (double)T * vocab_slice_max * sizeof(float) : 0;
+    /* per layer: the all-gathers of the chunk partials of attn_output and ffn_down (T slots of
+     * the most chunks one rank holds, n_embd floats each); then the logit slices */
+    const double model_expect =
+        T > 1 ? (double)L * T * (max_loc_o + max_loc_d) * cfg->n_embd * sizeof(float) + (double)T * vocab_slice_max * sizeof(float)
+              : 0;
     const int pre_rows = np < kv.window ? np : kv.window;
     printf("T=%d morphkv W=%d C=%d: prompt %d tokens, %d greedy tokens (%d distinct), %d identical to T=1's argmax "
            "(max |logit diff| %.3g)\n",
@@ -256,6 +277,8 @@ int main(int argc, char **argv) {
           cs.ref_checks);
     CHECK(cs.nonsuffix_sets > 0, "MorphKV only ever kept the most recent tokens");
     CHECK(diverged == 0, "%d greedy tokens differ from T=1's (first at step %d)", diverged, first_div);
+    CHECK(model_dec == model_expect, "model bytes %.1f per decode token, expected %.0f", model_dec, model_expect);
+    CHECK(max_logit_diff == 0, "logits differ from T=1 by up to %.3g (deterministic numerics)", max_logit_diff);
     CHECK(distinct >= 2, "greedy decoding produced a single token");
     if (n_rep > 0) {
       CHECK((double)s0.comm_score_bytes == per_row * pre_rows, "prefill score sync %llu bytes, expected %.0f",

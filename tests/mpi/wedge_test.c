@@ -36,6 +36,17 @@ static int wrapped_allreduce_sum(mk_comm_t *c, float *buf, size_t n, mk_error_t 
   return real_ops->allreduce_sum_f32(c, buf, n, err);
 }
 
+/* With the deterministic numerics (the default) the score sync is an all-gather of query vectors. */
+static int wrapped_allgather(mk_comm_t *c, const void *send, void *recv, size_t bytes_each, mk_error_t *err) {
+  if (c->tag == MK_COMM_SCORE && ++n_score == stop_at && c->rank == stop_rank) {
+    fprintf(stderr, "wedge_test: rank %d stops itself (pid %ld) before score-sync all-gather #%d\n",
+            c->rank, (long)getpid(), n_score);
+    fflush(stderr);
+    raise(SIGSTOP);
+  }
+  return real_ops->allgather(c, send, recv, bytes_each, err);
+}
+
 /* An engine error ends the job as the CLI does (the watchdog's diagnosis arrives this way). */
 static void die(const mk_ctx_t *ctx, const mk_error_t *err) { mk_ctx_abort(ctx, err->msg); }
 
@@ -51,6 +62,7 @@ int main(int argc, char **argv) {
   real_ops = ctx.comm->ops;
   wrapped_ops = *real_ops;
   wrapped_ops.allreduce_sum_f32 = wrapped_allreduce_sum;
+  wrapped_ops.allgather = wrapped_allgather;
   ctx.comm->ops = &wrapped_ops;
 
   mk_engine_params_t ep = {.model_path = argv[1],
