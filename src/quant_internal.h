@@ -121,6 +121,7 @@ void mk_avx2_rows_q4_k(MK_ROWS_PARAMS);
 void mk_avx2_rows_q5_k(MK_ROWS_PARAMS);
 void mk_avx2_rows_q6_k(MK_ROWS_PARAMS);
 void mk_avx2_dequant_row(mk_type_t t, const void *src, float *dst, int64_t n);
+bool mk_cpu_has_f16c(void); /* CPUID leaf 1 (clang 14 has no "f16c" for __builtin_cpu_supports) */
 bool mk_cpu_has_avx512_vnni(void);
 
 #endif

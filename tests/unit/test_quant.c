@@ -249,8 +249,7 @@ __attribute__((target("f16c"))) static int f16c_compare(uint64_t *s) {
 
 static void test_f16_vs_hardware(void **state) {
   (void)state;
-  __builtin_cpu_init();
-  if (!__builtin_cpu_supports("f16c")) {
+  if (!mk_cpu_has_f16c()) {
     printf("  [skipped] no F16C on this CPU\n");
     return;
   }
