@@ -1036,7 +1036,7 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
 
   /* engines: weights are memory-mapped and borrowed, so each extra engine costs only its cache */
   mk_engine_params_t ep = {.model_path = o.g.model, .tp = o.g.tp,
-                           .numerics = o.g.deterministic_off ? MK_NUMERICS_FAST : MK_NUMERICS_DETERMINISTIC};
+                           .numerics = o.g.deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o.g.backend;
   ep.backend.n_threads = o.g.threads;
   ep.backend.simd = o.g.simd;
