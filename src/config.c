@@ -89,7 +89,7 @@ static const opt_def_t OPTS[] = {
     {O_TP, "tp", K_INT, "N", "expected tensor-parallel degree, checked against the MPI world",
      false},
     {O_DETERMINISTIC, "deterministic", K_ENUM, "on|off",
-     "on: the same bits for every rank count and batch; off: all-reduce rank partials (default on)",
+     "on: the same bits for every rank count and batch; off: all-reduce rank partials (default off)",
      false},
     {O_COMM_TIMEOUT, "comm-timeout", K_FLOAT, "SECONDS",
      "abort every rank when a collective waits longer than SECONDS for a wedged rank, naming "
@@ -384,7 +384,7 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
     case O_TP: return parse_int(d, v, 0, 65536, &o->tp, err);
     case O_DETERMINISTIC:
       if ((e = parse_enum(d, v, err)) < 0) return -1;
-      o->deterministic_off = e == 1;
+      o->deterministic = e == 0;
       return 0;
     case O_COMM_TIMEOUT: return parse_float(d, v, 0.0, 1e6, &o->comm_timeout, err);
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);

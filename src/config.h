@@ -39,7 +39,7 @@ typedef struct mk_gen_opts {
   mk_backend_kind_t backend;
   int simd;            /* -1: best available, else mk_simd_t */
   int tp;              /* 0: the world size */
-  bool deterministic_off; /* --deterministic off: MK_NUMERICS_FAST */
+  bool deterministic;   /* --deterministic on: MK_NUMERICS_DETERMINISTIC (default off) */
   float comm_timeout;  /* seconds a collective may wait before the job is aborted; 0 = off */
   bool ignore_eos;     /* keep generating past end-of-generation tokens (benchmarks) */
   bool quiet, progress;

@@ -13,7 +13,7 @@
  *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
  * Every rank ends with the same full logits, so the same sampler picks the same token.
  *
- * Invariance (MK_NUMERICS_DETERMINISTIC, the default; README "Numerics"). The logits do not
+ * Invariance (MK_NUMERICS_DETERMINISTIC, --deterministic on; README "Numerics"). The logits do not
  * depend on the rank count T nor on the batch:
  * - rowpar: the output is the left-to-right sum of the partials of fixed column chunks (one
  *   query head of attn_output; the plan's ff unit of ffn_down), whatever T is. A rank computes

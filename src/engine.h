@@ -23,9 +23,11 @@
 
 /* Reduction order of the row-parallel layers (README "Numerics"). */
 typedef enum mk_numerics {
-  MK_NUMERICS_DETERMINISTIC = 0, /* fixed column chunks added in chunk order: the same bits for every
-                                    rank count and batch (--deterministic on) */
-  MK_NUMERICS_FAST = 1,          /* one partial per rank, all-reduced (--deterministic off) */
+  MK_NUMERICS_FAST = 0,          /* one partial per rank, all-reduced: bits depend on T (the default,
+                                    --deterministic off) */
+  MK_NUMERICS_DETERMINISTIC = 1, /* fixed column chunks added in chunk order: the same bits for every
+                                    rank count and batch (--deterministic on; costs ~9% decode and
+                                    ~25% prefill on one process, docs/benchmarks.md) */
 } mk_numerics_t;
 
 typedef struct mk_engine_params {

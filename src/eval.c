@@ -1029,7 +1029,7 @@ static int eval_plan_runs(eval_state_t *s, mk_error_t *err) {
 static int eval_open_engines(eval_state_t *s, int n_ps, mk_error_t *err) {
   const eval_opts_t *o = s->o;
   mk_engine_params_t ep = {.model_path = o->g.model, .tp = o->g.tp,
-                           .numerics = o->g.deterministic_off ? MK_NUMERICS_FAST : MK_NUMERICS_DETERMINISTIC};
+                           .numerics = o->g.deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o->g.backend;
   ep.backend.n_threads = o->g.threads;
   ep.backend.simd = o->g.simd;

@@ -386,7 +386,7 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
 static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
   mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp,
-                           .numerics = o->deterministic_off ? MK_NUMERICS_FAST : MK_NUMERICS_DETERMINISTIC};
+                           .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o->backend;
   ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
   ep.backend.simd = o->simd;

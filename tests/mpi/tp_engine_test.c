@@ -39,7 +39,8 @@ int main(int argc, char **argv) {
     kv.window = atoi(argv[3]);
     kv.capacity = atoi(argv[4]);
   }
-  mk_engine_params_t ep = {.model_path = argv[1], .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1}};
+  mk_engine_params_t ep = {.model_path = argv[1], .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1},
+                           .numerics = MK_NUMERICS_DETERMINISTIC};
   mk_engine_t *tp = NULL, *ref = NULL;
   if (mk_engine_open(&tp, &ep, &ctx, &err) != 0) die(&ctx, &err);
   if (ctx.rank == 0 && mk_engine_open(&ref, &ep, NULL, &err) != 0) die(&ctx, &err);

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+#include "src/cli.h" /* mk_ctx_abort */
 #include "src/engine.h"
 #include "tests/mpi/tp_common.h"
 
@@ -190,7 +191,8 @@ int main(int argc, char **argv) {
   if (argc < 5) mk_ctx_abort(&ctx, "usage: tp_invariance_test MODEL GOLDEN_JSON DUMP write|check [N_NEW]");
   tctx_t t = {.ctx = &ctx, .check = strcmp(argv[4], "check") == 0, .n_new = argc > 5 ? atoi(argv[5]) : 256};
   if (!t.check && ctx.world != 1) mk_ctx_abort(&ctx, "write the dump with one rank");
-  mk_engine_params_t ep = {.model_path = argv[1], .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1}};
+  mk_engine_params_t ep = {.model_path = argv[1], .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1},
+                           .numerics = MK_NUMERICS_DETERMINISTIC};
   if (mk_engine_open(&t.e, &ep, &ctx, &err) != 0) die(&ctx, &err);
   t.V = mk_engine_n_vocab(t.e);
   t.n_kv = mk_engine_config(t.e)->n_kv_head;

@@ -36,7 +36,7 @@ static int wrapped_allreduce_sum(mk_comm_t *c, float *buf, size_t n, mk_error_t 
   return real_ops->allreduce_sum_f32(c, buf, n, err);
 }
 
-/* With the deterministic numerics (the default) the score sync is an all-gather of query vectors. */
+/* With the deterministic numerics (--deterministic on) the score sync is an all-gather of query vectors. */
 static int wrapped_allgather(mk_comm_t *c, const void *send, void *recv, size_t bytes_each, mk_error_t *err) {
   if (c->tag == MK_COMM_SCORE && ++n_score == stop_at && c->rank == stop_rank) {
     fprintf(stderr, "wedge_test: rank %d stops itself (pid %ld) before score-sync all-gather #%d\n",
