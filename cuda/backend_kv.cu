@@ -240,6 +240,14 @@ static int attn_units(const mk_attn_params_t *p, mk_cuda_attn_unit_t *units) {
   return n_units;
 }
 
+/* q . K[slot] with the CPU backend's own dot kernels, so that a host policy sees the very rows
+ * the CPU reference would compute from the same K/V and queries. */
+static float key_dot(const mk_cpu_kernels_t *K, mk_kv_dtype_t dt, const mk_kv_head_t *h, int s, const float *q,
+                     int d) {
+  return dt == MK_KV_F16 ? K->dot_f16((const uint16_t *)h->k + (size_t)s * d, q, d)
+                         : K->dot_f32((const float *)h->k + (size_t)s * d, q, d);
+}
+
 /* Score rows of one KV head for the query of batch row t (host K/V copy, host q/qsum). */
 static void host_row_head(const mk_attn_params_t *p, const mk_attn_rows_t *rows, const mk_kv_head_t *h, int j,
                           int t, int64_t qpos, const float *hq, const float *hqs, float *tmp) {
@@ -254,8 +262,7 @@ static void host_row_head(const mk_attn_params_t *p, const mk_attn_rows_t *rows,
     if (ls) ls[s] = -INFINITY;
     ps[s] = 0.f;
   }
-#define MK_KEY(s, i) (dt == MK_KV_F16 ? mk_f16_to_f32(((const uint16_t *)h->k)[(size_t)(s) * d + (i)]) \
-                                      : ((const float *)h->k)[(size_t)(s) * d + (i)])
+  const mk_cpu_kernels_t *K = mk_cpu_kernels_get(mk_simd_best());
   for (int u = 0; u < n_q; u++) {
     if (p->q_to_kv[u] != j) continue;
     float *lu = rows->logits ? rows->logits + (kr * n_q + u) * ns : tmp, *pu = rows->probs + (kr * n_q + u) * ns;
@@ -264,9 +271,7 @@ static void host_row_head(const mk_attn_params_t *p, const mk_attn_rows_t *rows,
     for (int s = 0; s < ns; s++) {
       lu[s] = -INFINITY;
       if (s >= h->hi || h->pos[s] < 0 || h->pos[s] > qpos) continue;
-      float dot = 0.f;
-      for (int i = 0; i < d; i++) dot += MK_KEY(s, i) * qv[i];
-      lu[s] = dot * scale;
+      lu[s] = key_dot(K, dt, h, s, qv, d) * scale;
       if (lu[s] > mx) mx = lu[s];
     }
     double sum = 0;
@@ -287,12 +292,9 @@ static void host_row_head(const mk_attn_params_t *p, const mk_attn_rows_t *rows,
     const float *qv = hqs + (kr * n_kv + j) * d;
     for (int s = 0; s < h->hi; s++) {
       if (h->pos[s] < 0 || h->pos[s] > qpos) continue;
-      float dot = 0.f;
-      for (int i = 0; i < d; i++) dot += MK_KEY(s, i) * qv[i];
-      ls[s] = dot * scale;
+      ls[s] = key_dot(K, dt, h, s, qv, d) * scale;
     }
   }
-#undef MK_KEY
 }
 
 /* The score rows [row0, row1) of a host policy, from the host copy of K/V. */
