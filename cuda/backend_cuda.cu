@@ -245,6 +245,31 @@ static int cuda_sync(mk_backend_t *b, mk_error_t *err) {
   return mirror_apply_all(c, err);
 }
 
+/* Device-to-device rows, async on the stream (collective payload packing). */
+static int cuda_copy2d(mk_backend_t *b, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                       size_t height, mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  if (sticky(c, err)) return -1;
+  if (!width || !height) return 0;
+  cudaCheck(err, c->dev, cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice,
+                                           c->stream));
+  return 0;
+}
+
+/* Pinned host memory (the MPI communicator stages device buffers through it). */
+static void *cuda_host_alloc(mk_backend_t *b, size_t bytes) {
+  void *p = NULL;
+  if (cudaMallocHost(&p, bytes ? bytes : 16) != cudaSuccess) {
+    cudaGetLastError();
+    return NULL;
+  }
+  return p;
+}
+
+static void cuda_host_free(mk_backend_t *b, void *p) {
+  if (p) cudaFreeHost(p);
+}
+
 /* ---- weights ------------------------------------------------------------------------------ */
 
 static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
@@ -1030,6 +1055,9 @@ static mk_backend_ops_t cuda_ops_make(void) {
   o.group_qsum = cuda_group_qsum;
   o.attention = cuda_attention;
   o.sync = cuda_sync;
+  o.copy2d = cuda_copy2d;
+  o.host_alloc = cuda_host_alloc;
+  o.host_free = cuda_host_free;
   return o;
 }
 
@@ -1045,12 +1073,11 @@ extern "C" int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *
     return mk_fail(err, "no CUDA device (%s; CUDA_VISIBLE_DEVICES=%s)",
                    e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", vis ? vis : "unset");
   }
-  if (p->device < 0 || p->device >= count)
-    return mk_fail(err, "CUDA device %d requested, but %d device%s visible (CUDA_VISIBLE_DEVICES=%s)", p->device,
-                   count, count == 1 ? " is" : "s are", vis ? vis : "unset");
+  if (p->device < 0)
+    return mk_fail(err, "CUDA device %d requested (CUDA_VISIBLE_DEVICES=%s)", p->device, vis ? vis : "unset");
   cuda_impl_t *c = (cuda_impl_t *)calloc(1, sizeof *c);
   if (!c) return mk_fail(err, "cuda backend: out of memory");
-  c->dev = p->device;
+  c->dev = p->device % count; /* p->device is the node-local rank: ranks beyond the devices share them */
   b->impl = c;
   b->ops = &cuda_ops;
   b->n_threads = p->n_threads;
@@ -1068,6 +1095,10 @@ extern "C" int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *
   MK_INIT_CHECK(cudaSetDevice(c->dev));
   MK_INIT_CHECK(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, c->dev));
   MK_INIT_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  MK_INIT_CHECK(cudaDeviceGetPCIBusId(b->comm.device_id, (int)sizeof b->comm.device_id, c->dev));
+  b->comm.device_memory = true;
+  b->comm.stream = (void *)c->stream;
+  b->comm.device = c->dev;
   for (int r = 0; r < MK_STAGE_REGIONS; r++)
     MK_INIT_CHECK(cudaEventCreateWithFlags(&c->stage_ev[r], cudaEventDisableTiming));
 #undef MK_INIT_CHECK

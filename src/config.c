@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_COMM, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -86,6 +86,10 @@ static const opt_def_t OPTS[] = {
     {O_SIMD, "simd", K_ENUM, "auto|scalar|avx2|avx512", "force a CPU kernel level (default auto)",
      false},
     {O_TP, "tp", K_INT, "N", "expected tensor-parallel degree, checked against the MPI world",
+     false},
+    {O_COMM, "comm", K_ENUM, "auto|nccl|mpi",
+     "collectives: auto (CPU: mpi; CUDA: nccl with one GPU per rank, else mpi), nccl (CUDA, in place "
+     "on device buffers), mpi (CUDA: staged through pinned host memory; ranks may share a GPU)",
      false},
     {O_QUIET, "quiet", K_BOOL, NULL, "no statistics on stderr", false},
     {O_PROGRESS, "progress", K_BOOL, NULL, "progress lines on stderr while generating", false},
@@ -374,6 +378,10 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
       o->simd = e == 0 ? -1 : e == 1 ? MK_SIMD_SCALAR : e == 2 ? MK_SIMD_AVX2 : MK_SIMD_AVX512;
       return 0;
     case O_TP: return parse_int(d, v, 0, 65536, &o->tp, err);
+    case O_COMM:
+      if ((e = parse_enum(d, v, err)) < 0) return -1;
+      o->comm = e == 1 ? MK_COMM_KIND_NCCL : e == 2 ? MK_COMM_KIND_MPI : MK_COMM_KIND_AUTO;
+      return 0;
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);
     case O_QUIET: return parse_bool(d, v, &o->quiet, err);
     case O_PROGRESS: return parse_bool(d, v, &o->progress, err);

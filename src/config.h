@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "kvcache/kvcache.h"
+#include "parallel/comm_kind.h"
 #include "src/backend.h"
 #include "src/mk_error.h"
 #include "src/sampler.h"
@@ -39,6 +40,7 @@ typedef struct mk_gen_opts {
   mk_backend_kind_t backend;
   int simd;            /* -1: best available, else mk_simd_t */
   int tp;              /* 0: the world size */
+  mk_comm_kind_t comm; /* --comm (auto) */
   bool ignore_eos;     /* keep generating past end-of-generation tokens (benchmarks) */
   bool quiet, progress;
   char *config;        /* the config file that was loaded, if any */

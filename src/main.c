@@ -4,7 +4,7 @@
  * same argv. In `generate`, rank 0 alone reads the prompt, renders the chat template and
  * tokenizes, then hands the request (token ids, sampling, cache settings, stop strings) to every
  * rank as a protobuf message (parallel/request.h). All ranks then run the same loop: the engine
- * gives every rank the same full-vocabulary logits, the sampler is seeded identically, and the
+ * samples on every rank the same token (mk_engine_step_sample; seeded identically), and the
  * stop rules are deterministic, so every rank picks the same token and stops at the same step
  * without a per-token message. Rank 0 alone prints text, progress and statistics.
  *
@@ -309,7 +309,7 @@ static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_
   mk_engine_get_stats(e, &es);
   mk_rank_stats_t mine = {es.weight_bytes,     es.kv_live_bytes,    es.kv_peak_bytes,
                           es.kv_alloc_bytes,   es.policy_state_bytes, es.comm_model_bytes,
-                          es.comm_score_bytes, (uint64_t)es.kv_slots};
+                          es.comm_score_bytes, (uint64_t)es.kv_slots, es.comm_sample_bytes};
   if (ctx->world == 1) {
     all[0] = mine;
     return 0;
@@ -399,14 +399,14 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   float *logits = NULL;
 
   /* load (collective) */
-  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp};
+  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp, .comm = o.comm};
   ep.backend.kind = o.backend;
   ep.backend.n_threads = o.threads > 0 ? o.threads : default_threads(ctx);
   ep.backend.simd = o.simd;
   ep.backend.device = ctx->local_rank;
   double t0 = MPI_Wtime();
-  if (mk_engine_open(&e, &ep, ctx, &err) != 0) {
-    rc = fail_here(ctx, &err);
+  if (mk_engine_open(&e, &ep, ctx, &err) != 0) { /* agreed: every rank says why, none aborts */
+    fprintf(stderr, "morphkv generate: rank %d: %s\n", ctx->rank, err.msg);
     goto done;
   }
   st.load_s = MPI_Wtime() - t0;
@@ -483,7 +483,9 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   st.backend = o.backend == MK_BACKEND_CUDA ? "cuda" : "cpu";
   st.simd = o.backend == MK_BACKEND_CUDA ? "-"
                                          : mk_simd_name(o.simd < 0 ? mk_simd_best() : (mk_simd_t)o.simd);
-  st.comm = ctx->comm && ctx->comm->ops ? ctx->comm->ops->name : "mpi";
+  mk_engine_stats_t es0;
+  mk_engine_get_stats(e, &es0);
+  st.comm = es0.comm;
   st.kv_policy = mk_kv_policy_name(req.cache.policy);
   st.kv_dtype = req.cache.dtype == MK_KV_F16 ? "f16" : "f32";
   st.kv_window = req.cache.window;
@@ -498,7 +500,8 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
 
   /* prefill */
   t0 = MPI_Wtime();
-  if (mk_engine_step(e, 0, req.prompt, n_prompt, false, logits, &err) != 0) {
+  int32_t next = 0; /* sampled where the logits lie (mk_engine_step_sample): no full gather */
+  if (mk_engine_step_sample(e, 0, req.prompt, n_prompt, smp, hist, n_hist, &next, &err) != 0) {
     rc = fail_here(ctx, &err);
     goto done;
   }
@@ -517,9 +520,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   double t_gen0 = MPI_Wtime();
   int n_gen = 0;
   while (n_gen < max_new) {
-    double ts = MPI_Wtime();
-    int32_t id = mk_sampler_sample(smp, logits, hist, n_hist);
-    st.sample_s += MPI_Wtime() - ts;
+    int32_t id = next; /* sampling time is part of the prefill / decode step */
     if (!o.ignore_eos && mk_tok_is_eog(tok, id)) {
       st.stop_reason = "eos";
       break;
@@ -538,7 +539,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     }
     if (n_gen == max_new) break; /* the last token needs no forward pass */
     t0 = MPI_Wtime();
-    if (mk_engine_step(e, 0, &id, 1, false, logits, &err) != 0) {
+    if (mk_engine_step_sample(e, 0, &id, 1, smp, hist, n_hist, &next, &err) != 0) {
       rc = fail_here(ctx, &err);
       goto done;
     }
