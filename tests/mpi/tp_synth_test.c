@@ -131,23 +131,27 @@ static void check_sampling(mk_ctx_t *ctx, mk_engine_t *a, const mk_engine_params
     memcpy(hist, prompt, sizeof(int32_t) * (size_t)np);
     int nh = np, differ = 0;
     mk_engine_stats_t s0, s1;
-    int32_t next = 0;
-    if (mk_engine_step_sample(a, 0, prompt, np, sa, hist, nh, &next, &err) ||
-        mk_engine_step(b, 0, prompt, np, false, logits, &err))
-      die(ctx, &err);
+    int32_t next = 0, got[32], want[32];
+    /* a alone first (its exchange is counted alone: on the CPU both engines count on ctx->comm) */
+    if (mk_engine_step_sample(a, 0, prompt, np, sa, hist, nh, &next, &err)) die(ctx, &err);
     mk_engine_get_stats(a, &s0);
     for (int step = 0; step < n_new; step++) {
-      int32_t want = mk_sampler_sample(sb, logits, hist, nh);
-      if (want != next && differ++ < 3)
-        fprintf(stderr, "FAIL: rank %d sampler %d step %d: distributed sampling chose %d, the full gather %d\n",
-                ctx->rank, k, step, next, want);
+      got[step] = next;
       hist[nh++] = next;
-      int32_t tok = next;
-      if (mk_engine_step_sample(a, 0, &tok, 1, sa, hist, nh, &next, &err) ||
-          mk_engine_step(b, 0, &tok, 1, false, logits, &err))
-        die(ctx, &err);
+      if (mk_engine_step_sample(a, 0, &got[step], 1, sa, hist, nh, &next, &err)) die(ctx, &err);
     }
     mk_engine_get_stats(a, &s1);
+    /* then b on the same tokens, sampling from the full gathered logits */
+    nh = np;
+    if (mk_engine_step(b, 0, prompt, np, false, logits, &err)) die(ctx, &err);
+    for (int step = 0; step < n_new; step++) {
+      want[step] = mk_sampler_sample(sb, logits, hist, nh);
+      if (want[step] != got[step] && differ++ < 3)
+        fprintf(stderr, "FAIL: rank %d sampler %d step %d: distributed sampling chose %d, the full gather %d\n",
+                ctx->rank, k, step, got[step], want[step]);
+      hist[nh++] = got[step];
+      if (mk_engine_step(b, 0, &got[step], 1, false, logits, &err)) die(ctx, &err);
+    }
     const int per = mk_sampler_cand_count(sa);
     const double bytes = (double)(s1.comm_sample_bytes - s0.comm_sample_bytes) / n_new;
     const double expect = T > 1 ? (double)T * per * sizeof(mk_sample_cand_t) : 0;

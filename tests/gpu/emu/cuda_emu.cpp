@@ -188,6 +188,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
   *s = (cudaStream_t)malloc(16);
   return cudaSuccess;
 }
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   free((void *)s);
   return cudaSuccess;

@@ -81,7 +81,7 @@ static ncclResult_t check_call(ncclComm_t comm, int mpi_rc, const char *what) {
 }
 
 static ncclResult_t complete_pending(void) {
-  int rc = g_npend ? MPI_SUCCESS : MPI_SUCCESS;
+  int rc = MPI_SUCCESS;
   for (int i = 0; i < g_npend; i++) {
     int r = MPI_Wait(&g_pend[i].req, MPI_STATUS_IGNORE);
     if (r != MPI_SUCCESS) rc = r;
@@ -220,7 +220,7 @@ ncclResult_t ncclSend(const void *send, size_t count, ncclDataType_t t, int peer
   if (mpi_type(t, &mt, &es)) return fail(comm, ncclInvalidArgument, "type not emulated");
   if (count > (size_t)INT32_MAX) return fail(comm, ncclInvalidArgument, "count over 2^31");
   pending_t *p = pending_add();
-  if (!p || !(p->copy = malloc(count * es ? count * es : 1))) return fail(comm, ncclSystemError, "out of memory");
+  if (!p || !(p->copy = malloc(count > 0 ? count * es : 1))) return fail(comm, ncclSystemError, "out of memory");
   memcpy(p->copy, send, count * es);
   return check_call(comm, MPI_Isend(p->copy, (int)count, mt, peer, 0, comm->comm, &p->req), "MPI_Isend failed");
 }
