@@ -286,9 +286,12 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
     return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
                    (long long)w->cols, mk_type_name(w->type));
   const int64_t bpr = w->cols / be;
-  if (w->row_bytes != (size_t)(bpr * bb))
-    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
-                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+  /* a column slice of a tensor-parallel rank has rows longer than its cols (row_bytes is the
+   * file's row): the upload packs them (2D copy of the first `packed` bytes of every row) */
+  const size_t packed = (size_t)(bpr * bb);
+  if (w->row_bytes < packed)
+    return mk_fail(err, "cuda backend: %s rows of %zu bytes, shorter than %zu", mk_type_name(w->type),
+                   w->row_bytes, packed);
   __nv_bfloat16 *dst = NULL;
   cudaCheck(err, c->dev, cudaMalloc((void **)&dst, (size_t)w->rows * w->cols * sizeof(__nv_bfloat16)));
   if (!c->wtmp) {
@@ -298,16 +301,16 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
       return mk_fail(err, "CUDA call cudaMalloc(weight upload buffer) failed: %s (device %d)", cudaGetErrorString(e), c->dev);
     }
   }
-  int64_t rows_per = (int64_t)(MK_WTMP_BYTES / w->row_bytes);
+  int64_t rows_per = (int64_t)(MK_WTMP_BYTES / packed);
   if (rows_per < 1) rows_per = 1;
-  if ((size_t)rows_per * w->row_bytes > MK_WTMP_BYTES) { /* one row larger than the chunk */
+  if ((size_t)rows_per * packed > MK_WTMP_BYTES) { /* one row larger than the chunk */
     cudaFree(dst);
-    return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", w->row_bytes);
+    return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", packed);
   }
   for (int64_t r0 = 0; r0 < w->rows; r0 += rows_per) {
     int64_t nr = w->rows - r0 < rows_per ? w->rows - r0 : rows_per;
-    cudaError_t e = cudaMemcpyAsync(c->wtmp, (const char *)w->data + (size_t)r0 * w->row_bytes,
-                                    (size_t)nr * w->row_bytes, cudaMemcpyHostToDevice, c->stream);
+    cudaError_t e = cudaMemcpy2DAsync(c->wtmp, packed, (const char *)w->data + (size_t)r0 * w->row_bytes,
+                                      w->row_bytes, packed, (size_t)nr, cudaMemcpyHostToDevice, c->stream);
     if (e == cudaSuccess) {
       mk_cuda_dequant_bf16((int)w->type, c->wtmp, nr * bpr, dst + (size_t)r0 * w->cols, c->stream);
       e = cudaGetLastError();

@@ -406,7 +406,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   ep.backend.device = ctx->local_rank;
   double t0 = MPI_Wtime();
   if (mk_engine_open(&e, &ep, ctx, &err) != 0) { /* agreed: every rank says why, none aborts */
-    fprintf(stderr, "morphkv generate: rank %d: %s\n", ctx->rank, err.msg);
+    fprintf(stderr, "morphkv generate (rank %d): %s\n", ctx->rank, err.msg);
     goto done;
   }
   st.load_s = MPI_Wtime() - t0;

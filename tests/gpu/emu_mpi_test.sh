@@ -2,8 +2,8 @@
 # The morphkv CLI on the emulated CUDA backend (morphkv_emu: tests/gpu/emu, the emulated NCCL)
 # under mpirun, against the emulated single-rank run and the CPU path.
 #   emu_mpi_test.sh synth|demo|refusals MORPHKV_EMU MORPHKV_CPU SYNTH_WRITE "MPIRUN..." NP_FLAG
-# synth     the synthetic 8/2-head model (replicated KV heads at T = 3), MorphKV W 4 C 24 evicting,
-#           24 greedy tokens, T = 1, 2, 3, with --comm mpi (staged) and --comm nccl (emulated):
+# synth     the synthetic 8/2-head model, head_dim 64 (replicated KV heads at T = 3), MorphKV W 4 C 24 evicting,
+#           8 greedy tokens, T = 1, 2, 3, with --comm mpi (staged) and --comm nccl (emulated):
 #           tokens equal the emulated T = 1 run; all-reduce, score-sync and sampling-exchange bytes
 #           equal the CPU path's (morphkv --backend cpu) at the same T; the communicator is the one
 #           asked for. (Kept positions at every step: tp_synth_emu_test.)
@@ -68,9 +68,9 @@ compare_runs() { # compare_runs MODEL_ARGS... (tokens vs emulated T=1, bytes vs 
 gen_args=(--temperature 0 --ignore-eos --quiet --threads 1)
 case "$mode" in
   synth)
-    "$synth_write" "$work/synth.gguf" || { echo "FAIL: cannot write the synthetic model"; exit 1; }
+    "$synth_write" "$work/synth.gguf" 64 || { echo "FAIL: cannot write the synthetic model"; exit 1; }
     compare_runs --model "$work/synth.gguf" --prompt "the cat and the dog went to the park in the morning, then it ran home." \
-      --max-new-tokens 24 --kv-policy morphkv --kv-window 4 --kv-capacity 24 "${gen_args[@]}"
+      --max-new-tokens 8 --kv-policy morphkv --kv-window 4 --kv-capacity 24 "${gen_args[@]}"
     ;;
   demo)
     [ -f "${MORPHKV_TEST_MODEL:-}" ] || { echo "FAIL: MORPHKV_TEST_MODEL is not a file"; exit 1; }
@@ -78,26 +78,26 @@ case "$mode" in
       --kv-policy morphkv --kv-window 4 --kv-capacity 8 "${gen_args[@]}"
     ;;
   refusals)
-    "$synth_write" "$work/synth.gguf" || { echo "FAIL: cannot write the synthetic model"; exit 1; }
-    args=(--model "$work/synth.gguf" --prompt "hello" --max-new-tokens 2 "${gen_args[@]}")
+    "$synth_write" "$work/synth.gguf" 64 || { echo "FAIL: cannot write the synthetic model"; exit 1; }
+    args=(--model "$work/synth.gguf" --prompt "hi" --max-new-tokens 1 "${gen_args[@]}")
     MK_EMU_GPU_ID=one-gpu run shared 2 "$emu" --backend cuda --comm nccl "${args[@]}"
     rc=$?
     log=$work/shared.log
     [ "$rc" -ne 0 ] || fail "--comm nccl with two ranks on one GPU exited 0"
     [ "$rc" -lt 128 ] || fail "--comm nccl with two ranks on one GPU crashed (exit $rc)"
     for r in 0 1; do
-      grep -q "rank $r: .*local ranks 0 and 1 .*CUDA_VISIBLE_DEVICES=.*--comm mpi" "$log" ||
+      grep -q "(rank $r): .*local ranks 0 and 1 .*CUDA_VISIBLE_DEVICES=.*--comm mpi" "$log" ||
         fail "rank $r did not report the shared GPU: $(cat "$log")"
     done
     ! grep -qi "MPI_ABORT\|segmentation\|core dumped" "$log" || fail "shared GPU: the job aborted: $(cat "$log")"
-    echo "shared GPU refused: $(grep -m1 'rank 0:' "$log")"
+    echo "shared GPU refused: $(grep -m1 "(rank 0)" "$log")"
     MK_EMU_GPU_ID=one-gpu run shared_mpi 2 "$emu" --backend cuda --comm mpi "${args[@]}" ||
       fail "--comm mpi with two ranks on one GPU failed: $(tail -3 "$work/shared_mpi.log")"
     run cpu_nccl 2 "$cpu" --backend cpu --comm nccl "${args[@]}"
     rc=$?
     [ "$rc" -ne 0 ] && [ "$rc" -lt 128 ] || fail "--comm nccl on the CPU backend: exit $rc"
     for r in 0 1; do
-      grep -q "rank $r: .*--comm nccl needs the CUDA backend" "$work/cpu_nccl.log" ||
+      grep -q "(rank $r): .*--comm nccl needs the CUDA backend" "$work/cpu_nccl.log" ||
         fail "rank $r did not refuse --comm nccl on the CPU backend: $(cat "$work/cpu_nccl.log")"
     done
     ;;

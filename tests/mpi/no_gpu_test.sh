@@ -2,7 +2,7 @@
 # `mpirun -np 2 morphkv generate --backend cuda ...` on a machine without a GPU (or a build
 # without CUDA) must end with a clear message on every rank, never a crash or an abort:
 #   no_gpu_test.sh MORPHKV MODEL MPIRUN... 
-# Passes when the job exits 1 and both ranks print "morphkv generate: rank R: ..." naming the
+# Passes when the job exits 1 and both ranks print "morphkv generate (rank R): ..." naming the
 # missing device (or the missing CUDA build), with no signal, no MPI_Abort banner. Where a GPU is
 # present (the job exits 0) it prints PASS with a note: there is nothing to refuse.
 set -u
@@ -21,8 +21,8 @@ fi
 ok=1
 [ "$rc" -eq 1 ] || { echo "FAIL: exit status $rc (expected 1)"; ok=0; }
 for r in 0 1; do
-  grep -Eq "morphkv generate: rank $r: .*(no CUDA device|built without CUDA)" "$out" ||
-    { echo "FAIL: rank $r printed no clear message"; ok=0; }
+  grep -Eq "morphkv generate \(rank $r\): .*(no CUDA device|built without CUDA)" "$out" ||
+    { echo "FAIL: rank $r printed no clear message (\"morphkv generate (rank $r): ...\")"; ok=0; }
 done
 ! grep -Eqi "MPI_ABORT|segmentation|core dumped|signal [0-9]|AddressSanitizer" "$out" ||
   { echo "FAIL: the job crashed or aborted"; ok=0; }
