@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The morphkv CLI on the emulated CUDA backend (morphkv_emu: tests/gpu/emu, the emulated NCCL)
 # under mpirun, against the emulated single-rank run and the CPU path.
-#   emu_mpi_test.sh synth|demo|refusals MORPHKV_EMU MORPHKV_CPU SYNTH_WRITE "MPIRUN..." NP_FLAG
+#   emu_mpi_test.sh synth|demo|refusals MORPHKV_EMU MORPHKV_CPU SYNTH_WRITE NP_FLAG MPIRUN...
 # synth     the synthetic 8/2-head model, head_dim 64 (replicated KV heads at T = 3), MorphKV W 4 C 24 evicting,
 #           8 greedy tokens, T = 1, 2, 3, with --comm mpi (staged) and --comm nccl (emulated):
 #           tokens equal the emulated T = 1 run; all-reduce, score-sync and sampling-exchange bytes
@@ -14,9 +14,9 @@
 #           on the CPU backend is refused on every rank.
 # Prints "PASS: emu_mpi_test MODE" or FAIL lines.
 set -u
-mode=$1 emu=$2 cpu=$3 synth_write=$4
-read -r -a mpirun <<< "$5"
-npflag=$6
+mode=$1 emu=$2 cpu=$3 synth_write=$4 npflag=$5
+shift 5
+mpirun=("$@")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 fails=0
