@@ -25,8 +25,9 @@
  * The mirror assumes that only this backend touches the cache after creation; a sequence that
  * restarts (mk_kv_cache_reset_seq) is recognised by its prefill span, which re-uploads pos[].
  *
- * Errors. Ops that return void record the first failure (sticky); the next attention, upload,
- * download or sync reports it. */
+ * Errors. The first failure is kept (sticky) and every op returns it: a failed launch or library
+ * call at the op that made it, a fault seen only when the device runs at the next op that checks
+ * (attention, upload, download, sync). */
 extern "C" {
 #include "kvcache/kvcache.h"
 #include "kvcache/topk.h"
@@ -122,6 +123,17 @@ static void check_launch(cuda_impl_t *c, const char *what) {
 
 static int sticky(cuda_impl_t *c, mk_error_t *err) {
   return c->failed ? mk_fail(err, "cuda backend: %s", c->msg) : 0;
+}
+
+/* The end of an op: a failed launch is reported by the op that launched it. */
+static int op_done(cuda_impl_t *c, const char *what, mk_error_t *err) {
+  check_launch(c, what);
+  return sticky(c, err);
+}
+
+static int op_fail(cuda_impl_t *c, const char *msg, mk_error_t *err) {
+  note_msg(c, msg);
+  return sticky(c, err);
 }
 
 /* Grow-only device buffer; waits for the stream before freeing the old one. */
@@ -340,33 +352,33 @@ static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
 
 /* ---- dense ops ---------------------------------------------------------------------------- */
 
-static void cuda_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x) {
+static int cuda_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x,
+                      mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n <= 0) return;
-  if (!table->dev) return note_msg(c, "embed: the table was not prepared for this backend");
+  if (c->failed || n <= 0) return sticky(c, err);
+  if (!table->dev) return op_fail(c, "embed: the table was not prepared for this backend", err);
   for (int i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= table->host.rows) return note_msg(c, "embed: token id out of range");
+    if (ids[i] < 0 || ids[i] >= table->host.rows) return op_fail(c, "embed: token id out of range", err);
   mk_error_t e;
   const int32_t *dids = (const int32_t *)args_upload(c, ids, sizeof(int32_t) * (size_t)n, &e);
-  if (!dids) return note_msg(c, e.msg);
+  if (!dids) return op_fail(c, e.msg, err);
   mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
-  check_launch(c, "embed");
+  return op_done(c, "embed", err);
 }
 
-static void cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
+static int cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n <= 0) return;
-  if (!w->dev) return note_msg(c, "matmul: the weight was not prepared for this backend");
+  if (c->failed || n <= 0) return sticky(c, err);
+  if (!w->dev) return op_fail(c, "matmul: the weight was not prepared for this backend", err);
   const __nv_bfloat16 *W = (const __nv_bfloat16 *)w->dev;
   const int64_t rows = w->host.rows, cols = w->host.cols;
   if (n <= MK_GEMV_MAX_N) {
     mk_cuda_gemv_bf16(W, rows, cols, x, n, y, c->stream);
-    check_launch(c, "gemv");
-    return;
+    return op_done(c, "gemv", err);
   }
   mk_error_t e;
   if (dev_reserve(c, (void **)&c->xb, &c->xb_cap, sizeof(__nv_bfloat16) * (size_t)n * cols, &e) != 0)
-    return note_msg(c, e.msg);
+    return op_fail(c, e.msg, err);
   mk_cuda_f32_to_bf16(x, c->xb, (size_t)n * cols, c->stream);
   check_launch(c, "f32_to_bf16");
   cublasStatus_t s = mk_cuda_gemm_bf16(c->cublas, W, rows, cols, c->xb, n, y);
@@ -375,56 +387,58 @@ static void cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, 
     snprintf(c->msg, sizeof c->msg, "cublasGemmEx (%lld x %lld, n %d) failed: %s (device %d)", (long long)rows,
              (long long)cols, n, cublasGetStatusString(s), c->dev);
   }
+  return sticky(c, err);
 }
 
-static void cuda_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps) {
+static int cuda_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
+                        mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return;
+  if (c->failed) return sticky(c, err);
   mk_cuda_rmsnorm(y, x, w, n, dim, eps, c->stream);
-  check_launch(c, "rmsnorm");
+  return op_done(c, "rmsnorm", err);
 }
 
-static void cuda_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim) {
+static int cuda_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return;
+  if (c->failed) return sticky(c, err);
   mk_cuda_add_bias(y, bias, n, dim, c->stream);
-  check_launch(c, "add_bias");
+  return op_done(c, "add_bias", err);
 }
 
-static void cuda_rope(mk_backend_t *b, const mk_rope_params_t *p) {
+static int cuda_rope(mk_backend_t *b, const mk_rope_params_t *p, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || p->n_tok <= 0) return;
+  if (c->failed || p->n_tok <= 0) return sticky(c, err);
   mk_error_t e;
   const int32_t *dpos = (const int32_t *)args_upload(c, p->pos, sizeof(int32_t) * (size_t)p->n_tok, &e);
-  if (!dpos) return note_msg(c, e.msg);
+  if (!dpos) return op_fail(c, e.msg, err);
   mk_cuda_rope(p->x, dpos, p->n_tok, p->n_head, p->head_dim, p->rope_dim, p->theta, p->neox, p->freq_factors,
                c->stream);
-  check_launch(c, "rope");
+  return op_done(c, "rope", err);
 }
 
-static void cuda_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n) {
+static int cuda_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return;
+  if (c->failed) return sticky(c, err);
   mk_cuda_swiglu(y, gate, up, n, c->stream);
-  check_launch(c, "swiglu");
+  return op_done(c, "swiglu", err);
 }
 
-static void cuda_add(mk_backend_t *b, float *y, const float *x, size_t n) {
+static int cuda_add(mk_backend_t *b, float *y, const float *x, size_t n, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed) return;
+  if (c->failed) return sticky(c, err);
   mk_cuda_add(y, x, n, c->stream);
-  check_launch(c, "add");
+  return op_done(c, "add", err);
 }
 
-static void cuda_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv, int d,
-                            const int *q_to_kv) {
+static int cuda_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv, int d,
+                           const int *q_to_kv, mk_error_t *err) {
   cuda_impl_t *c = impl_of(b);
-  if (c->failed || n_tok <= 0) return;
+  if (c->failed || n_tok <= 0) return sticky(c, err);
   mk_error_t e;
   const int *dmap = (const int *)args_upload(c, q_to_kv, sizeof(int) * (size_t)n_q, &e);
-  if (!dmap) return note_msg(c, e.msg);
+  if (!dmap) return op_fail(c, e.msg, err);
   mk_cuda_group_qsum(qsum, q, n_tok, n_q, n_kv, d, dmap, c->stream);
-  check_launch(c, "group_qsum");
+  return op_done(c, "group_qsum", err);
 }
 
 /* ---- KV cache mirror ---------------------------------------------------------------------- */

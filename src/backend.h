@@ -1,11 +1,17 @@
 /* Compute backend: a table of the kernels the forward pass needs, plus a context.
  *
- * The forward pass (src/forward.c) is written once against this table; the CPU backend
- * (src/backend_cpu.c) is the reference, the CUDA backend (cuda/) implements the same table on the
- * device and is tested op by op against the CPU. Activation pointers passed to the ops are
+ * The forward pass (forward() in src/engine.c) is written once against this table; the CPU
+ * backend (src/backend_cpu.c) is the reference, the CUDA backend (cuda/) implements the same table
+ * on the device and is tested op by op against the CPU. Activation pointers passed to the ops are
  * backend memory (host memory on the CPU, device memory on CUDA) obtained from ops->alloc;
- * token ids and positions are host arrays. Ops that cannot fail return void; an op that can
- * fail (attention runs the cache policy) returns 0/-1 with err. */
+ * token ids and positions are host arrays.
+ *
+ * Failure. Every op returns 0, or -1 with err naming the op and the cause (an allocation that
+ * failed, a kernel launch or library call that failed, a bad argument). The forward pass checks
+ * each op and adds the layer. A backend whose ops run asynchronously (CUDA) reports a launch
+ * failure at the op that launched; a fault that only shows when the device runs the kernel
+ * surfaces at the next op that checks the device (attention, download, sync), naming the call
+ * that saw it. */
 #ifndef MK_BACKEND_H
 #define MK_BACKEND_H
 
@@ -73,21 +79,22 @@ typedef struct mk_backend_ops {
   void (*weight_release)(mk_backend_t *b, mk_bweight_t *w);
 
   /* x(n, cols) = rows ids[] of the embedding table, dequantized */
-  void (*embed)(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x);
+  int (*embed)(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x, mk_error_t *err);
   /* y(n, rows) = x(n, cols) W^T */
-  void (*matmul)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y);
+  int (*matmul)(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err);
   /* y(n, dim) = x / rms(x) * w */
-  void (*rmsnorm)(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps);
+  int (*rmsnorm)(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
+                 mk_error_t *err);
   /* y(n, dim) += bias(dim) */
-  void (*add_bias)(mk_backend_t *b, float *y, const float *bias, int n, int dim);
-  void (*rope)(mk_backend_t *b, const mk_rope_params_t *p);
+  int (*add_bias)(mk_backend_t *b, float *y, const float *bias, int n, int dim, mk_error_t *err);
+  int (*rope)(mk_backend_t *b, const mk_rope_params_t *p, mk_error_t *err);
   /* y = silu(gate) * up, n elements */
-  void (*swiglu)(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n);
+  int (*swiglu)(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n, mk_error_t *err);
   /* y += x */
-  void (*add)(mk_backend_t *b, float *y, const float *x, size_t n);
+  int (*add)(mk_backend_t *b, float *y, const float *x, size_t n, mk_error_t *err);
   /* qsum(n_tok, n_kv, d) = sum of q(n_tok, n_q, d) over the query heads of each local KV head */
-  void (*group_qsum)(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
-                     int d, const int *q_to_kv);
+  int (*group_qsum)(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
+                    int d, const int *q_to_kv, mk_error_t *err);
   /* Writes K/V of the new tokens into the cache, attends, runs the cache policy. */
   int (*attention)(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t *err);
   int (*sync)(mk_backend_t *b, mk_error_t *err);

@@ -5,7 +5,7 @@
  * layer it writes the new K/V into slots, attends each new query over the visible slots
  * (pos <= qpos), hands the policy the rows it asked for, then lets it evict.
  * Scratch buffers grow at most a few times (first prefill) and are then reused: no allocation on
- * the decode path. */
+ * the decode path. An allocation that fails is reported by the op that needed it. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -56,25 +56,35 @@ static int cpu_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t 
 
 static void cpu_weight_release(mk_backend_t *b, mk_bweight_t *w) { (void)w; }
 
-static void cpu_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x) {
+static int cpu_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t *ids, int n, float *x,
+                     mk_error_t *err) {
   const mk_qmat_t *t = &table->host;
-  for (int i = 0; i < n; i++)
+  for (int i = 0; i < n; i++) {
+    if (ids[i] < 0 || ids[i] >= t->rows)
+      return mk_fail(err, "embed: token id %d out of range (%lld rows)", ids[i], (long long)t->rows);
     impl_of(b)->k->dequant_row(t->type, (const char *)t->data + (size_t)ids[i] * t->row_bytes,
                                x + (size_t)i * t->cols, t->cols);
+  }
+  return 0;
 }
 
-static void cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y) {
+static int cpu_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, int n, float *y, mk_error_t *err) {
   cpu_impl_t *c = impl_of(b);
   size_t need = mk_matmul_scratch_bytes(&w->host, n);
   if (need > c->mm_scratch_bytes) {
     free(c->mm_scratch);
     c->mm_scratch = aligned_alloc(64, (need + 63) & ~(size_t)63);
     c->mm_scratch_bytes = c->mm_scratch ? need : 0;
+    if (!c->mm_scratch)
+      return mk_fail(err, "matmul: out of memory for %zu bytes of quantized activations (%d tokens x %lld columns)",
+                     need, n, (long long)w->host.cols);
   }
   mk_matmul(c->k, &w->host, x, n, y, c->mm_scratch);
+  return 0;
 }
 
-static void cpu_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps) {
+static int cpu_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *w, int n, int dim, float eps,
+                       mk_error_t *err) {
   for (int t = 0; t < n; t++) {
     const float *xt = x + (size_t)t * dim;
     float *yt = y + (size_t)t * dim;
@@ -83,16 +93,19 @@ static void cpu_rmsnorm(mk_backend_t *b, float *y, const float *x, const float *
     float s = (float)(1.0 / sqrt(ss / dim + eps));
     for (int i = 0; i < dim; i++) yt[i] = xt[i] * s * w[i];
   }
+  return 0;
 }
 
-static void cpu_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim) {
+static int cpu_add_bias(mk_backend_t *b, float *y, const float *bias, int n, int dim, mk_error_t *err) {
   for (int t = 0; t < n; t++)
     for (int i = 0; i < dim; i++) y[(size_t)t * dim + i] += bias[i];
+  return 0;
 }
 
-static void cpu_rope(mk_backend_t *b, const mk_rope_params_t *p) {
+static int cpu_rope(mk_backend_t *b, const mk_rope_params_t *p, mk_error_t *err) {
   int half = p->rope_dim / 2;
-  float cs[512], sn[512]; /* rope_dim <= head_dim <= 1024 */
+  float cs[512], sn[512];
+  if (half > 512) return mk_fail(err, "rope: %d rotated dimensions exceed the supported 1024", p->rope_dim);
   for (int t = 0; t < p->n_tok; t++) {
     for (int i = 0; i < half; i++) {
       double inv = pow((double)p->theta, -2.0 * i / p->rope_dim);
@@ -111,22 +124,25 @@ static void cpu_rope(mk_backend_t *b, const mk_rope_params_t *p) {
       }
     }
   }
+  return 0;
 }
 
-static void cpu_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n) {
+static int cpu_swiglu(mk_backend_t *b, float *y, const float *gate, const float *up, size_t n, mk_error_t *err) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (size_t i = 0; i < n; i++) {
     float g = gate[i];
     y[i] = g / (1.0f + expf(-g)) * up[i];
   }
+  return 0;
 }
 
-static void cpu_add(mk_backend_t *b, float *y, const float *x, size_t n) {
+static int cpu_add(mk_backend_t *b, float *y, const float *x, size_t n, mk_error_t *err) {
   for (size_t i = 0; i < n; i++) y[i] += x[i];
+  return 0;
 }
 
-static void cpu_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
-                           int d, const int *q_to_kv) {
+static int cpu_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_tok, int n_q, int n_kv,
+                          int d, const int *q_to_kv, mk_error_t *err) {
   memset(qsum, 0, sizeof(float) * (size_t)n_tok * n_kv * d);
   for (int t = 0; t < n_tok; t++)
     for (int u = 0; u < n_q; u++) {
@@ -134,6 +150,7 @@ static void cpu_group_qsum(mk_backend_t *b, float *qsum, const float *q, int n_t
       const float *src = q + ((size_t)t * n_q + u) * d;
       for (int i = 0; i < d; i++) dst[i] += src[i];
     }
+  return 0;
 }
 
 /* score(slot) = q . K[slot] * scale for visible slots, -INF otherwise; returns the max. */
@@ -202,7 +219,7 @@ static int cpu_attention(mk_backend_t *b, const mk_attn_params_t *p, mk_error_t 
     c->att_scratch = aligned_alloc(64, ((need * sizeof(float)) + 63) & ~(size_t)63);
     if (!c->att_scratch) {
       c->att_scratch_floats = 0;
-      return mk_fail(err, "attention: out of memory for %zu floats of scratch", need);
+      return mk_fail(err, "attention, layer %d: out of memory for %zu floats of scratch", p->layer, need);
     }
     c->att_scratch_floats = need;
   }

@@ -458,6 +458,12 @@ static int gather_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *e
   return 0;
 }
 
+/* An op of layer l failed: the op put its name and cause in err; add the layer. */
+static int layer_failed(mk_error_t *err, int l) {
+  mk_error_prefix(err, "layer %d", l);
+  return -1;
+}
+
 /* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host), or,
  * with logits NULL, leaves this rank's slice of them in e->logits_loc (mk_engine_step_sample). */
 static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
@@ -472,28 +478,26 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
   const bool sync_qsum = need_qsum && e->n_rep > 0;
 
-  o->embed(b, &e->tok_embd, ids, n, e->x);
+  if (o->embed(b, &e->tok_embd, ids, n, e->x, err) != 0) return -1;
   for (int l = 0; l < c->n_layer; l++) {
     const layer_bw_t *w = &e->lw[l];
-    o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps);
-    o->matmul(b, &w->wq, e->xn, n, e->q);
-    o->matmul(b, &w->wk, e->xn, n, e->k);
-    o->matmul(b, &w->wv, e->xn, n, e->v);
-    if (w->bq) {
-      o->add_bias(b, e->q, w->bq, n, e->n_q * d);
-      o->add_bias(b, e->k, w->bk, n, e->n_kv * d);
-      o->add_bias(b, e->v, w->bv, n, e->n_kv * d);
-    }
+    if (o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps, err) ||
+        o->matmul(b, &w->wq, e->xn, n, e->q, err) || o->matmul(b, &w->wk, e->xn, n, e->k, err) ||
+        o->matmul(b, &w->wv, e->xn, n, e->v, err))
+      return layer_failed(err, l);
+    if (w->bq && (o->add_bias(b, e->q, w->bq, n, e->n_q * d, err) ||
+                  o->add_bias(b, e->k, w->bk, n, e->n_kv * d, err) ||
+                  o->add_bias(b, e->v, w->bv, n, e->n_kv * d, err)))
+      return layer_failed(err, l);
     mk_rope_params_t rq = {.x = e->q, .pos = e->pos_buf, .n_tok = n, .n_head = e->n_q, .head_dim = d,
                            .rope_dim = c->rope_dim, .theta = c->rope_theta, .neox = c->rope_neox,
                            .freq_factors = e->rope_freqs};
-    o->rope(b, &rq);
     mk_rope_params_t rk = rq;
     rk.x = e->k;
     rk.n_head = e->n_kv;
-    o->rope(b, &rk);
+    if (o->rope(b, &rq, err) || o->rope(b, &rk, err)) return layer_failed(err, l);
     if (need_qsum) {
-      o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv);
+      if (o->group_qsum(b, e->qsum, e->q, n, e->n_q, e->n_kv, d, e->q_to_kv, err)) return layer_failed(err, l);
       if (sync_qsum && sync_rows(e, spans, n_spans, err) < 0) return -1;
     }
     mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
@@ -501,23 +505,28 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
     if (o->attention(b, &ap, err) != 0) return -1;
-    o->matmul(b, &w->wo, e->att, n, e->o);
+    if (o->matmul(b, &w->wo, e->att, n, e->o, err)) return layer_failed(err, l);
     if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
-    o->add(b, e->x, e->o, (size_t)n * ne);
-    o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps);
-    o->matmul(b, &w->w_gate, e->xn, n, e->fg);
-    o->matmul(b, &w->w_up, e->xn, n, e->fu);
-    o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc);
-    o->matmul(b, &w->w_down, e->fg, n, e->o);
+    if (o->add(b, e->x, e->o, (size_t)n * ne, err) ||
+        o->rmsnorm(b, e->xn, e->x, w->ffn_norm, n, ne, c->norm_eps, err) ||
+        o->matmul(b, &w->w_gate, e->xn, n, e->fg, err) || o->matmul(b, &w->w_up, e->xn, n, e->fu, err) ||
+        o->swiglu(b, e->fg, e->fg, e->fu, (size_t)n * e->n_ff_loc, err) ||
+        o->matmul(b, &w->w_down, e->fg, n, e->o, err))
+      return layer_failed(err, l);
     if (tp > 1 && comm_allreduce(e, e->o, (size_t)n * ne, false, err) != 0) return -1;
-    o->add(b, e->x, e->o, (size_t)n * ne);
+    if (o->add(b, e->x, e->o, (size_t)n * ne, err)) return layer_failed(err, l);
   }
   mk_kv_cache_note_peak(&e->cache);
   if (n_out == 0) return o->sync(b, err);
   /* gather the output rows, normalise, project onto this rank's vocabulary slice */
   for (int i = 0; i < n_out; i++)
-    o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps);
-  o->matmul(b, &e->output, e->xn, n_out, e->logits_loc);
+    if (o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps,
+                   err) != 0)
+      return -1;
+  if (o->matmul(b, &e->output, e->xn, n_out, e->logits_loc, err)) {
+    mk_error_prefix(err, "LM head");
+    return -1;
+  }
   if (!logits) return 0; /* the sampler reads e->logits_loc */
   if (tp == 1) {
     if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)) return -1;

@@ -34,6 +34,7 @@ typedef struct fixture {
 } fixture_t;
 
 static fixture_t g_fx; /* test-process state, set up once in main */
+static mk_error_t op_err; /* the ops' error slot (ops return 0 here; a failure fails the assert) */
 
 static float *rand_vec(size_t n, float scale, uint64_t *st) {
   float *v = malloc(sizeof(float) * (n ? n : 1));
@@ -168,9 +169,9 @@ static void test_matmul(void **state) {
       int n = ns[ni];
       float *x = rand_vec((size_t)n * cols, 1.f, &st);
       float *yc = calloc((size_t)n * rows, sizeof(float)), *yg = calloc((size_t)n * rows, sizeof(float));
-      g_fx.cpu.ops->matmul(&g_fx.cpu, &wc, x, n, yc);
+      assert_int_equal(0, g_fx.cpu.ops->matmul(&g_fx.cpu, &wc, x, n, yc, &op_err));
       float *dx = to_dev(x, sizeof(float) * n * cols), *dy = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * n * rows);
-      g_fx.gpu.ops->matmul(&g_fx.gpu, &wg, dx, n, dy);
+      assert_int_equal(0, g_fx.gpu.ops->matmul(&g_fx.gpu, &wg, dx, n, dy, &op_err));
       from_dev(yg, dy, sizeof(float) * n * rows);
       char what[64];
       snprintf(what, sizeof what, "matmul %s %lldx%lld n=%d", mk_type_name(t), (long long)rows, (long long)cols, n);
@@ -199,9 +200,9 @@ static void test_embed(void **state) {
   const int32_t ids[] = {3, 0, 49, 7, 3};
   const int n = 5;
   float *xc = calloc((size_t)n * 576, sizeof(float)), *xg = calloc((size_t)n * 576, sizeof(float));
-  g_fx.cpu.ops->embed(&g_fx.cpu, &wc, ids, n, xc);
+  assert_int_equal(0, g_fx.cpu.ops->embed(&g_fx.cpu, &wc, ids, n, xc, &op_err));
   float *dx = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * n * 576);
-  g_fx.gpu.ops->embed(&g_fx.gpu, &wg, ids, n, dx);
+  assert_int_equal(0, g_fx.gpu.ops->embed(&g_fx.gpu, &wg, ids, n, dx, &op_err));
   from_dev(xg, dx, sizeof(float) * n * 576);
   assert_true(mk_gpu_close("embed Q8_0", xg, xc, (size_t)n * 576, 1e-5));
   g_fx.gpu.ops->dealloc(&g_fx.gpu, dx);
@@ -221,37 +222,37 @@ static void test_rmsnorm_add_bias_swiglu(void **state) {
     float *yc = malloc(sizeof(float) * N), *yg = malloc(sizeof(float) * N);
     float *dx = to_dev(x, sizeof(float) * N), *dw = to_dev(w, sizeof(float) * dim), *dy = to_dev(y, sizeof(float) * N);
     /* rmsnorm */
-    g_fx.cpu.ops->rmsnorm(&g_fx.cpu, yc, x, w, n, dim, 1e-5f);
-    g_fx.gpu.ops->rmsnorm(&g_fx.gpu, dy, dx, dw, n, dim, 1e-5f);
+    assert_int_equal(0, g_fx.cpu.ops->rmsnorm(&g_fx.cpu, yc, x, w, n, dim, 1e-5f, &op_err));
+    assert_int_equal(0, g_fx.gpu.ops->rmsnorm(&g_fx.gpu, dy, dx, dw, n, dim, 1e-5f, &op_err));
     from_dev(yg, dy, sizeof(float) * N);
     assert_true(mk_gpu_close("rmsnorm", yg, yc, N, 1e-10));
     /* rmsnorm in place (y == x) */
     memcpy(yc, x, sizeof(float) * N);
-    g_fx.cpu.ops->rmsnorm(&g_fx.cpu, yc, yc, w, n, dim, 1e-6f);
+    assert_int_equal(0, g_fx.cpu.ops->rmsnorm(&g_fx.cpu, yc, yc, w, n, dim, 1e-6f, &op_err));
     float *dx2 = to_dev(x, sizeof(float) * N);
-    g_fx.gpu.ops->rmsnorm(&g_fx.gpu, dx2, dx2, dw, n, dim, 1e-6f);
+    assert_int_equal(0, g_fx.gpu.ops->rmsnorm(&g_fx.gpu, dx2, dx2, dw, n, dim, 1e-6f, &op_err));
     from_dev(yg, dx2, sizeof(float) * N);
     assert_true(mk_gpu_close("rmsnorm in place", yg, yc, N, 1e-10));
     /* add_bias: y += w per row */
     memcpy(yc, y, sizeof(float) * N);
-    g_fx.cpu.ops->add_bias(&g_fx.cpu, yc, w, n, dim);
+    assert_int_equal(0, g_fx.cpu.ops->add_bias(&g_fx.cpu, yc, w, n, dim, &op_err));
     float *dy2 = to_dev(y, sizeof(float) * N);
-    g_fx.gpu.ops->add_bias(&g_fx.gpu, dy2, dw, n, dim);
+    assert_int_equal(0, g_fx.gpu.ops->add_bias(&g_fx.gpu, dy2, dw, n, dim, &op_err));
     from_dev(yg, dy2, sizeof(float) * N);
     assert_true(mk_gpu_close("add_bias", yg, yc, N, 1e-12));
     /* add */
     memcpy(yc, y, sizeof(float) * N);
-    g_fx.cpu.ops->add(&g_fx.cpu, yc, x, N);
+    assert_int_equal(0, g_fx.cpu.ops->add(&g_fx.cpu, yc, x, N, &op_err));
     g_fx.gpu.ops->upload(&g_fx.gpu, dy2, y, sizeof(float) * N, NULL);
-    g_fx.gpu.ops->add(&g_fx.gpu, dy2, dx, N);
+    assert_int_equal(0, g_fx.gpu.ops->add(&g_fx.gpu, dy2, dx, N, &op_err));
     from_dev(yg, dy2, sizeof(float) * N);
     assert_true(mk_gpu_close("add", yg, yc, N, 1e-12));
     /* swiglu, in place on the gate as the engine calls it */
     memcpy(yc, x, sizeof(float) * N);
-    g_fx.cpu.ops->swiglu(&g_fx.cpu, yc, yc, y, N);
+    assert_int_equal(0, g_fx.cpu.ops->swiglu(&g_fx.cpu, yc, yc, y, N, &op_err));
     g_fx.gpu.ops->upload(&g_fx.gpu, dx2, x, sizeof(float) * N, NULL);
     g_fx.gpu.ops->upload(&g_fx.gpu, dy2, y, sizeof(float) * N, NULL);
-    g_fx.gpu.ops->swiglu(&g_fx.gpu, dx2, dx2, dy2, N);
+    assert_int_equal(0, g_fx.gpu.ops->swiglu(&g_fx.gpu, dx2, dx2, dy2, N, &op_err));
     from_dev(yg, dx2, sizeof(float) * N);
     assert_true(mk_gpu_close("swiglu", yg, yc, N, 1e-10));
     float *bufs[] = {dx, dw, dy, dx2, dy2};
@@ -284,11 +285,11 @@ static void test_rope(void **state) {
     mk_rope_params_t p = {.x = yc, .pos = pos, .n_tok = n_tok, .n_head = nh, .head_dim = hd,
                           .rope_dim = cases[ci].rope_dim, .theta = cases[ci].theta, .neox = cases[ci].neox,
                           .freq_factors = cases[ci].ff ? ffh : NULL};
-    g_fx.cpu.ops->rope(&g_fx.cpu, &p);
+    assert_int_equal(0, g_fx.cpu.ops->rope(&g_fx.cpu, &p, &op_err));
     float *dx = to_dev(x, sizeof(float) * N);
     p.x = dx;
     p.freq_factors = dff;
-    g_fx.gpu.ops->rope(&g_fx.gpu, &p);
+    assert_int_equal(0, g_fx.gpu.ops->rope(&g_fx.gpu, &p, &op_err));
     from_dev(yg, dx, sizeof(float) * N);
     char what[64];
     snprintf(what, sizeof what, "rope case %d", ci);
@@ -308,9 +309,9 @@ static void test_group_qsum(void **state) {
   for (int mi = 0; mi < 2; mi++) {
     size_t nq = (size_t)n_tok * n_q * d, nk = (size_t)n_tok * n_kv * d;
     float *q = rand_vec(nq, 1.f, &st), *sc = malloc(sizeof(float) * nk), *sg = malloc(sizeof(float) * nk);
-    g_fx.cpu.ops->group_qsum(&g_fx.cpu, sc, q, n_tok, n_q, n_kv, d, maps[mi]);
+    assert_int_equal(0, g_fx.cpu.ops->group_qsum(&g_fx.cpu, sc, q, n_tok, n_q, n_kv, d, maps[mi], &op_err));
     float *dq = to_dev(q, sizeof(float) * nq), *ds = g_fx.gpu.ops->alloc(&g_fx.gpu, sizeof(float) * nk);
-    g_fx.gpu.ops->group_qsum(&g_fx.gpu, ds, dq, n_tok, n_q, n_kv, d, maps[mi]);
+    assert_int_equal(0, g_fx.gpu.ops->group_qsum(&g_fx.gpu, ds, dq, n_tok, n_q, n_kv, d, maps[mi], &op_err));
     from_dev(sg, ds, sizeof(float) * nk);
     assert_true(mk_gpu_close("group_qsum", sg, sc, nk, 1e-12));
     g_fx.gpu.ops->dealloc(&g_fx.gpu, dq);
