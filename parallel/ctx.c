@@ -178,23 +178,3 @@ int mk_ctx_agree(const mk_ctx_t *ctx, int status, mk_error_t *err) {
   msg[sizeof msg - 1] = '\0';
   return mk_fail(e, "rank %d: %s", first, msg);
 }
-
-void mk_ctx_abort(const mk_ctx_t *ctx, const char *msg) {
-  int inited = 0, finalized = 0;
-  MPI_Initialized(&inited);
-  MPI_Finalized(&finalized);
-  int running = inited && !finalized;
-  int rank = -1;
-  MPI_Comm comm = MPI_COMM_WORLD;
-  if (ctx && ctx->world > 0) {
-    rank = ctx->rank;
-    comm = ctx->mpi;
-  } else if (running) {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  }
-  fprintf(stderr, "morphkv: rank %d: %s\n", rank, msg ? msg : "(no message)");
-  fflush(stderr);
-  fflush(stdout);
-  if (running) MPI_Abort(comm, 1);
-  _Exit(1); /* MPI_Abort should not return; never hand control back either way */
-}

@@ -8,8 +8,9 @@
  * MPI_ERRORS_RETURN, so MPI failures come back as mk_error_t messages naming call and rank.
  *
  * Failure rule: a rank that cannot go on calls mk_ctx_abort, which takes every rank down (no rank
- * is left waiting in a collective). Where all ranks reach the same point anyway, mk_ctx_agree
- * lets them fail together with the failing rank's own message (rank 0 can then print it). */
+ * is left waiting in a collective); it lives in the front ends (src/cli.h), since the library
+ * never prints or exits. Where all ranks reach the same point anyway, mk_ctx_agree lets them fail
+ * together with the failing rank's own message (rank 0 can then print it). */
 #ifndef MK_CTX_H
 #define MK_CTX_H
 
@@ -60,11 +61,5 @@ int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, struct mk_backen
  * Returns 0 when every rank passed 0. Otherwise returns -1 on every rank, with err set everywhere
  * to "rank R: <R's message>" for the lowest failing rank R. */
 int mk_ctx_agree(const mk_ctx_t *ctx, int status, mk_error_t *err);
-
-/* A rank that fails calls this: it prints "morphkv: rank R: <msg>" on stderr and aborts every
- * rank (MPI_Abort with code 1), so no rank is left waiting in a collective. ctx may be NULL (or
- * not yet initialised, zeroed): then MPI_COMM_WORLD is aborted, or the process exits with 1 when
- * MPI is not running. Does not return. */
-void mk_ctx_abort(const mk_ctx_t *ctx, const char *msg) __attribute__((noreturn));
 
 #endif

@@ -131,3 +131,30 @@ int mk_plan_make(const mk_plan_dims_t *d, int tp, int rank, mk_plan_t *out, mk_e
   *out = p;
   return 0;
 }
+
+/* Ranks' query ranges are contiguous and non-empty, so their KV ranges are monotone: a head held by
+ * ranks r1 < r2 is held by every rank between, in particular by two neighbours. A replicated head
+ * is therefore the last KV head of rank r that is also the first of rank r + 1. */
+int mk_plan_world(const mk_plan_dims_t *d, int tp, int *vocab_begin, int *vocab_len, int *rep_heads,
+                  mk_plan_world_t *out, mk_error_t *err) {
+  mk_plan_t p0;
+  if (mk_plan_make(d, tp, 0, &p0, err) != 0) return -1; /* refuses T < 1 as well */
+  mk_plan_world_t w = {.tp = tp};
+  int prev_kv_end = 0, last_rep = -1;
+  for (int r = 0; r < tp; r++) {
+    mk_plan_t p;
+    if (mk_plan_make(d, tp, r, &p, err) != 0) return -1;
+    int len = p.vocab_end - p.vocab_begin;
+    if (vocab_begin) vocab_begin[r] = p.vocab_begin;
+    if (vocab_len) vocab_len[r] = len;
+    if (len > w.vocab_slice_max) w.vocab_slice_max = len;
+    if (r > 0 && p.kv_begin == prev_kv_end - 1 && p.kv_begin != last_rep) {
+      if (rep_heads) rep_heads[w.n_rep] = p.kv_begin;
+      w.n_rep++;
+      last_rep = p.kv_begin;
+    }
+    prev_kv_end = p.kv_end;
+  }
+  *out = w;
+  return 0;
+}

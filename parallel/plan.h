@@ -51,4 +51,19 @@ int mk_plan_make(const mk_plan_dims_t *d, int tp, int rank, mk_plan_t *out, mk_e
  * when the dims themselves are invalid. */
 int mk_plan_max_tp(const mk_plan_dims_t *d, mk_error_t *err);
 
+/* What every rank needs to know about all the others, the same on every rank: each rank's vocabulary
+ * slice (the LM-head all-gather pads every slice to the widest) and the KV heads held by more than
+ * one rank (whose query sums are all-reduced before scoring). */
+typedef struct mk_plan_world {
+  int tp;
+  int vocab_slice_max; /* widest vocab_end - vocab_begin over the ranks */
+  int n_rep;           /* number of replicated KV heads */
+} mk_plan_world_t;
+
+/* Fills, for T ranks: vocab_begin[r], vocab_len[r] (arrays of tp, may be NULL) and rep_heads[0..n_rep)
+ * (array of d->n_kv_head, may be NULL), the replicated KV heads in ascending order. Pure: no
+ * allocation. 0, or -1 with mk_plan_make's message when T cannot work. */
+int mk_plan_world(const mk_plan_dims_t *d, int tp, int *vocab_begin, int *vocab_len, int *rep_heads,
+                  mk_plan_world_t *out, mk_error_t *err);
+
 #endif

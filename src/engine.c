@@ -27,6 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel/ctx.h"
+
 typedef struct layer_bw {
   mk_bweight_t wq, wk, wv, wo, w_gate, w_up, w_down;
   float *attn_norm, *ffn_norm, *bq, *bk, *bv; /* backend memory */
@@ -135,6 +137,44 @@ static int open_comm(mk_engine_t *e, int status, mk_comm_kind_t want, mk_error_t
   return 0;
 }
 
+/* This rank's plan (planp NULL for a world of one: the model owns everything). */
+static int plan_rank(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int world, int rank,
+                     mk_plan_t *plan, const mk_plan_t **planp, mk_error_t *err) {
+  *planp = NULL;
+  if (world <= 1) return 0;
+  mk_plan_dims_t dims;
+  mk_model_plan_dims(cfg, src, &dims);
+  if (mk_model_check_tp(cfg, src, world, err) != 0) return -1;
+  if (mk_plan_make(&dims, world, rank, plan, err) != 0) return -1;
+  *planp = plan;
+  return 0;
+}
+
+/* What this rank needs to know about all the others (parallel/plan.h, mk_plan_world): every
+ * rank's vocabulary slice for the LM-head all-gather, and the replicated KV heads with their local
+ * index here (or -1) for the score sync. The same lists on every rank. */
+static int plan_world(mk_engine_t *e, const mk_tensor_source_t *src, int world, mk_error_t *err) {
+  const mk_model_config_t *cfg = &e->model.cfg;
+  const mk_plan_t *pl = &e->model.plan;
+  e->vocab_begin_r = calloc((size_t)world, sizeof(int));
+  e->vocab_len_r = calloc((size_t)world, sizeof(int));
+  e->rep_local = malloc(sizeof(int) * (size_t)cfg->n_kv_head);
+  if (!e->vocab_begin_r || !e->vocab_len_r || !e->rep_local) return mk_fail(err, "out of memory");
+  e->vocab_len_r[0] = e->vocab_slice_max = e->n_vocab_loc;
+  if (world <= 1) return 0;
+  mk_plan_dims_t dims;
+  mk_plan_world_t w;
+  mk_model_plan_dims(cfg, src, &dims);
+  if (mk_plan_world(&dims, world, e->vocab_begin_r, e->vocab_len_r, e->rep_local, &w, err) != 0) return -1;
+  e->vocab_slice_max = w.vocab_slice_max;
+  e->n_rep = w.n_rep;
+  for (int i = 0; i < e->n_rep; i++) {
+    int h = e->rep_local[i];
+    e->rep_local[i] = (h >= pl->kv_begin && h < pl->kv_end) ? h - pl->kv_begin : -1;
+  }
+  return 0;
+}
+
 int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err) {
   *out = NULL;
   mk_engine_t *e = calloc(1, sizeof *e);
@@ -153,14 +193,9 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
     mk_fail(err, "--tp %d does not match the number of ranks (%d); launch with mpirun -np %d", p->tp, world, p->tp);
     goto fail;
   }
-  mk_plan_t plan, *planp = NULL;
-  if (world > 1) {
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    if (mk_model_check_tp(&cfg, &src, world, err) != 0) goto fail;
-    if (mk_plan_make(&dims, world, rank, &plan, err) != 0) goto fail;
-    planp = &plan;
-  }
+  mk_plan_t plan;
+  const mk_plan_t *planp;
+  if (plan_rank(&cfg, &src, world, rank, &plan, &planp, err) != 0) goto fail;
   if (mk_model_bind(&e->model, &cfg, &src, planp, err) != 0) {
     mk_error_prefix(err, "%s", p->model_path);
     goto fail;
@@ -175,57 +210,19 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   e->n_kv = pl->kv_end - pl->kv_begin;
   e->n_ff_loc = pl->ff_end - pl->ff_begin;
   e->n_vocab_loc = pl->vocab_end - pl->vocab_begin;
-  e->vocab_slice_max = e->n_vocab_loc;
-  e->vocab_begin_r = calloc((size_t)world, sizeof(int));
-  e->vocab_len_r = calloc((size_t)world, sizeof(int));
-  if (!e->vocab_begin_r || !e->vocab_len_r) goto oom;
-  e->vocab_len_r[0] = e->n_vocab_loc;
-  if (world > 1) {
-    /* every rank's vocabulary slice; the all-gather pads to the widest */
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    for (int r = 0; r < world; r++) {
-      mk_plan_t pr;
-      if (mk_plan_make(&dims, world, r, &pr, err) != 0) goto fail;
-      e->vocab_begin_r[r] = pr.vocab_begin;
-      e->vocab_len_r[r] = pr.vocab_end - pr.vocab_begin;
-      if (e->vocab_len_r[r] > e->vocab_slice_max) e->vocab_slice_max = e->vocab_len_r[r];
-    }
-  }
+  if (plan_world(e, &src, world, err) != 0) goto fail;
   e->q_to_kv = malloc(sizeof(int) * (size_t)e->n_q);
-  if (!e->q_to_kv) goto oom;
+  if (!e->q_to_kv) {
+    mk_fail(err, "out of memory");
+    goto fail;
+  }
   int g = cfg.n_head / cfg.n_kv_head;
   for (int i = 0; i < e->n_q; i++) e->q_to_kv[i] = (pl->q_begin + i) / g - pl->kv_begin;
-  if (world > 1 && pl->any_replicated) {
-    /* every rank derives the same list of replicated heads from the plans of all ranks */
-    mk_plan_dims_t dims;
-    mk_model_plan_dims(&cfg, &src, &dims);
-    int *holders = calloc((size_t)cfg.n_kv_head, sizeof(int));
-    e->rep_local = malloc(sizeof(int) * (size_t)cfg.n_kv_head);
-    if (!holders || !e->rep_local) {
-      free(holders);
-      goto oom;
-    }
-    for (int r = 0; r < world; r++) {
-      mk_plan_t pr;
-      if (mk_plan_make(&dims, world, r, &pr, err) != 0) {
-        free(holders);
-        goto fail;
-      }
-      for (int h = pr.kv_begin; h < pr.kv_end; h++) holders[h]++;
-    }
-    for (int h = 0; h < cfg.n_kv_head; h++)
-      if (holders[h] > 1)
-        e->rep_local[e->n_rep++] = (h >= pl->kv_begin && h < pl->kv_end) ? h - pl->kv_begin : -1;
-    free(holders);
-  }
   if (mk_backend_init(&e->be, &p->backend, err) != 0) goto fail;
   if (prepare_weights(e, err) != 0) goto fail;
   if (ctx && open_comm(e, 0, p->comm, err) != 0) goto fail_agreed;
   *out = e;
   return 0;
-oom:
-  mk_fail(err, "out of memory");
 fail:
   if (ctx) open_comm(e, -1, p->comm, err);
 fail_agreed:

@@ -3,7 +3,11 @@
  *
  * Every rank of a tensor-parallel run calls the same functions with the same arguments in the
  * same order (rank 0 broadcasts the request first; see parallel/). Each sequence's positions
- * count the tokens it has seen; the first mk_engine_step of a sequence is its prefill. */
+ * count the tokens it has seen; the first mk_engine_step of a sequence is its prefill.
+ *
+ * The process context is an opaque handle here: the engine reads only the rank, the world size and
+ * the forward pass's communicator from it (parallel/ctx.h, which needs mpi.h), so a single-process
+ * user passes NULL and needs neither MPI's headers nor parallel/ctx.h. */
 #ifndef MK_ENGINE_H
 #define MK_ENGINE_H
 
@@ -13,7 +17,6 @@
 
 #include "kvcache/kvcache.h"
 #include "parallel/comm_kind.h"
-#include "parallel/ctx.h"
 #include "src/backend.h"
 #include "src/gguf.h"
 #include "src/model.h"
@@ -28,6 +31,7 @@ typedef struct mk_engine_params {
 } mk_engine_params_t;
 
 typedef struct mk_engine mk_engine_t;
+typedef struct mk_ctx mk_ctx_t; /* parallel/ctx.h */
 
 /* ctx: the process context (rank/world/comm); NULL means a world of one. Collective over ctx:
  * every rank returns the same status (on failure err is "rank R: <message>" of the first failing

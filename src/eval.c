@@ -24,8 +24,8 @@
  *
  * Collective: every rank of ctx parses the same arguments, reads the same prompt file and runs the
  * same steps (the engine gives every rank the full logits); rank 0 alone writes files and
- * progress. A failure where all ranks stand at the same point ends with mk_ctx_agree; a failure
- * inside a step aborts the run (mk_ctx_abort), as in `generate`. */
+ * progress. A failure where all ranks stand at the same point ends with mk_cli_agree; a failure
+ * inside a step aborts the run (mk_cli_fail), as in `generate` (src/cli.h). */
 #define _POSIX_C_SOURCE 200809L
 #include "src/eval.h"
 
@@ -49,6 +49,7 @@
 
 #include <jansson.h>
 
+#include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
 #include "src/tokenizer.h"
@@ -634,18 +635,6 @@ typedef struct eval_state {
   mk_error_t *errs; /* (n_runs + 1) per-engine errors of step_all */
 } eval_state_t;
 
-static int fail_step(const eval_state_t *s, mk_error_t *err) {
-  if (s->ctx->world > 1) mk_ctx_abort(s->ctx, err->msg);
-  fprintf(stderr, "morphkv eval: %s\n", err->msg);
-  return EV_FAIL;
-}
-
-static int agree(const eval_state_t *s, int status, mk_error_t *err) {
-  if (s->ctx->world > 1) status = mk_ctx_agree(s->ctx, status, err);
-  if (status != 0 && s->r0) fprintf(stderr, "morphkv eval: %s\n", err->msg);
-  return status;
-}
-
 /* Scores one run's logits against the reference at one position. */
 static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, double *kl, int *agree_out,
                       double *ll) {
@@ -737,7 +726,7 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
       else fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
     }
   }
-  if (agree(s, status, err) != 0) {
+  if (mk_cli_agree(s->ctx, "eval", status, err) != 0) {
     free(ids);
     return EV_FAIL;
   }
@@ -754,7 +743,7 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   double ref_prefill = 0.0;
   if (step_all(s, ids, n_prompt, true, &ref_prefill, err) != 0) {
     free(ids);
-    return fail_step(s, err);
+    return mk_cli_fail(s->ctx, "eval", err);
   }
   free(ids);
   ids = NULL;
@@ -765,7 +754,7 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   if (!gen || !kl || !ll || !ag) {
     free(gen), free(kl), free(ll), free(ag);
     mk_fail(err, "out of memory");
-    return fail_step(s, err);
+    return mk_cli_fail(s->ctx, "eval", err);
   }
   double ref_step = 0.0, p_ref_ll = 0.0, t_start = now_s(), t_last = t_start;
   long ref_steps = 0;
@@ -800,7 +789,7 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     double ts = 0.0;
     if (step_all(s, &y, 1, false, &ts, err) != 0) {
       free(gen), free(kl), free(ll), free(ag);
-      return fail_step(s, err);
+      return mk_cli_fail(s->ctx, "eval", err);
     }
     ref_step += ts;
     ref_steps++;
@@ -884,7 +873,7 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   }
   if (s->r0) fflush(s->summary_csv);
   free(gen), free(kl), free(ll), free(ag);
-  if (agree(s, fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
+  if (mk_cli_agree(s->ctx, "eval", fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
     return EV_FAIL;
   return EV_OK;
 }
@@ -992,7 +981,7 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
       fprintf(s.summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
                              "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
   }
-  if (agree(&s, status, &err) != 0) goto done;
+  if (mk_cli_agree(s.ctx, "eval", status, &err) != 0) goto done;
 
   /* the runs: every policy x every budget (full: once) */
   int n_budgets = o.n_caps ? o.n_caps : o.n_fracs;
@@ -1000,7 +989,7 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   s.errs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s.errs);
   if (!s.runs || !s.errs) {
     mk_fail(&err, "out of memory");
-    rc = fail_step(&s, &err);
+    rc = mk_cli_fail(s.ctx, "eval", &err);
     goto done;
   }
   for (int p = 0; p < o.n_pol; p++) {
@@ -1025,12 +1014,12 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   ep.backend.device = ctx->local_rank;
   double t0 = now_s();
   if (mk_engine_open(&s.ref, &ep, ctx, &err) != 0) {
-    rc = fail_step(&s, &err);
+    rc = mk_cli_fail(s.ctx, "eval", &err);
     goto done;
   }
   for (int r = 0; r < s.n_runs; r++)
     if (mk_engine_open(&s.runs[r].e, &ep, ctx, &err) != 0) {
-      rc = fail_step(&s, &err);
+      rc = mk_cli_fail(s.ctx, "eval", &err);
       goto done;
     }
   s.n_vocab = mk_engine_n_vocab(s.ref);
@@ -1042,7 +1031,7 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   status = (s.ref_logits && s.ref_lp && s.ref_p && s.eog) ? 0 : mk_fail(&err, "out of memory");
   for (int r = 0; status == 0 && r < s.n_runs; r++)
     if (!(s.runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(&err, "out of memory");
-  if (agree(&s, status, &err) != 0) goto done;
+  if (mk_cli_agree(s.ctx, "eval", status, &err) != 0) goto done;
   for (int i = 0; i < V; i++) s.eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s.ref), i) ? 1 : 0;
   if (!o.quiet && r0)
     fprintf(stderr, "[eval] %d engines on %s loaded in %.2f s; %d prompts x %d new tokens, %d threads\n",

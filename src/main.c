@@ -9,8 +9,9 @@
  * without a per-token message. Rank 0 alone prints text, progress and statistics.
  *
  * Failures: a phase every rank reaches on its own (options, prompt, cache allocation) ends with
- * mk_ctx_agree, so all ranks exit together with rank 0 printing the message; a failure inside a
- * collective phase (model load, forward pass) calls mk_ctx_abort, which takes every rank down.
+ * mk_cli_agree, so all ranks exit together with rank 0 printing the message; a failure inside a
+ * collective phase (model load, forward pass) calls mk_cli_fail, which takes every rank down
+ * (src/cli.h).
  * Exit codes: 0 ok, 1 runtime failure, 2 usage error. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -27,6 +28,7 @@
 
 #include "parallel/ctx.h"
 #include "parallel/request.h"
+#include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
 #include "src/eval.h"
@@ -332,21 +334,6 @@ static int sample_kv(const mk_ctx_t *ctx, const mk_engine_t *e, mk_run_stats_t *
   return mk_run_stats_sample(st, n_tokens, (int64_t)sum, err);
 }
 
-/* A failure on this rank where the others may be inside a collective. */
-static int fail_here(const mk_ctx_t *ctx, const mk_error_t *err) {
-  if (ctx->world > 1) mk_ctx_abort(ctx, err->msg);
-  fprintf(stderr, "morphkv: %s\n", err->msg);
-  return EXIT_FAIL;
-}
-
-/* A phase every rank reaches: all ranks learn whether any failed; rank 0 prints the message
- * (its own, or "rank R: ..." for the first failing rank). Returns 0 when all passed. */
-static int agree(const mk_ctx_t *ctx, int status, mk_error_t *err) {
-  if (ctx->world > 1) status = mk_ctx_agree(ctx, status, err);
-  if (status != 0 && ctx->rank == 0) fprintf(stderr, "morphkv generate: %s\n", err->msg);
-  return status;
-}
-
 /* ---- generate ------------------------------------------------------------------------------- */
 
 static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
@@ -382,7 +369,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   int status = 0;
   if (stat(o.model, &sb) != 0 || !S_ISREG(sb.st_mode))
     status = mk_fail(&err, "model file %s: %s", o.model, errno ? strerror(errno) : "not a regular file");
-  if (agree(ctx, status, &err) != 0) {
+  if (mk_cli_agree(ctx, "generate", status, &err) != 0) {
     mk_gen_opts_free(&o);
     return EXIT_FAIL;
   }
@@ -450,7 +437,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     }
     free(ids);
   }
-  if (agree(ctx, status, &err) != 0) goto done;
+  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
   if (mk_request_bcast(ctx, &req, n_vocab, &err) != 0) {
     if (r0) fprintf(stderr, "morphkv generate: request: %s\n", err.msg);
     goto done;
@@ -473,7 +460,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     logits = malloc((size_t)n_vocab * sizeof *logits);
     if (!hist || !logits) status = mk_fail(&err, "out of memory");
   }
-  if (agree(ctx, status, &err) != 0) goto done;
+  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
   memcpy(hist, req.prompt, (size_t)n_prompt * sizeof *hist);
   int n_hist = n_prompt;
 
@@ -502,12 +489,12 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   t0 = MPI_Wtime();
   int32_t next = 0; /* sampled where the logits lie (mk_engine_step_sample): no full gather */
   if (mk_engine_step_sample(e, 0, req.prompt, n_prompt, smp, hist, n_hist, &next, &err) != 0) {
-    rc = fail_here(ctx, &err);
+    rc = mk_cli_fail(ctx, NULL, &err);
     goto done;
   }
   st.prefill_s = MPI_Wtime() - t0;
   if (sample_kv(ctx, e, &st, n_prompt, &err) != 0) {
-    rc = fail_here(ctx, &err);
+    rc = mk_cli_fail(ctx, NULL, &err);
     goto done;
   }
   if (r0 && o.progress)
@@ -530,7 +517,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     int nb = mk_tok_stream_push(tok, &stream, id, piece, (int)sizeof piece);
     if (nb < 0 || out_append(&out, piece, (size_t)nb) != 0) {
       mk_fail(&err, "detokenizing token %d failed", id);
-      rc = fail_here(ctx, &err);
+      rc = mk_cli_fail(ctx, NULL, &err);
       goto done;
     }
     if (out_advance(&out, req.stop, req.n_stop)) {
@@ -540,7 +527,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     if (n_gen == max_new) break; /* the last token needs no forward pass */
     t0 = MPI_Wtime();
     if (mk_engine_step_sample(e, 0, &id, 1, smp, hist, n_hist, &next, &err) != 0) {
-      rc = fail_here(ctx, &err);
+      rc = mk_cli_fail(ctx, NULL, &err);
       goto done;
     }
     st.decode_s += MPI_Wtime() - t0;
@@ -548,7 +535,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
     int n_tok = n_prompt + st.decode_steps;
     if (n_tok % o.stats_every == 0) {
       if (sample_kv(ctx, e, &st, n_tok, &err) != 0) {
-        rc = fail_here(ctx, &err);
+        rc = mk_cli_fail(ctx, NULL, &err);
         goto done;
       }
       if (r0 && o.progress)
@@ -572,16 +559,16 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   st.wall_s = MPI_Wtime() - t_gen0;
   st.generated_tokens = n_gen;
   if (sample_kv(ctx, e, &st, n_prompt + st.decode_steps, &err) != 0) {
-    rc = fail_here(ctx, &err);
+    rc = mk_cli_fail(ctx, NULL, &err);
     goto done;
   }
 
   /* statistics (collective gather; rank 0 prints and writes) */
   st.ranks = calloc((size_t)ctx->world, sizeof *st.ranks);
   status = st.ranks ? 0 : mk_fail(&err, "out of memory");
-  if (agree(ctx, status, &err) != 0) goto done;
+  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
   if (gather_rank_stats(ctx, e, st.ranks, &err) != 0) {
-    rc = fail_here(ctx, &err);
+    rc = mk_cli_fail(ctx, NULL, &err);
     goto done;
   }
   mk_run_stats_sum(&st);

@@ -23,6 +23,7 @@
 #include "parallel/ctx.h"
 #include "parallel/mpi_check.h"
 #include "parallel/request.h"
+#include "src/cli.h" /* mk_ctx_abort */
 
 static int g_rank = -1;
 static int g_failures = 0;

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+#include "src/cli.h" /* mk_ctx_abort */
 #include "src/engine.h"
 #include "tests/mpi/tp_common.h"
 

@@ -39,6 +39,7 @@
 
 #include "parallel/ctx.h"
 #include "parallel/plan.h"
+#include "src/cli.h" /* mk_ctx_abort */
 #include "src/engine.h"
 #include "tests/testutil/synth_model.h"
 #include "tests/mpi/tp_common.h"

@@ -55,6 +55,42 @@ static void check_partition(const char *what, const shape_t *s, int tp, const in
   }
 }
 
+/* The whole-world query against the per-rank plans and the brute-force holder counts. */
+static void check_world(const shape_t *s, int tp, const mk_plan_t *p, const int *holders) {
+  int vb[128], vl[128], rep[1024], n_rep = 0, widest = 0;
+  mk_plan_world_t w;
+  mk_error_t err;
+  memset(rep, 0xff, sizeof rep);
+  if (mk_plan_world(&s->d, tp, vb, vl, rep, &w, &err) != 0) {
+    print_error("%s, T=%d: world plan refused: %s\n", s->name, tp, err.msg);
+    fail();
+  }
+  assert_int_equal(w.tp, tp);
+  for (int r = 0; r < tp; r++) {
+    assert_int_equal(vb[r], p[r].vocab_begin);
+    assert_int_equal(vl[r], p[r].vocab_end - p[r].vocab_begin);
+    if (vl[r] > widest) widest = vl[r];
+  }
+  assert_int_equal(w.vocab_slice_max, widest);
+  for (int k = 0; k < s->d.n_kv_head; k++)
+    if (holders[k] > 1) {
+      if (n_rep >= w.n_rep || rep[n_rep] != k) {
+        print_error("%s, T=%d: replicated KV head %d missing from the world plan (entry %d)\n",
+                    s->name, tp, k, n_rep);
+        fail();
+      }
+      n_rep++;
+    }
+  assert_int_equal(w.n_rep, n_rep);
+  assert_int_equal(rep[n_rep], -1); /* nothing written past the list */
+  assert_int_equal(w.n_rep > 0, p[0].any_replicated);
+  /* NULL arrays: the same counts */
+  mk_plan_world_t w2;
+  assert_int_equal(mk_plan_world(&s->d, tp, NULL, NULL, NULL, &w2, &err), 0);
+  assert_int_equal(w2.n_rep, w.n_rep);
+  assert_int_equal(w2.vocab_slice_max, w.vocab_slice_max);
+}
+
 static void check_shape_all_tp(const shape_t *s) {
   const mk_plan_dims_t *d = &s->d;
   const int g = d->n_head / d->n_kv_head;
@@ -114,6 +150,7 @@ static void check_shape_all_tp(const shape_t *s) {
         if (f > 0) assert_false(k >= p[f - 1].kv_begin && k < p[f - 1].kv_end);
       }
     }
+    check_world(s, tp, p, holders);
     if (d->n_kv_head % tp == 0 && any) {
       print_error("%s, T=%d divides n_kv_head %d but KV heads are replicated\n", s->name, tp,
                   d->n_kv_head);
@@ -236,6 +273,24 @@ static void test_refusals(void **state) {
   expect_refusal(&bad, 1, 0, "invalid model dims", NULL);
   assert_int_equal(mk_plan_max_tp(&bad, &err), -1);
   expect_refusal(NULL, 1, 0, "no model dims", NULL);
+
+  /* the world query refuses what the per-rank plan refuses, with its message */
+  mk_plan_world_t w;
+  mk_error_t werr = {{0}};
+  assert_int_equal(mk_plan_world(demo, 10, NULL, NULL, NULL, &w, &werr), -1);
+  assert_non_null(strstr(werr.msg, "use T <= 9"));
+  assert_int_equal(mk_plan_world(demo, 0, NULL, NULL, NULL, &w, &werr), -1);
+  assert_non_null(strstr(werr.msg, "T=0"));
+  /* the demo model over 2 ranks by hand: KV head 1 is replicated, slices 24576 + 24576 */
+  int vb[2], vl[2], rep[3];
+  assert_int_equal(mk_plan_world(demo, 2, vb, vl, rep, &w, &werr), 0);
+  assert_int_equal(w.n_rep, 1), assert_int_equal(rep[0], 1);
+  assert_int_equal(vb[1], 24576), assert_int_equal(vl[1], 49152 - 24576);
+  assert_int_equal(w.vocab_slice_max, 24576);
+  /* T = 9: every KV head replicated */
+  assert_int_equal(mk_plan_world(demo, 9, NULL, NULL, rep, &w, &werr), 0);
+  assert_int_equal(w.n_rep, 3);
+  assert_int_equal(rep[0], 0), assert_int_equal(rep[1], 1), assert_int_equal(rep[2], 2);
 }
 
 int main(void) {
