@@ -46,6 +46,8 @@
 
 /* decode steps: 96, or MK_TP_SYNTH_STEPS (the emulated backend runs fewer: it is slow) */
 static int N_NEW = 96;
+/* sampling-check steps per sampler setting: 24, or MK_TP_SYNTH_SAMPLE_STEPS (1..24) */
+static int N_SAMPLE = 24;
 
 
 /* Results of comparing kept positions, accumulated on rank 0. */
@@ -115,7 +117,7 @@ static void check_sampling(mk_ctx_t *ctx, mk_engine_t *a, const mk_engine_params
   mk_error_t err = {{0}};
   mk_engine_t *b = NULL;
   if (mk_engine_open(&b, ep, ctx, &err) != 0) die(ctx, &err);
-  const int V = mk_engine_n_vocab(a), T = ctx->world, n_new = N_NEW < 24 ? N_NEW : 24;
+  const int V = mk_engine_n_vocab(a), T = ctx->world, n_new = N_SAMPLE;
   mk_sampler_params_t set[4];
   for (int i = 0; i < 4; i++) mk_sampler_params_default(&set[i]);
   set[0].temperature = 0.0f;                           /* greedy */
@@ -198,6 +200,8 @@ int main(int argc, char **argv) {
   const int T = ctx.world;
   const char *steps = getenv("MK_TP_SYNTH_STEPS");
   if (steps && atoi(steps) > 0 && atoi(steps) <= 96) N_NEW = atoi(steps);
+  const char *ssteps = getenv("MK_TP_SYNTH_SAMPLE_STEPS");
+  if (ssteps && atoi(ssteps) > 0 && atoi(ssteps) <= 24) N_SAMPLE = atoi(ssteps);
 
   /* rank 0 writes the model; every rank opens it after the broadcast of its path */
   char path[512] = {0};
