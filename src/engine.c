@@ -533,9 +533,9 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   return o->sync(b, err);
 }
 
-int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits, float *logits,
-                   mk_error_t *err) {
-  if (!e->have_cache) return mk_fail(err, "mk_engine_step before mk_engine_begin");
+/* The arguments of a step: a begun run, a valid sequence, tokens in the vocabulary, room left. */
+static int check_step(const mk_engine_t *e, const char *fn, int seq, const int32_t *ids, int n, mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "%s before mk_engine_begin", fn);
   if (seq < 0 || seq >= e->n_seq) return mk_fail(err, "sequence %d out of range (%d)", seq, e->n_seq);
   if (n <= 0) return mk_fail(err, "no tokens to feed");
   const int V = e->model.cfg.n_vocab;
@@ -544,6 +544,13 @@ int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_
   if (e->n_past[seq] + n > e->model.cfg.n_ctx_train)
     return mk_fail(err, "sequence %d would reach %d tokens, past the model's context of %d", seq,
                    e->n_past[seq] + n, e->model.cfg.n_ctx_train);
+  return 0;
+}
+
+int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits, float *logits,
+                   mk_error_t *err) {
+  if (check_step(e, "mk_engine_step", seq, ids, n, err) != 0) return -1;
+  const int V = e->model.cfg.n_vocab;
   if (e->n_past[seq] == 0) {
     mk_seq_span_t sp = {.seq = seq, .row = 0, .n = n, .pos0 = 0, .prefill = true};
     int last = n - 1;
@@ -607,15 +614,7 @@ static int sample_token(mk_engine_t *e, mk_sampler_t *smp, const int32_t *hist, 
 
 int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk_sampler_t *smp,
                           const int32_t *history, int n_history, int32_t *next, mk_error_t *err) {
-  if (!e->have_cache) return mk_fail(err, "mk_engine_step_sample before mk_engine_begin");
-  if (seq < 0 || seq >= e->n_seq) return mk_fail(err, "sequence %d out of range (%d)", seq, e->n_seq);
-  if (n <= 0) return mk_fail(err, "no tokens to feed");
-  const int V = e->model.cfg.n_vocab;
-  for (int i = 0; i < n; i++)
-    if (ids[i] < 0 || ids[i] >= V) return mk_fail(err, "token id %d out of range (vocabulary %d)", ids[i], V);
-  if (e->n_past[seq] + n > e->model.cfg.n_ctx_train)
-    return mk_fail(err, "sequence %d would reach %d tokens, past the model's context of %d", seq,
-                   e->n_past[seq] + n, e->model.cfg.n_ctx_train);
+  if (check_step(e, "mk_engine_step_sample", seq, ids, n, err) != 0) return -1;
   if (n > 1 && e->n_past[seq] > 0 && mk_engine_step(e, seq, ids, n - 1, false, NULL, err) != 0) return -1;
   const bool prefill = e->n_past[seq] == 0;
   const int nf = prefill ? n : 1;
