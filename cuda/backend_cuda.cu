@@ -1090,11 +1090,13 @@ extern "C" int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *
     return mk_fail(err, "no CUDA device (%s; CUDA_VISIBLE_DEVICES=%s)",
                    e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", vis ? vis : "unset");
   }
-  if (p->device < 0)
-    return mk_fail(err, "CUDA device %d requested (CUDA_VISIBLE_DEVICES=%s)", p->device, vis ? vis : "unset");
+  if (p->device >= count)
+    return mk_fail(err, "CUDA device %d requested, but %d device%s visible (CUDA_VISIBLE_DEVICES=%s)", p->device,
+                   count, count == 1 ? " is" : "s are", vis ? vis : "unset");
   cuda_impl_t *c = (cuda_impl_t *)calloc(1, sizeof *c);
   if (!c) return mk_fail(err, "cuda backend: out of memory");
-  c->dev = p->device % count; /* p->device is the node-local rank: ranks beyond the devices share them */
+  /* device < 0: by node-local rank, ranks beyond the devices sharing them round-robin */
+  c->dev = p->device >= 0 ? p->device : (p->local_rank > 0 ? p->local_rank : 0) % count;
   b->impl = c;
   b->ops = &cuda_ops;
   b->n_threads = p->n_threads;

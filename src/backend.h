@@ -129,8 +129,9 @@ typedef struct mk_backend_params {
   mk_backend_kind_t kind;
   int n_threads;        /* CPU threads (OpenMP) */
   int simd;             /* -1: best available; else mk_simd_t to force */
-  int device;           /* CUDA: the node-local rank; the backend uses device (local rank) modulo the
-                         * visible devices, so several ranks may share one GPU (--comm mpi) */
+  int device;           /* CUDA: device ordinal; < 0: local_rank modulo the visible devices, so
+                         * several ranks of a node may share one GPU (--comm mpi) */
+  int local_rank;       /* CUDA with device < 0: this rank's index on its node */
 } mk_backend_params_t;
 
 /* CPU backend: always available. */

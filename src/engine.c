@@ -129,7 +129,7 @@ static int prepare_weights(mk_engine_t *e, mk_error_t *err) {
  * in a collective for a rank that gave up, and every rank can say why), then the communicator for
  * this backend. status: this rank's so far (0, or -1 with err). */
 static int open_comm(mk_engine_t *e, int status, mk_comm_kind_t want, mk_error_t *err) {
-  if (mk_ctx_agree(e->ctx, status, err) != 0) return -1;
+  if (e->ctx->world > 1 ? mk_ctx_agree(e->ctx, status, err) != 0 : status != 0) return -1;
   mk_comm_t *c = NULL;
   if (mk_ctx_comm_for_backend(e->ctx, want, &e->be, &c, err) != 0) return -1;
   e->own_comm = c != NULL;

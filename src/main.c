@@ -390,10 +390,12 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   ep.backend.kind = o.backend;
   ep.backend.n_threads = o.threads > 0 ? o.threads : default_threads(ctx);
   ep.backend.simd = o.simd;
-  ep.backend.device = ctx->local_rank;
+  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
+  ep.backend.local_rank = ctx->local_rank;
   double t0 = MPI_Wtime();
   if (mk_engine_open(&e, &ep, ctx, &err) != 0) { /* agreed: every rank says why, none aborts */
-    fprintf(stderr, "morphkv generate (rank %d): %s\n", ctx->rank, err.msg);
+    if (ctx->world > 1) fprintf(stderr, "morphkv generate (rank %d): %s\n", ctx->rank, err.msg);
+    else fprintf(stderr, "morphkv generate: %s\n", err.msg);
     goto done;
   }
   st.load_s = MPI_Wtime() - t0;

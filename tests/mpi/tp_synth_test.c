@@ -221,7 +221,7 @@ int main(int argc, char **argv) {
 
   mk_engine_params_t ep = {.model_path = path,
                            .backend = {.kind = cuda ? MK_BACKEND_CUDA : MK_BACKEND_CPU, .n_threads = 1, .simd = -1,
-                                       .device = ctx.local_rank},
+                                       .device = -1, .local_rank = ctx.local_rank},
                            .comm = comm};
   mk_engine_t *tp = NULL, *ref = NULL;
   if (mk_engine_open(&tp, &ep, &ctx, &err) != 0) die(&ctx, &err);
