@@ -1,6 +1,6 @@
 /* CUDA backend: shared helpers (error macros, warp reductions, small device utilities).
  *
- * Error convention (style.md): library code never exits. cudaCheck / cublasCheck return
+ * Error convention: library code never exits. cudaCheck / cublasCheck return
  * mk_fail(err, ...) from the enclosing int-returning function with the failing call's text, the
  * error string, file:line and the device ordinal. Kernel launchers (the *.cu files beside this)
  * return nothing; the caller checks cudaGetLastError() once after a group of launches.

@@ -1,5 +1,5 @@
-/* MorphKV on the device: candidate scoring from the Z ring and victim choice (the §3.3 step of
- * /work/shared/design/morphkv-algorithm.md, canonical form).
+/* MorphKV on the device: candidate scoring from the Z ring and victim choice (the decode step of
+ * docs/morphkv.md §5).
  *
  * For one job = one (sequence, layer, KV head) after a step whose next position is next_pos:
  *   candidates  c = { slot < nscan : 0 <= pos[slot] < next_pos - W }   (outside the recent W)

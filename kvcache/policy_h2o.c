@@ -1,4 +1,4 @@
-/* H2O, canonical form (Zhang et al. 2023; spec §4): keep the C-W "heavy hitters" with the largest
+/* H2O, canonical form (Zhang et al. 2023; docs/morphkv.md §10): keep the C-W "heavy hitters" with the largest
  * accumulated attention plus the W+1 most recent tokens (C+1 at attention time).
  *
  * acc[slot] = sum over every query processed so far (all prompt queries, causal, and every decode
@@ -19,7 +19,7 @@
  * only when each stored head serves one query head (group size 1, or KV stored per query head);
  * with a larger group evict fails with a message instead of silently mixing heads.
  * The reference's quirks (only the last C prompt queries counted, no accumulation on steps that
- * do not evict; §8 B9) are not reproduced. evict_after is not used. */
+ * do not evict, scoring in the model's dtype) are not reproduced. evict_after is not used. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

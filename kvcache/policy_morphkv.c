@@ -1,4 +1,4 @@
-/* MorphKV (spec morphkv-algorithm.md §3.3): keep the W+1 most recent tokens plus the C-W older
+/* MorphKV (docs/morphkv.md: §2 state, §4 prefill, §5 decode step, §6 tie rule): keep the W+1 most recent tokens plus the C-W older
  * tokens that the last W queries attended to most.
  *
  * State per stored head (in the cache's state arena, counted by state_bytes):

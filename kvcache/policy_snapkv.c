@@ -1,4 +1,4 @@
-/* SnapKV (Li et al. 2024; spec §4): a one-time selection at prefill end, then no eviction.
+/* SnapKV (Li et al. 2024; docs/morphkv.md §10): a one-time selection at prefill end, then no eviction.
  *
  * Observation window w = cfg->window, budget B = cfg->capacity (w included), pooling kernel
  * ks = cfg->snapkv_pool (odd), average pooling (zero padding counted, as PyTorch's avg_pool1d) or
@@ -10,7 +10,7 @@
  * P <= B keeps the whole prompt. During decode nothing is evicted: the cache grows by one slot
  * per generated token, so slots_needed is the run's total length.
  *
- * GQA: the selection is per stored KV head, votes summed over the group (spec option `group`);
+ * GQA: the selection is per stored KV head, votes summed over the group (as H2O's `group` mode);
  * the reference's per-query-head selection would need KV stored per query head.
  * The engine passes only the rows of the last w prompt queries (prefill_rows = w); observe counts
  * rows until the prefill's evict, and ignores decode rows. */

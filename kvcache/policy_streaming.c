@@ -1,4 +1,4 @@
-/* StreamingLLM (Xiao et al. 2024; spec §4): keep the first S tokens of the sequence ("attention
+/* StreamingLLM (Xiao et al. 2024; docs/morphkv.md §10): keep the first S tokens of the sequence ("attention
  * sinks") and the most recent ones, C+1 = S + R in all at attention time, the current token
  * included. No scores and no state.
  *

@@ -1,6 +1,6 @@
 /* Selection and scoring helpers shared by the eviction policies (morphkv, h2o, snapkv).
  *
- * Rank order (spec decision 9): slot a ranks above slot b when score[a] > score[b], or the scores
+ * Rank order (docs/morphkv.md §6): slot a ranks above slot b when score[a] > score[b], or the scores
  * are equal and pos[a] < pos[b] (the older token wins a tie). NaN scores rank as -INFINITY.
  * Positions are unique within a head, so this is a strict total order: every selection below is
  * deterministic whatever the algorithm, and replicas of a head agree bit for bit.

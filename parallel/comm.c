@@ -16,6 +16,7 @@ static uint64_t *counter(mk_comm_t *c, mk_comm_tag_t tag) {
 }
 
 static void count(mk_comm_t *c, mk_comm_tag_t tag, uint64_t bytes) {
+  c->tag = (int)tag;
   if (c->size > 1) *counter(c, tag) += bytes;
 }
 
@@ -50,6 +51,7 @@ int mk_comm_allgather_host(mk_comm_t *c, mk_comm_tag_t tag, const void *send, vo
 }
 
 int mk_comm_barrier(mk_comm_t *c, mk_error_t *err) {
+  c->tag = MK_COMM_OTHER;
   return c->ops->barrier(c, err);
 }
 

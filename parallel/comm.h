@@ -34,6 +34,7 @@
 
 #include <mpi.h>
 
+#include "parallel/watchdog.h"
 #include "src/mk_error.h"
 
 typedef struct mk_comm mk_comm_t;
@@ -60,6 +61,8 @@ struct mk_comm {
   uint64_t bytes_score; /* payload bytes of cache-policy score synchronization */
   uint64_t bytes_sample; /* payload bytes of the LM-head exchange (full logits or sampler candidates) */
   uint64_t bytes_other; /* everything else (checks, ...) */
+  mk_watchdog_t *wd;    /* borrowed (the ctx's); NULL: unbounded blocking waits */
+  int tag;              /* mk_comm_tag_t of the collective in progress (watchdog messages) */
 };
 
 /* Which counter a collective's payload is added to. */

@@ -2,7 +2,9 @@
  * MPI_ERRORS_RETURN, so forward-pass collectives can never match a control message sent on
  * ctx->mpi, and a failing call becomes an mk_error_t naming the call and the rank.
  * MPI counts are ints: large buffers go in chunks of MK_MPI_CHUNK elements (every rank cuts the
- * same chunks, so results stay identical across ranks). */
+ * same chunks, so results stay identical across ranks).
+ * Waits go through the ctx's watchdog (c->wd, parallel/watchdog.h): non-blocking collectives
+ * with a bounded, sleeping wait; plain blocking calls when it is off or c->wd is NULL. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,18 +23,32 @@ static MPI_Comm comm_of(mk_comm_t *c) {
   return ((mpi_impl_t *)c->impl)->comm;
 }
 
+/* The purpose named in watchdog messages. */
+static const char *purpose(const mk_comm_t *c) {
+  switch (c->tag) {
+    case MK_COMM_MODEL:
+      return "model";
+    case MK_COMM_SCORE:
+      return "score sync";
+    default:
+      return "other";
+  }
+}
+
 static int reduce_f32(mk_comm_t *c, float *buf, size_t n, MPI_Op op, mk_error_t *err) {
   if (c->size == 1) return 0;
   mpi_impl_t *m = c->impl;
   for (size_t off = 0; off < n; off += MK_MPI_CHUNK) {
     int k = (int)(n - off < MK_MPI_CHUNK ? n - off : MK_MPI_CHUNK);
     float *p = buf + off;
+    const char *what = purpose(c);
     if (m->mode == MK_COMM_MPI_REDUCE_BCAST) {
-      MK_MPI_CHECK(MPI_Reduce(c->rank == 0 ? MPI_IN_PLACE : p, p, k, MPI_FLOAT, op, 0, m->comm),
-                   c->rank, err);
-      MK_MPI_CHECK(MPI_Bcast(p, k, MPI_FLOAT, 0, m->comm), c->rank, err);
-    } else {
-      MK_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p, k, MPI_FLOAT, op, m->comm), c->rank, err);
+      if (mk_wd_reduce(c->wd, c->rank == 0 ? MPI_IN_PLACE : p, p, k, MPI_FLOAT, op, 0, m->comm,
+                       what, err) ||
+          mk_wd_bcast(c->wd, p, k, MPI_FLOAT, 0, m->comm, what, err))
+        return -1;
+    } else if (mk_wd_allreduce(c->wd, MPI_IN_PLACE, p, k, MPI_FLOAT, op, m->comm, what, err)) {
+      return -1;
     }
   }
   return 0;
@@ -53,7 +69,8 @@ static int mpi_bcast(mk_comm_t *c, void *buf, size_t bytes, int root, mk_error_t
   if (c->size == 1) return 0;
   for (size_t off = 0; off < bytes; off += MK_MPI_CHUNK) {
     int k = (int)(bytes - off < MK_MPI_CHUNK ? bytes - off : MK_MPI_CHUNK);
-    MK_MPI_CHECK(MPI_Bcast((char *)buf + off, k, MPI_BYTE, root, comm_of(c)), c->rank, err);
+    if (mk_wd_bcast(c->wd, (char *)buf + off, k, MPI_BYTE, root, comm_of(c), purpose(c), err))
+      return -1;
   }
   return 0;
 }
@@ -68,15 +85,12 @@ static int mpi_allgather(mk_comm_t *c, const void *send, void *recv, size_t byte
     return 0;
   }
   const void *s = send == (char *)recv + (size_t)c->rank * bytes_each ? MPI_IN_PLACE : send;
-  MK_MPI_CHECK(
-      MPI_Allgather(s, (int)bytes_each, MPI_BYTE, recv, (int)bytes_each, MPI_BYTE, comm_of(c)),
-      c->rank, err);
-  return 0;
+  return mk_wd_allgather(c->wd, s, (int)bytes_each, MPI_BYTE, recv, (int)bytes_each, MPI_BYTE,
+                         comm_of(c), purpose(c), err);
 }
 
 static int mpi_barrier(mk_comm_t *c, mk_error_t *err) {
-  MK_MPI_CHECK(MPI_Barrier(comm_of(c)), c->rank, err);
-  return 0;
+  return mk_wd_barrier(c->wd, comm_of(c), "barrier", err);
 }
 
 static void mpi_free(mk_comm_t *c) {

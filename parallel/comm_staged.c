@@ -20,6 +20,14 @@ typedef struct staged_impl {
   size_t cap;
 } staged_impl_t;
 
+/* The inner communicator, told the outer one's watchdog and the tag of the call in progress. */
+static mk_comm_t *inner_of(mk_comm_t *c) {
+  staged_impl_t *m = c->impl;
+  m->inner->wd = c->wd;
+  m->inner->tag = c->tag;
+  return m->inner;
+}
+
 static int stage_reserve(mk_comm_t *c, size_t bytes, mk_error_t *err) {
   staged_impl_t *m = c->impl;
   if (bytes <= m->cap) return 0;
@@ -37,8 +45,8 @@ static int staged_reduce(mk_comm_t *c, float *buf, size_t n, bool max, mk_error_
   const size_t bytes = n * sizeof(float);
   if (c->size == 1 || n == 0) return 0;
   if (stage_reserve(c, bytes, err) || m->be->ops->download(m->be, m->stage, buf, bytes, err)) return -1;
-  const mk_comm_ops_t *o = m->inner->ops;
-  if ((max ? o->allreduce_max_f32 : o->allreduce_sum_f32)(m->inner, m->stage, n, err)) return -1;
+  mk_comm_t *in = inner_of(c);
+  if ((max ? in->ops->allreduce_max_f32 : in->ops->allreduce_sum_f32)(in, m->stage, n, err)) return -1;
   return m->be->ops->upload(m->be, buf, m->stage, bytes, err);
 }
 
@@ -57,7 +65,7 @@ static int staged_bcast(mk_comm_t *c, void *buf, size_t bytes, int root, mk_erro
   if (c->size == 1 || bytes == 0) return 0;
   if (stage_reserve(c, bytes, err)) return -1;
   if (c->rank == root && m->be->ops->download(m->be, m->stage, buf, bytes, err)) return -1;
-  if (m->inner->ops->bcast(m->inner, m->stage, bytes, root, err)) return -1;
+  if (inner_of(c)->ops->bcast(m->inner, m->stage, bytes, root, err)) return -1;
   return c->rank == root ? 0 : m->be->ops->upload(m->be, buf, m->stage, bytes, err);
 }
 
@@ -68,19 +76,19 @@ static int staged_allgather(mk_comm_t *c, const void *send, void *recv, size_t b
   if (stage_reserve(c, total, err)) return -1;
   char *mine = (char *)m->stage + (size_t)c->rank * bytes_each;
   if (m->be->ops->download(m->be, mine, send, bytes_each, err)) return -1;
-  if (c->size > 1 && m->inner->ops->allgather(m->inner, mine, m->stage, bytes_each, err)) return -1;
+  if (c->size > 1 && inner_of(c)->ops->allgather(m->inner, mine, m->stage, bytes_each, err)) return -1;
   return m->be->ops->upload(m->be, recv, m->stage, total, err);
 }
 
 static int staged_allgather_host(mk_comm_t *c, const void *send, void *recv, size_t bytes_each, mk_error_t *err) {
-  staged_impl_t *m = c->impl;
-  return m->inner->ops->allgather_host(m->inner, send, recv, bytes_each, err);
+  mk_comm_t *in = inner_of(c);
+  return in->ops->allgather_host(in, send, recv, bytes_each, err);
 }
 
 static int staged_barrier(mk_comm_t *c, mk_error_t *err) {
   staged_impl_t *m = c->impl;
   if (m->be->ops->sync(m->be, err)) return -1;
-  return m->inner->ops->barrier(m->inner, err);
+  return inner_of(c)->ops->barrier(m->inner, err);
 }
 
 static void staged_free(mk_comm_t *c) {

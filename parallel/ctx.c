@@ -24,7 +24,10 @@ static int ctx_build(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
   MPI_Comm_free(&node);
   if (rc != MPI_SUCCESS)
     return mk_mpi_fail(err, rc, "MPI_Comm_rank/size(node)", ctx->rank, __FILE__, __LINE__);
-  return mk_comm_mpi_create(ctx->mpi, MK_COMM_MPI_ALLREDUCE, &ctx->comm, err);
+  if (mk_watchdog_create(ctx->mpi, MK_WATCHDOG_DEFAULT_S, &ctx->wd, err)) return -1;
+  if (mk_comm_mpi_create(ctx->mpi, MK_COMM_MPI_ALLREDUCE, &ctx->comm, err)) return -1;
+  ctx->comm->wd = ctx->wd;
+  return 0;
 }
 
 int mk_ctx_init(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
@@ -46,6 +49,8 @@ void mk_ctx_free(mk_ctx_t *ctx) {
   if (!ctx) return;
   mk_comm_free(ctx->comm);
   ctx->comm = NULL;
+  mk_watchdog_free(ctx->wd);
+  ctx->wd = NULL;
   int finalized = 0;
   MPI_Finalized(&finalized);
   /* A zeroed ctx has mpi == 0, which is not MPI_COMM_NULL in Open MPI: only free what we made. */
@@ -61,6 +66,7 @@ static void ctx_swap_comm(mk_ctx_t *ctx, mk_comm_t *c) {
     c->bytes_other = ctx->comm->bytes_other;
   }
   mk_comm_free(ctx->comm);
+  c->wd = ctx->wd;
   ctx->comm = c;
 }
 
@@ -159,6 +165,7 @@ int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, mk_backend_t *be
     mk_comm_free(c);
     return -1;
   }
+  c->wd = ctx->wd; /* bounded waits, as on ctx->comm */
   *out = c;
   return 0;
 }
@@ -169,12 +176,15 @@ int mk_ctx_agree(const mk_ctx_t *ctx, int status, mk_error_t *err) {
   mk_error_t local;
   mk_error_t *e = err ? err : &local;
   if (!status || !err) e->msg[0] = '\0';
-  MK_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, ctx->mpi), ctx->rank, e);
+  if (mk_wd_allreduce(ctx->wd, &mine, &first, 1, MPI_INT, MPI_MIN, ctx->mpi, "failure agreement",
+                      e))
+    return -1;
   if (first == INT_MAX) return 0;
   char msg[sizeof e->msg];
   if (ctx->rank == first) memcpy(msg, e->msg, sizeof msg);
   msg[sizeof msg - 1] = '\0';
-  MK_MPI_CHECK(MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, ctx->mpi), ctx->rank, e);
+  if (mk_wd_bcast(ctx->wd, msg, (int)sizeof msg, MPI_CHAR, first, ctx->mpi, "failure agreement", e))
+    return -1;
   msg[sizeof msg - 1] = '\0';
   return mk_fail(e, "rank %d: %s", first, msg);
 }

@@ -25,6 +25,8 @@ typedef struct mk_ctx {
   int local_rank, local_size; /* on this node (MPI_Comm_split_type SHARED) */
   MPI_Comm mpi;               /* duplicate of the run's communicator, owned */
   mk_comm_t *comm;            /* collectives for the forward pass (MPI or NCCL), owned */
+  mk_watchdog_t *wd;          /* bounds every wait on mpi and comm (parallel/watchdog.h), owned;
+                                 timeout MK_WATCHDOG_DEFAULT_S until mk_watchdog_set_timeout */
 } mk_ctx_t;
 
 /* MPI must be initialised. Collective over `world` (usually MPI_COMM_WORLD). Builds the context

@@ -4,7 +4,7 @@
  * more). A rank holds every KV head that one of its query heads reads; when a range boundary cuts a
  * KV group, that KV head is REPLICATED on each rank that owns some of its query heads, and those
  * replicas must make identical eviction decisions (see kvcache/kvcache.h and
- * morphkv-algorithm.md §7). When T divides the KV-head count the ranges fall on group boundaries
+ * docs/morphkv.md §7). When T divides the KV-head count the ranges fall on group boundaries
  * and nothing is replicated.
  * MLP hidden units (gate/up rows = down columns) are split in contiguous ranges of whole
  * `ff_align` blocks (the quantization block of ffn_down, whose rows are sliced by column), as

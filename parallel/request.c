@@ -57,7 +57,7 @@ int mk_request_validate(const mk_request_t *r, int n_vocab, mk_error_t *err) {
                      MK_REQUEST_MAX_STOP_LEN);
   }
 
-  const mk_request_sampling_t *s = &r->sampling;
+  const mk_sampler_params_t *s = &r->sampling;
   if (!isfinite(s->temperature) || s->temperature < 0)
     return mk_fail(err, "request: temperature %g must be finite and >= 0", (double)s->temperature);
   if (s->top_k < 0) return mk_fail(err, "request: top_k %d must be >= 0", s->top_k);
@@ -70,8 +70,8 @@ int mk_request_validate(const mk_request_t *r, int n_vocab, mk_error_t *err) {
                    (double)s->repeat_penalty);
   if (s->repeat_last_n < 0)
     return mk_fail(err, "request: repeat_last_n %d must be >= 0", s->repeat_last_n);
-  if (s->max_new_tokens < 0)
-    return mk_fail(err, "request: max_new_tokens %d must be >= 0", s->max_new_tokens);
+  if (r->max_new_tokens < 0)
+    return mk_fail(err, "request: max_new_tokens %d must be >= 0", r->max_new_tokens);
 
   const mk_kv_config_t *c = &r->cache;
   if ((unsigned)c->policy >= MK_KV_POLICY_COUNT)
@@ -169,7 +169,7 @@ int mk_request_pack(const mk_request_t *r, int n_vocab, uint8_t **buf, size_t *l
   s.repeat_penalty = r->sampling.repeat_penalty;
   s.repeat_last_n = r->sampling.repeat_last_n;
   s.seed = r->sampling.seed;
-  s.max_new_tokens = r->sampling.max_new_tokens;
+  s.max_new_tokens = r->max_new_tokens;
 
   const mk_kv_config_t *c = &r->cache;
   Morphkv__CacheSettings cs = MORPHKV__CACHE_SETTINGS__INIT;
@@ -247,7 +247,7 @@ static int from_wire(const Morphkv__Request *m, mk_request_t *r, mk_error_t *err
     r->sampling.repeat_penalty = s->repeat_penalty;
     r->sampling.repeat_last_n = s->repeat_last_n;
     r->sampling.seed = s->seed;
-    r->sampling.max_new_tokens = s->max_new_tokens;
+    r->max_new_tokens = s->max_new_tokens;
   }
   if (m->cache) {
     const Morphkv__CacheSettings *cs = m->cache;
@@ -329,7 +329,7 @@ int mk_request_unpack(const uint8_t *buf, size_t len, int n_vocab, mk_request_t 
  * the same MPI calls whatever happens locally, so no rank waits for a call another skipped. */
 static int bcast_bytes(const mk_ctx_t *ctx, uint8_t **buf, size_t *len, mk_error_t *err) {
   uint64_t n = *len;
-  MK_MPI_CHECK(MPI_Bcast(&n, 1, MPI_UINT64_T, 0, ctx->mpi), ctx->rank, err);
+  if (mk_wd_bcast(ctx->wd, &n, 1, MPI_UINT64_T, 0, ctx->mpi, "request length", err)) return -1;
   int st = 0;
   if (n > MK_REQUEST_MAX_BYTES) /* same n everywhere: every rank refuses */
     return mk_fail(err, "request: rank 0 sent a length of %llu bytes, more than the %zu allowed",
@@ -340,7 +340,7 @@ static int bcast_bytes(const mk_ctx_t *ctx, uint8_t **buf, size_t *len, mk_error
     if (!*buf) st = mk_fail(err, "request: out of memory for %llu bytes", (unsigned long long)n);
   }
   if (mk_ctx_agree(ctx, st, err)) return -1;
-  MK_MPI_CHECK(MPI_Bcast(*buf, (int)n, MPI_BYTE, 0, ctx->mpi), ctx->rank, err);
+  if (mk_wd_bcast(ctx->wd, *buf, (int)n, MPI_BYTE, 0, ctx->mpi, "request", err)) return -1;
   if (ctx->comm && ctx->world > 1) ctx->comm->bytes_other += sizeof n + n;
   return 0;
 }

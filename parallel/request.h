@@ -18,6 +18,7 @@
 
 #include "kvcache/kvcache.h"
 #include "parallel/ctx.h"
+#include "src/sampler.h"
 #include "src/mk_error.h"
 
 #define MK_REQUEST_VERSION 1u
@@ -33,23 +34,15 @@ typedef enum mk_request_kind {
   MK_REQUEST_SHUTDOWN = 2,
 } mk_request_kind_t;
 
-typedef struct mk_request_sampling {
-  float temperature;    /* >= 0; 0 = greedy */
-  int top_k;            /* >= 0; 0 = off */
-  float top_p;          /* (0, 1]; 1 = off */
-  float min_p;          /* [0, 1]; 0 = off */
-  float repeat_penalty; /* > 0; 1 = off */
-  int repeat_last_n;    /* >= 0 */
-  uint64_t seed;
-  int max_new_tokens; /* >= 0 */
-} mk_request_sampling_t;
-
 typedef struct mk_request {
   mk_request_kind_t kind;
   uint64_t id;
   int32_t *prompt; /* (n_prompt) token ids, malloc'd */
   size_t n_prompt;
-  mk_request_sampling_t sampling;
+  /* the sampler's own parameters (src/sampler.h), checked on receipt: temperature >= 0,
+   * top_k >= 0, top_p in (0, 1], min_p in [0, 1], repeat_penalty > 0, repeat_last_n >= 0 */
+  mk_sampler_params_t sampling;
+  int max_new_tokens; /* >= 0 */
   mk_kv_config_t cache;
   char **stop; /* (n_stop) NUL-terminated strings, each malloc'd, array malloc'd */
   size_t n_stop;

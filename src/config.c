@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_COMM, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_COMM, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -38,7 +38,8 @@ typedef struct opt_def {
 static const opt_def_t OPTS[] = {
     {O_MODEL, "model", K_PATH, "PATH", "GGUF model file", false},
     {O_PROMPT, "prompt", K_STR, "TEXT", "prompt text", false},
-    {O_PROMPT_FILE, "prompt-file", K_PATH, "FILE", "read the prompt from FILE", false},
+    {O_PROMPT_FILE, "prompt-file", K_PATH, "FILE", "read the prompt from FILE (text, no NUL bytes; a pipe or FIFO is read to its end, so it "
+     "waits for the writer)", false},
     {O_CHAT, "chat", K_BOOL, NULL, "wrap the prompt in the model's chat template", false},
     {O_CHAT_TEMPLATE, "chat-template", K_ENUM, "chatml|llama3|llama2",
      "chat template (default: detected from the model)", false},
@@ -91,6 +92,9 @@ static const opt_def_t OPTS[] = {
      "collectives: auto (CPU: mpi; CUDA: nccl with one GPU per rank, else mpi), nccl (CUDA, in place "
      "on device buffers), mpi (CUDA: staged through pinned host memory; ranks may share a GPU)",
      false},
+    {O_COMM_TIMEOUT, "comm-timeout", K_FLOAT, "SECONDS",
+     "abort every rank when a collective waits longer than SECONDS for a wedged rank, naming "
+     "it; 0 = off (default 300)", false},
     {O_QUIET, "quiet", K_BOOL, NULL, "no statistics on stderr", false},
     {O_PROGRESS, "progress", K_BOOL, NULL, "progress lines on stderr while generating", false},
 };
@@ -104,6 +108,7 @@ void mk_gen_opts_default(mk_gen_opts_t *o) {
   mk_kv_config_default(&o->kv);
   o->backend = MK_BACKEND_CPU;
   o->simd = -1;
+  o->comm_timeout = 300.0f; /* MK_WATCHDOG_DEFAULT_S */
 }
 
 void mk_gen_opts_free(mk_gen_opts_t *o) {
@@ -382,6 +387,7 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
       if ((e = parse_enum(d, v, err)) < 0) return -1;
       o->comm = e == 1 ? MK_COMM_KIND_NCCL : e == 2 ? MK_COMM_KIND_MPI : MK_COMM_KIND_AUTO;
       return 0;
+    case O_COMM_TIMEOUT: return parse_float(d, v, 0.0, 1e6, &o->comm_timeout, err);
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);
     case O_QUIET: return parse_bool(d, v, &o->quiet, err);
     case O_PROGRESS: return parse_bool(d, v, &o->progress, err);

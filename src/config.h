@@ -41,6 +41,7 @@ typedef struct mk_gen_opts {
   int simd;            /* -1: best available, else mk_simd_t */
   int tp;              /* 0: the world size */
   mk_comm_kind_t comm; /* --comm (auto) */
+  float comm_timeout;  /* seconds a collective may wait before the job is aborted; 0 = off */
   bool ignore_eos;     /* keep generating past end-of-generation tokens (benchmarks) */
   bool quiet, progress;
   char *config;        /* the config file that was loaded, if any */

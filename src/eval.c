@@ -684,48 +684,189 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
   return -1;
 }
 
-/* One prompt: begin every engine, prefill, then N positions in lockstep. */
-static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_pr, mk_error_t *err) {
+/* This prompt's capacities (--budget-frac: a fraction of prompt + N), every engine begun, and
+ * (rank 0) the per-run CSV files. Status only: the caller agrees. */
+static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, mk_error_t *err) {
   const eval_opts_t *o = s->o;
-  const int V = s->n_vocab, N = o->new_tokens;
-  int32_t *ids = NULL;
-  int n_prompt = 0;
-  int status = prompt_tokenize(o, s->ref, pr->text, &ids, &n_prompt, err);
-  const int total = n_prompt + N;
-  /* budgets of this prompt */
-  for (int r = 0; status == 0 && r < s->n_runs; r++) {
+  const int N = o->new_tokens, total = n_prompt + N;
+  for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
     if (run->budget < 0) continue;
-    if (o->n_fracs) {
-      double f = o->fracs[run->budget];
-      run->kv.capacity = (int)lround(f * total);
-      const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
-      if (ops->validate(&run->kv, err) != 0) {
-        mk_error_prefix(err, "prompt line %d: budget %g x (%d prompt + %d new tokens) = capacity %d",
-                        pr->line, f, n_prompt, N, run->kv.capacity);
-        status = -1;
-      }
-    } else {
+    if (!o->n_fracs) {
       run->kv.capacity = o->caps[run->budget];
+      continue;
+    }
+    double f = o->fracs[run->budget];
+    run->kv.capacity = (int)lround(f * total);
+    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
+    if (ops->validate(&run->kv, err) != 0) {
+      mk_error_prefix(err, "prompt line %d: budget %g x (%d prompt + %d new tokens) = capacity %d",
+                      pr->line, f, n_prompt, N, run->kv.capacity);
+      return -1;
     }
   }
   mk_kv_config_t ref_kv;
   mk_kv_config_default(&ref_kv);
   ref_kv.dtype = o->g.kv.dtype;
-  if (status == 0) status = mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err);
-  for (int r = 0; status == 0 && r < s->n_runs; r++)
-    status = mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err);
-  /* rank 0: the per-run CSV files */
+  if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err) != 0) return -1;
+  for (int r = 0; r < s->n_runs; r++)
+    if (mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err) != 0) return -1;
+  if (!s->r0) return 0;
   char name[256];
-  if (status == 0 && s->r0) {
-    for (int r = 0; status == 0 && r < s->n_runs; r++) {
-      eval_run_t *run = &s->runs[r];
-      snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
-      run->csv = open_out(o->out, name, err);
-      if (!run->csv) status = -1;
-      else fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
+    if (!(run->csv = open_out(o->out, name, err))) return -1;
+    fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
+  }
+  return 0;
+}
+
+/* One prompt's positions: the reference's tokens and figures, and per-run scratch. */
+typedef struct prompt_pos {
+  int32_t *gen; /* (N) the reference's tokens */
+  double *kl, *ll;
+  int *ag;      /* (n_runs) this position's figures per run */
+  int n_pos;
+  double ref_prefill, ref_step, ref_ll;
+  long ref_steps;
+} prompt_pos_t;
+
+/* Position t: the reference's token y and distribution, every run scored against it. */
+static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
+  const int V = s->n_vocab;
+  int32_t y = argmax_masked(s->ref_logits, V, s->o->stop_at_eos ? NULL : s->eog);
+  double lse = lse_f64(s->ref_logits, V);
+  for (int i = 0; i < V; i++) {
+    s->ref_lp[i] = (double)s->ref_logits[i] - lse;
+    s->ref_p[i] = exp(s->ref_lp[i]);
+  }
+  pp->ref_ll += s->ref_lp[y];
+  pp->gen[t] = y;
+  pp->n_pos++;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    mk_engine_stats_t es;
+    mk_engine_get_stats(run->e, &es);
+    run->p_kl += pp->kl[r];
+    run->p_agree += pp->ag[r];
+    run->p_ll += pp->ll[r];
+    run->p_n++;
+    if (pp->kl[r] > run->max_kl) run->max_kl = pp->kl[r];
+    if (run->csv)
+      fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu\n", t, pp->kl[r], pp->ag[r], pp->ll[r], es.kv_live_bytes);
+  }
+  return y;
+}
+
+/* The N positions in lockstep (collective: a failing step takes the run down). */
+static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  const int N = o->new_tokens;
+  double t_start = now_s(), t_last = t_start;
+  for (int t = 0; t < N; t++) {
+    int32_t y = score_position(s, pp, t);
+    if (o->stop_at_eos && s->eog[y]) break;
+    if (t == N - 1) break; /* the last token needs no forward pass */
+    double ts = 0.0;
+    if (step_all(s, &y, 1, false, &ts, err) != 0) return -1;
+    pp->ref_step += ts;
+    pp->ref_steps++;
+    double tn = now_s();
+    if (!o->quiet && s->r0 && (tn - t_last >= 15.0 || t + 2 == N)) {
+      double el = tn - t_start;
+      fprintf(stderr, "[eval]   %d/%d positions, %.0f s, eta %.0f s; reference %.1f tok/s\n", t + 2,
+              N, el, el / (t + 2) * (N - t - 2), pp->ref_steps / (pp->ref_step > 0 ? pp->ref_step : 1e-9));
+      t_last = tn;
     }
   }
+  return 0;
+}
+
+/* This prompt's figures into the totals and (rank 0) summary.csv. 1 if a CSV file failed. */
+static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp, int n_prompt) {
+  const int total = n_prompt + s->o->new_tokens;
+  mk_engine_stats_t es;
+  mk_engine_get_stats(s->ref, &es);
+  s->ref_ll += pp->ref_ll;
+  s->ref_n += pp->n_pos;
+  s->ref_step_s += pp->ref_step;
+  s->ref_steps += pp->ref_steps;
+  s->ref_prefill_s += pp->ref_prefill;
+  if (es.kv_peak_bytes > s->ref_peak) s->ref_peak = es.kv_peak_bytes;
+  int fail = 0;
+  if (s->r0)
+    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f\n", pr->line,
+            n_prompt, pp->n_pos, total, pp->ref_ll / pp->n_pos, es.kv_peak_bytes,
+            pp->ref_steps / (pp->ref_step > 0 ? pp->ref_step : 1e-9));
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    mk_engine_get_stats(run->e, &es);
+    run->kl += run->p_kl;
+    run->agree += run->p_agree;
+    run->ll += run->p_ll;
+    run->n += run->p_n;
+    run->step_s += run->p_step_s;
+    run->steps += run->p_steps;
+    run->prefill_s += run->p_prefill_s;
+    const int cap = run->budget < 0 ? total : run->kv.capacity;
+    run->cap_sum += cap;
+    run->n_prompts++;
+    if (es.kv_peak_bytes > run->peak) run->peak = es.kv_peak_bytes;
+    if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
+    if (!s->r0) continue;
+    fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f\n", pr->line,
+            mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
+            run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes, es.policy_state_bytes,
+            run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
+    if (fclose(run->csv) != 0) fail = 1;
+    run->csv = NULL;
+    if (!s->o->quiet)
+      fprintf(stderr, "[eval]   %-9s %-6s C=%-5d mean KL %.4f  agree %.3f  loglik %.3f\n",
+              mk_kv_policy_name(run->policy), run->label, cap, run->p_kl / run->p_n,
+              run->p_agree / run->p_n, run->p_ll / run->p_n);
+  }
+  return fail;
+}
+
+/* Rank 0: DIR/pNN_reference.txt, the reference continuation (ids, then text). 1 on failure. */
+static int write_reference(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp,
+                           int n_prompt, mk_error_t *err) {
+  char name[256];
+  snprintf(name, sizeof name, "p%02d_reference.txt", pr->line);
+  FILE *f = open_out(s->o->out, name, err);
+  if (!f) return 1;
+  fprintf(f, "# prompt line %d, %d prompt tokens, %d generated tokens (greedy, full cache)\n",
+          pr->line, n_prompt, pp->n_pos);
+  fprintf(f, "# ids:");
+  for (int t = 0; t < pp->n_pos; t++) fprintf(f, " %d", pp->gen[t]);
+  fprintf(f, "\n");
+  mk_tok_stream_t st = {{0}, 0};
+  char piece[512];
+  for (int t = 0; t < pp->n_pos; t++) {
+    int nb = mk_tok_stream_push(mk_engine_tokenizer(s->ref), &st, pp->gen[t], piece, (int)sizeof piece);
+    if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  }
+  int nb = mk_tok_stream_flush(&st, piece, (int)sizeof piece);
+  if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  fputc('\n', f);
+  return fclose(f) != 0;
+}
+
+static void prompt_pos_free(prompt_pos_t *pp) {
+  free(pp->gen), free(pp->kl), free(pp->ll), free(pp->ag);
+}
+
+/* One prompt: begin every engine, prefill, then N positions in lockstep. */
+static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_pr, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  const int N = o->new_tokens;
+  int32_t *ids = NULL;
+  int n_prompt = 0;
+  int status = prompt_tokenize(o, s->ref, pr->text, &ids, &n_prompt, err);
+  if (status == 0) status = prompt_begin(s, pr, n_prompt, err);
   if (mk_cli_agree(s->ctx, "eval", status, err) != 0) {
     free(ids);
     return EV_FAIL;
@@ -739,140 +880,27 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     fprintf(stderr, "[eval] prompt %d/%d (line %d): %d prompt tokens + %d new, %d runs\n", pi + 1,
             n_pr, pr->line, n_prompt, N, s->n_runs);
 
-  /* prefill */
-  double ref_prefill = 0.0;
-  if (step_all(s, ids, n_prompt, true, &ref_prefill, err) != 0) {
-    free(ids);
-    return mk_cli_fail(s->ctx, "eval", err);
-  }
+  prompt_pos_t pp = {0};
+  status = step_all(s, ids, n_prompt, true, &pp.ref_prefill, err); /* prefill */
   free(ids);
-  ids = NULL;
-
-  int32_t *gen = malloc(sizeof *gen * (size_t)N);
-  double *kl = malloc(sizeof *kl * (size_t)s->n_runs), *ll = malloc(sizeof *ll * (size_t)s->n_runs);
-  int *ag = malloc(sizeof *ag * (size_t)s->n_runs);
-  if (!gen || !kl || !ll || !ag) {
-    free(gen), free(kl), free(ll), free(ag);
+  if (status != 0) return mk_cli_fail(s->ctx, "eval", err);
+  pp.gen = malloc(sizeof *pp.gen * (size_t)N);
+  pp.kl = malloc(sizeof *pp.kl * (size_t)s->n_runs);
+  pp.ll = malloc(sizeof *pp.ll * (size_t)s->n_runs);
+  pp.ag = malloc(sizeof *pp.ag * (size_t)s->n_runs);
+  if (!pp.gen || !pp.kl || !pp.ll || !pp.ag) {
+    prompt_pos_free(&pp);
     mk_fail(err, "out of memory");
     return mk_cli_fail(s->ctx, "eval", err);
   }
-  double ref_step = 0.0, p_ref_ll = 0.0, t_start = now_s(), t_last = t_start;
-  long ref_steps = 0;
-  int n_pos = 0;
-  for (int t = 0; t < N; t++) {
-    /* the reference token and the reference distribution */
-    int32_t y = argmax_masked(s->ref_logits, V, o->stop_at_eos ? NULL : s->eog);
-    double lse = lse_f64(s->ref_logits, V);
-    for (int i = 0; i < V; i++) {
-      s->ref_lp[i] = (double)s->ref_logits[i] - lse;
-      s->ref_p[i] = exp(s->ref_lp[i]);
-    }
-    p_ref_ll += s->ref_lp[y];
-    gen[t] = y;
-    n_pos++;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &kl[r], &ag[r], &ll[r]);
-    for (int r = 0; r < s->n_runs; r++) {
-      eval_run_t *run = &s->runs[r];
-      mk_engine_stats_t es;
-      mk_engine_get_stats(run->e, &es);
-      run->p_kl += kl[r];
-      run->p_agree += ag[r];
-      run->p_ll += ll[r];
-      run->p_n++;
-      if (kl[r] > run->max_kl) run->max_kl = kl[r];
-      if (run->csv)
-        fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu\n", t, kl[r], ag[r], ll[r], es.kv_live_bytes);
-    }
-    if (o->stop_at_eos && s->eog[y]) break;
-    if (t == N - 1) break; /* the last token needs no forward pass */
-    double ts = 0.0;
-    if (step_all(s, &y, 1, false, &ts, err) != 0) {
-      free(gen), free(kl), free(ll), free(ag);
-      return mk_cli_fail(s->ctx, "eval", err);
-    }
-    ref_step += ts;
-    ref_steps++;
-    double tn = now_s();
-    if (!o->quiet && s->r0 && (tn - t_last >= 15.0 || t + 2 == N)) {
-      double el = tn - t_start;
-      fprintf(stderr, "[eval]   %d/%d positions, %.0f s, eta %.0f s; reference %.1f tok/s\n", t + 2,
-              N, el, el / (t + 2) * (N - t - 2), ref_steps / (ref_step > 0 ? ref_step : 1e-9));
-      t_last = tn;
-    }
+  if (run_positions(s, &pp, err) != 0) {
+    prompt_pos_free(&pp);
+    return mk_cli_fail(s->ctx, "eval", err);
   }
-
-  /* this prompt's figures */
-  mk_engine_stats_t es;
-  mk_engine_get_stats(s->ref, &es);
-  s->ref_ll += p_ref_ll;
-  s->ref_n += n_pos;
-  s->ref_step_s += ref_step;
-  s->ref_steps += ref_steps;
-  s->ref_prefill_s += ref_prefill;
-  if (es.kv_peak_bytes > s->ref_peak) s->ref_peak = es.kv_peak_bytes;
-  int fail = 0;
-  if (s->r0) {
-    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f\n", pr->line,
-            n_prompt, n_pos, total, p_ref_ll / n_pos, es.kv_peak_bytes,
-            ref_steps / (ref_step > 0 ? ref_step : 1e-9));
-  }
-  for (int r = 0; r < s->n_runs; r++) {
-    eval_run_t *run = &s->runs[r];
-    mk_engine_get_stats(run->e, &es);
-    run->kl += run->p_kl;
-    run->agree += run->p_agree;
-    run->ll += run->p_ll;
-    run->n += run->p_n;
-    run->step_s += run->p_step_s;
-    run->steps += run->p_steps;
-    run->prefill_s += run->p_prefill_s;
-    run->cap_sum += run->budget < 0 ? total : run->kv.capacity;
-    run->n_prompts++;
-    if (es.kv_peak_bytes > run->peak) run->peak = es.kv_peak_bytes;
-    if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
-    if (s->r0) {
-      fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f\n", pr->line,
-              mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n,
-              run->budget < 0 ? total : run->kv.capacity, run->p_kl / run->p_n,
-              run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes,
-              es.policy_state_bytes, run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
-      if (fclose(run->csv) != 0) fail = 1;
-      run->csv = NULL;
-      if (!o->quiet)
-        fprintf(stderr, "[eval]   %-9s %-6s C=%-5d mean KL %.4f  agree %.3f  loglik %.3f\n",
-                mk_kv_policy_name(run->policy), run->label,
-                run->budget < 0 ? total : run->kv.capacity, run->p_kl / run->p_n,
-                run->p_agree / run->p_n, run->p_ll / run->p_n);
-    }
-  }
-  FILE *ref_txt = NULL;
-  if (s->r0) {
-    snprintf(name, sizeof name, "p%02d_reference.txt", pr->line);
-    ref_txt = open_out(o->out, name, err);
-  }
-  if (ref_txt) {
-    /* the reference continuation: ids, then text */
-    fprintf(ref_txt, "# prompt line %d, %d prompt tokens, %d generated tokens (greedy, full cache)\n",
-            pr->line, n_prompt, n_pos);
-    fprintf(ref_txt, "# ids:");
-    for (int t = 0; t < n_pos; t++) fprintf(ref_txt, " %d", gen[t]);
-    fprintf(ref_txt, "\n");
-    mk_tok_stream_t st = {{0}, 0};
-    char piece[512];
-    for (int t = 0; t < n_pos; t++) {
-      int nb = mk_tok_stream_push(mk_engine_tokenizer(s->ref), &st, gen[t], piece, (int)sizeof piece);
-      if (nb > 0) fwrite(piece, 1, (size_t)nb, ref_txt);
-    }
-    int nb = mk_tok_stream_flush(&st, piece, (int)sizeof piece);
-    if (nb > 0) fwrite(piece, 1, (size_t)nb, ref_txt);
-    fputc('\n', ref_txt);
-    if (fclose(ref_txt) != 0) fail = 1;
-  } else if (s->r0) {
-    fail = 1;
-  }
+  int fail = account_prompt(s, pr, &pp, n_prompt);
+  if (s->r0 && write_reference(s, pr, &pp, n_prompt, err)) fail = 1;
   if (s->r0) fflush(s->summary_csv);
-  free(gen), free(kl), free(ll), free(ag);
+  prompt_pos_free(&pp);
   if (mk_cli_agree(s->ctx, "eval", fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
     return EV_FAIL;
   return EV_OK;

@@ -595,7 +595,9 @@ int mk_gguf_open_memory(const void *buf, size_t size, const char *label, mk_gguf
 
 int mk_gguf_open(const char *path, mk_gguf_t **out, mk_error_t *err) {
   *out = NULL;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below); no effect on
+   * regular files */
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return mk_fail(err, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   if (fstat(fd, &st) != 0) {
@@ -605,7 +607,7 @@ int mk_gguf_open(const char *path, mk_gguf_t **out, mk_error_t *err) {
   }
   if (!S_ISREG(st.st_mode)) {
     close(fd);
-    return mk_fail(err, "%s: not a regular file", path);
+    return mk_fail(err, "%s: not a regular file (a model must be a file that can be mapped)", path);
   }
   if (st.st_size < MK_GGUF_HEADER_BYTES) {
     close(fd);
@@ -670,6 +672,16 @@ static int type_error(const mk_gguf_t *g, const mk_gguf_kv_t *kv, const char *wa
                  mk_gguf_vtype_name(kv->value.type), want);
 }
 
+bool mk_gguf_vtype_is_int(mk_gguf_vtype_t t) { return vtype_is_unsigned(t) || vtype_is_signed(t); }
+
+int64_t mk_gguf_arr_int(const mk_gguf_value_t *arr, uint64_t i) {
+  const mk_gguf_vtype_t t = arr->v.arr.elem_type;
+  if (!mk_gguf_vtype_is_int(t)) return 0;
+  mk_gguf_value_t v;
+  decode_scalar(t, (const uint8_t *)arr->v.arr.raw + vtype_size(t) * i, &v);
+  return vtype_is_signed(t) ? v.v.i64 : (int64_t)v.v.u64;
+}
+
 /* Integer value of kv as (negative?, magnitude-ish) pair: returns -1 if kv is not an integer. */
 static int int_value(const mk_gguf_kv_t *kv, bool *neg, uint64_t *u, int64_t *s) {
   const mk_gguf_value_t *v = &kv->value;
@@ -688,13 +700,21 @@ static int int_value(const mk_gguf_kv_t *kv, bool *neg, uint64_t *u, int64_t *s)
   return -1;
 }
 
-int mk_gguf_get_u32(const mk_gguf_t *g, const char *key, uint32_t *out, mk_error_t *err) {
+/* The integer at key: MK_GGUF_MISSING, -1 (not an integer, with err) or MK_GGUF_OK. */
+static int get_int(const mk_gguf_t *g, const char *key, bool *neg, uint64_t *u, int64_t *s,
+                   mk_error_t *err) {
   const mk_gguf_kv_t *kv = mk_gguf_find(g, key);
   if (!kv) return MK_GGUF_MISSING;
-  bool neg;
-  uint64_t u;
-  int64_t s;
-  if (int_value(kv, &neg, &u, &s)) return type_error(g, kv, "an integer", err);
+  if (int_value(kv, neg, u, s)) return type_error(g, kv, "an integer", err);
+  return MK_GGUF_OK;
+}
+
+int mk_gguf_get_u32(const mk_gguf_t *g, const char *key, uint32_t *out, mk_error_t *err) {
+  bool neg = false;
+  uint64_t u = 0;
+  int64_t s = 0;
+  int rc = get_int(g, key, &neg, &u, &s, err);
+  if (rc != MK_GGUF_OK) return rc;
   if (neg || u > UINT32_MAX) {
     if (neg) return mk_fail(err, "%s: key '%s' = %" PRId64 " does not fit in uint32", g->label, key, s);
     return mk_fail(err, "%s: key '%s' = %" PRIu64 " does not fit in uint32", g->label, key, u);
@@ -704,12 +724,11 @@ int mk_gguf_get_u32(const mk_gguf_t *g, const char *key, uint32_t *out, mk_error
 }
 
 int mk_gguf_get_i64(const mk_gguf_t *g, const char *key, int64_t *out, mk_error_t *err) {
-  const mk_gguf_kv_t *kv = mk_gguf_find(g, key);
-  if (!kv) return MK_GGUF_MISSING;
-  bool neg;
-  uint64_t u;
-  int64_t s;
-  if (int_value(kv, &neg, &u, &s)) return type_error(g, kv, "an integer", err);
+  bool neg = false;
+  uint64_t u = 0;
+  int64_t s = 0;
+  int rc = get_int(g, key, &neg, &u, &s, err);
+  if (rc != MK_GGUF_OK) return rc;
   if (!neg && u > (uint64_t)INT64_MAX)
     return mk_fail(err, "%s: key '%s' = %" PRIu64 " does not fit in int64", g->label, key, u);
   *out = s;

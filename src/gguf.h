@@ -107,5 +107,9 @@ const mk_tensor_info_t *mk_gguf_tensor_at(const mk_gguf_t *g, size_t i);
 const mk_tensor_info_t *mk_gguf_tensor_find(const mk_gguf_t *g, const char *name);
 
 const char *mk_gguf_vtype_name(mk_gguf_vtype_t t);
+bool mk_gguf_vtype_is_int(mk_gguf_vtype_t t); /* one of the eight integer types */
+/* Element i of an array of integers (arr->v.arr.elem_type an integer type, i < n), sign-extended;
+ * a uint64 above INT64_MAX wraps. 0 for a non-integer array. */
+int64_t mk_gguf_arr_int(const mk_gguf_value_t *arr, uint64_t i);
 
 #endif

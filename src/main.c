@@ -199,6 +199,14 @@ static char *read_text_file(const char *path, mk_error_t *err) {
     return NULL;
   }
   buf[n] = 0;
+  /* the prompt is handled as a C string from here on: a NUL would cut it silently */
+  const char *nul = memchr(buf, 0, n);
+  if (nul) {
+    mk_fail(err, "--prompt-file %s: byte %zu of %zu is a NUL; the prompt must be text without NUL "
+                 "bytes", path, (size_t)(nul - buf), n);
+    free(buf);
+    return NULL;
+  }
   return buf;
 }
 
@@ -317,9 +325,8 @@ static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_
     return 0;
   }
   int n = (int)(sizeof mine / sizeof(uint64_t));
-  int rc = MPI_Allgather(&mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi);
-  if (rc != MPI_SUCCESS) return mk_fail(err, "rank %d: MPI_Allgather of the statistics failed", ctx->rank);
-  return 0;
+  return mk_wd_allgather(ctx->wd, &mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi,
+                         "statistics", err);
 }
 
 /* Every rank, collectively: KV live bytes summed over ranks, appended to kv_bytes_by_step. */
@@ -329,271 +336,300 @@ static int sample_kv(const mk_ctx_t *ctx, const mk_engine_t *e, mk_run_stats_t *
   mk_engine_get_stats(e, &es);
   uint64_t live = es.kv_live_bytes, sum = live;
   if (ctx->world > 1 &&
-      MPI_Allreduce(&live, &sum, 1, MPI_UINT64_T, MPI_SUM, ctx->mpi) != MPI_SUCCESS)
-    return mk_fail(err, "rank %d: MPI_Allreduce of the KV bytes failed", ctx->rank);
+      mk_wd_allreduce(ctx->wd, &live, &sum, 1, MPI_UINT64_T, MPI_SUM, ctx->mpi, "KV bytes", err))
+    return -1;
   return mk_run_stats_sample(st, n_tokens, (int64_t)sum, err);
 }
 
 /* ---- generate ------------------------------------------------------------------------------- */
 
-static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
-  const bool r0 = ctx->rank == 0;
-  mk_error_t err = {{0}};
+/* One `generate` run on this rank. The phases below run in this order on every rank; each
+ * returns 0 to go on, or the process exit code (after printing, or taking the run down). */
+typedef struct gen_run {
+  mk_ctx_t *ctx;
+  bool r0;
   mk_gen_opts_t o;
-  mk_gen_opts_default(&o);
+  mk_error_t err;
+  mk_engine_t *e;
+  mk_sampler_t *smp;
+  mk_request_t req;
+  mk_run_stats_t st;
+  out_text_t out;
+  int32_t *hist; /* (n_prompt + max_new + 1) prompt, then generated ids */
+  int n_hist;
+  float *logits; /* (n_vocab) */
+  int32_t next;  /* the token mk_engine_step_sample drew after the last step */
+  mk_tok_stream_t stream;
+} gen_run_t;
+
+/* Options (every rank parses the same argv), --tp against the world, the model file's existence.
+ * Returns -1 to go on, or the exit code. */
+static int gen_options(gen_run_t *g, int argc, char **argv) {
+  mk_gen_opts_t *o = &g->o;
   bool help = false;
-  if (mk_gen_opts_parse_args(&o, argc, argv, &help, &err) != 0 ||
-      (!help && mk_gen_opts_check(&o, &err) != 0)) {
-    if (r0) {
-      fprintf(stderr, "morphkv generate: %s\n(morphkv generate --help lists the options)\n", err.msg);
-    }
-    mk_gen_opts_free(&o);
+  if (mk_gen_opts_parse_args(o, argc, argv, &help, &g->err) != 0 ||
+      (!help && mk_gen_opts_check(o, &g->err) != 0)) {
+    if (g->r0)
+      fprintf(stderr, "morphkv generate: %s\n(morphkv generate --help lists the options)\n", g->err.msg);
     return EXIT_USAGE;
   }
   if (help) {
-    if (r0) usage_generate(stdout);
-    mk_gen_opts_free(&o);
+    if (g->r0) usage_generate(stdout);
     return EXIT_OK;
   }
-  if (o.tp > 0 && o.tp != ctx->world) {
-    if (r0)
+  mk_watchdog_set_timeout(g->ctx->wd, o->comm_timeout); /* same argv, same value on every rank */
+  if (o->tp > 0 && o->tp != g->ctx->world) {
+    if (g->r0)
       fprintf(stderr,
               "morphkv generate: --tp %d but the MPI world has %d rank%s; launch with "
               "`mpirun -np %d morphkv generate ...`\n",
-              o.tp, ctx->world, ctx->world == 1 ? "" : "s", o.tp);
-    mk_gen_opts_free(&o);
+              o->tp, g->ctx->world, g->ctx->world == 1 ? "" : "s", o->tp);
     return EXIT_USAGE;
   }
   struct stat sb;
   errno = 0;
   int status = 0;
-  if (stat(o.model, &sb) != 0 || !S_ISREG(sb.st_mode))
-    status = mk_fail(&err, "model file %s: %s", o.model, errno ? strerror(errno) : "not a regular file");
-  if (mk_cli_agree(ctx, "generate", status, &err) != 0) {
-    mk_gen_opts_free(&o);
+  if (stat(o->model, &sb) != 0 || !S_ISREG(sb.st_mode))
+    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file");
+  return mk_cli_agree(g->ctx, "generate", status, &g->err) != 0 ? EXIT_FAIL : -1;
+}
+
+/* Load (collective). */
+static int gen_load(gen_run_t *g) {
+  const mk_gen_opts_t *o = &g->o;
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm};
+  ep.backend.kind = o->backend;
+  ep.backend.n_threads = o->threads > 0 ? o->threads : default_threads(g->ctx);
+  ep.backend.simd = o->simd;
+  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
+  ep.backend.local_rank = g->ctx->local_rank;
+  g->st.threads = ep.backend.n_threads;
+  double t0 = MPI_Wtime();
+  if (mk_engine_open(&g->e, &ep, g->ctx, &g->err) != 0) { /* agreed: every rank says why, none aborts */
+    if (g->ctx->world > 1) fprintf(stderr, "morphkv generate (rank %d): %s\n", g->ctx->rank, g->err.msg);
+    else fprintf(stderr, "morphkv generate: %s\n", g->err.msg);
     return EXIT_FAIL;
   }
+  g->st.load_s = MPI_Wtime() - t0;
+  const mk_model_config_t *cfg = mk_engine_config(g->e);
+  if (g->r0 && o->progress)
+    fprintf(stderr, "[morphkv] loaded %s (%s, %d layers) in %.2f s\n", o->model, cfg->arch_name,
+            cfg->n_layer, g->st.load_s);
+  return 0;
+}
 
-  int rc = EXIT_FAIL;
-  mk_engine_t *e = NULL;
-  mk_sampler_t *smp = NULL;
-  mk_request_t req;
-  mk_request_init(&req);
-  mk_run_stats_t st;
-  mk_run_stats_init(&st);
-  out_text_t out = {.print = r0};
-  int32_t *hist = NULL;
-  float *logits = NULL;
-
-  /* load (collective) */
-  mk_engine_params_t ep = {.model_path = o.model, .tp = o.tp, .comm = o.comm};
-  ep.backend.kind = o.backend;
-  ep.backend.n_threads = o.threads > 0 ? o.threads : default_threads(ctx);
-  ep.backend.simd = o.simd;
-  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
-  ep.backend.local_rank = ctx->local_rank;
-  double t0 = MPI_Wtime();
-  if (mk_engine_open(&e, &ep, ctx, &err) != 0) { /* agreed: every rank says why, none aborts */
-    if (ctx->world > 1) fprintf(stderr, "morphkv generate (rank %d): %s\n", ctx->rank, err.msg);
-    else fprintf(stderr, "morphkv generate: %s\n", err.msg);
-    goto done;
-  }
-  st.load_s = MPI_Wtime() - t0;
-  const mk_model_config_t *cfg = mk_engine_config(e);
-  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
-  int n_vocab = mk_engine_n_vocab(e);
-  if (r0 && o.progress)
-    fprintf(stderr, "[morphkv] loaded %s (%s, %d layers) in %.2f s\n", o.model, cfg->arch_name,
-            cfg->n_layer, st.load_s);
-
-  /* rank 0: the request */
-  if (r0) {
-    int32_t *ids = NULL;
-    int n = 0;
-    status = prepare_prompt(&o, e, &ids, &n, &err);
-    if (status == 0) status = check_context(&o, cfg, n, &err);
-    if (status == 0) {
-      req.kind = MK_REQUEST_GENERATE;
-      req.prompt = ids;
-      req.n_prompt = (size_t)n;
-      ids = NULL;
-      req.sampling.temperature = o.sampling.temperature;
-      req.sampling.top_k = o.sampling.top_k;
-      req.sampling.top_p = o.sampling.top_p;
-      req.sampling.min_p = o.sampling.min_p;
-      req.sampling.repeat_penalty = o.sampling.repeat_penalty;
-      req.sampling.repeat_last_n =
-          o.sampling.repeat_last_n < 0 ? n + o.max_new_tokens : o.sampling.repeat_last_n;
-      req.sampling.seed = o.sampling.seed;
-      req.sampling.max_new_tokens = o.max_new_tokens;
-      req.cache = o.kv;
-      if (o.n_stop > 0) {
-        req.stop = calloc((size_t)o.n_stop, sizeof *req.stop);
-        if (!req.stop) status = mk_fail(&err, "out of memory");
-        for (int i = 0; status == 0 && i < o.n_stop; i++) {
-          req.stop[i] = strdup(o.stop[i]);
-          if (!req.stop[i]) status = mk_fail(&err, "out of memory");
-          else req.n_stop++;
-        }
+/* Rank 0: the request (prompt ids, sampling, cache settings, stop strings) from the options. */
+static int gen_make_request(gen_run_t *g) {
+  const mk_gen_opts_t *o = &g->o;
+  mk_request_t *req = &g->req;
+  int32_t *ids = NULL;
+  int n = 0;
+  int status = prepare_prompt(o, g->e, &ids, &n, &g->err);
+  if (status == 0) status = check_context(o, mk_engine_config(g->e), n, &g->err);
+  if (status == 0) {
+    req->kind = MK_REQUEST_GENERATE;
+    req->prompt = ids;
+    req->n_prompt = (size_t)n;
+    ids = NULL;
+    req->sampling = o->sampling;
+    if (o->sampling.repeat_last_n < 0) req->sampling.repeat_last_n = n + o->max_new_tokens; /* -1 = all */
+    req->max_new_tokens = o->max_new_tokens;
+    req->cache = o->kv;
+    if (o->n_stop > 0) {
+      req->stop = calloc((size_t)o->n_stop, sizeof *req->stop);
+      if (!req->stop) status = mk_fail(&g->err, "out of memory");
+      for (int i = 0; status == 0 && i < o->n_stop; i++) {
+        req->stop[i] = strdup(o->stop[i]);
+        if (!req->stop[i]) status = mk_fail(&g->err, "out of memory");
+        else req->n_stop++;
       }
     }
-    free(ids);
   }
-  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
-  if (mk_request_bcast(ctx, &req, n_vocab, &err) != 0) {
-    if (r0) fprintf(stderr, "morphkv generate: request: %s\n", err.msg);
-    goto done;
-  }
-  const int n_prompt = (int)req.n_prompt;
-  const int max_new = req.sampling.max_new_tokens;
+  free(ids);
+  return status;
+}
 
-  /* the run (every rank allocates its own cache) */
-  mk_sampler_params_t sp = {.temperature = req.sampling.temperature,
-                            .top_k = req.sampling.top_k,
-                            .top_p = req.sampling.top_p,
-                            .min_p = req.sampling.min_p,
-                            .repeat_penalty = req.sampling.repeat_penalty,
-                            .repeat_last_n = req.sampling.repeat_last_n,
-                            .seed = req.sampling.seed};
-  status = mk_engine_begin(e, &req.cache, 1, n_prompt, n_prompt + max_new, &err);
-  if (status == 0) status = mk_sampler_new(&sp, n_vocab, &smp, &err);
+/* The request on every rank, then the run's own allocations (every rank its own cache). */
+static int gen_begin(gen_run_t *g) {
+  int status = g->r0 ? gen_make_request(g) : 0;
+  if (mk_cli_agree(g->ctx, "generate", status, &g->err) != 0) return EXIT_FAIL;
+  const int n_vocab = mk_engine_n_vocab(g->e);
+  if (mk_request_bcast(g->ctx, &g->req, n_vocab, &g->err) != 0) {
+    if (g->r0) fprintf(stderr, "morphkv generate: request: %s\n", g->err.msg);
+    return EXIT_FAIL;
+  }
+  const int n_prompt = (int)g->req.n_prompt, max_new = g->req.max_new_tokens;
+  status = mk_engine_begin(g->e, &g->req.cache, 1, n_prompt, n_prompt + max_new, &g->err);
+  if (status == 0) status = mk_sampler_new(&g->req.sampling, n_vocab, &g->smp, &g->err);
   if (status == 0) {
-    hist = malloc(((size_t)n_prompt + (size_t)max_new + 1) * sizeof *hist);
-    logits = malloc((size_t)n_vocab * sizeof *logits);
-    if (!hist || !logits) status = mk_fail(&err, "out of memory");
+    g->hist = malloc(((size_t)n_prompt + (size_t)max_new + 1) * sizeof *g->hist);
+    g->logits = malloc((size_t)n_vocab * sizeof *g->logits);
+    if (!g->hist || !g->logits) status = mk_fail(&g->err, "out of memory");
   }
-  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
-  memcpy(hist, req.prompt, (size_t)n_prompt * sizeof *hist);
-  int n_hist = n_prompt;
+  if (mk_cli_agree(g->ctx, "generate", status, &g->err) != 0) return EXIT_FAIL;
+  memcpy(g->hist, g->req.prompt, (size_t)n_prompt * sizeof *g->hist);
+  g->n_hist = n_prompt;
+  return 0;
+}
 
-  st.model_path = o.model;
-  st.model_name = cfg->name[0] ? cfg->name : NULL;
-  st.arch = cfg->arch_name;
-  st.backend = o.backend == MK_BACKEND_CUDA ? "cuda" : "cpu";
-  st.simd = o.backend == MK_BACKEND_CUDA ? "-"
-                                         : mk_simd_name(o.simd < 0 ? mk_simd_best() : (mk_simd_t)o.simd);
-  mk_engine_stats_t es0;
-  mk_engine_get_stats(e, &es0);
-  st.comm = es0.comm;
-  st.kv_policy = mk_kv_policy_name(req.cache.policy);
-  st.kv_dtype = req.cache.dtype == MK_KV_F16 ? "f16" : "f32";
-  st.kv_window = req.cache.window;
-  st.kv_capacity = req.cache.capacity;
-  st.threads = ep.backend.n_threads;
-  st.world = ctx->world;
-  st.n_layer = cfg->n_layer;
-  st.n_kv_head = cfg->n_kv_head;
-  st.head_dim = cfg->head_dim;
-  st.prompt_tokens = n_prompt;
-  st.stop_reason = "max_new_tokens";
+/* What ran, for the statistics. */
+static void gen_describe(gen_run_t *g) {
+  const mk_gen_opts_t *o = &g->o;
+  const mk_model_config_t *cfg = mk_engine_config(g->e);
+  const mk_ctx_t *ctx = g->ctx;
+  mk_run_stats_t *st = &g->st;
+  st->model_path = o->model;
+  st->model_name = cfg->name[0] ? cfg->name : NULL;
+  st->arch = cfg->arch_name;
+  st->backend = o->backend == MK_BACKEND_CUDA ? "cuda" : "cpu";
+  st->simd = o->backend == MK_BACKEND_CUDA ? "-"
+                                           : mk_simd_name(o->simd < 0 ? mk_simd_best() : (mk_simd_t)o->simd);
+  mk_engine_stats_t es;
+  mk_engine_get_stats(g->e, &es);
+  st->comm = es.comm;
+  st->kv_policy = mk_kv_policy_name(g->req.cache.policy);
+  st->kv_dtype = g->req.cache.dtype == MK_KV_F16 ? "f16" : "f32";
+  st->kv_window = g->req.cache.window;
+  st->kv_capacity = g->req.cache.capacity;
+  st->world = ctx->world;
+  st->n_layer = cfg->n_layer;
+  st->n_kv_head = cfg->n_kv_head;
+  st->head_dim = cfg->head_dim;
+  st->prompt_tokens = (int)g->req.n_prompt;
+  st->stop_reason = "max_new_tokens";
+}
 
-  /* prefill */
-  t0 = MPI_Wtime();
-  int32_t next = 0; /* sampled where the logits lie (mk_engine_step_sample): no full gather */
-  if (mk_engine_step_sample(e, 0, req.prompt, n_prompt, smp, hist, n_hist, &next, &err) != 0) {
-    rc = mk_cli_fail(ctx, NULL, &err);
-    goto done;
-  }
-  st.prefill_s = MPI_Wtime() - t0;
-  if (sample_kv(ctx, e, &st, n_prompt, &err) != 0) {
-    rc = mk_cli_fail(ctx, NULL, &err);
-    goto done;
-  }
-  if (r0 && o.progress)
+static int gen_prefill(gen_run_t *g) {
+  const int n_prompt = (int)g->req.n_prompt;
+  double t0 = MPI_Wtime();
+  /* sampled where the logits lie (mk_engine_step_sample): no full-vocabulary gather */
+  if (mk_engine_step_sample(g->e, 0, g->req.prompt, n_prompt, g->smp, g->hist, g->n_hist, &g->next, &g->err) != 0)
+    return mk_cli_fail(g->ctx, NULL, &g->err);
+  g->st.prefill_s = MPI_Wtime() - t0;
+  if (sample_kv(g->ctx, g->e, &g->st, n_prompt, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  if (g->r0 && g->o.progress)
     fprintf(stderr, "[morphkv] prefill: %d tokens in %.3f s (%.1f tok/s)\n", n_prompt,
-            st.prefill_s, st.prefill_s > 0 ? n_prompt / st.prefill_s : 0.0);
+            g->st.prefill_s, g->st.prefill_s > 0 ? n_prompt / g->st.prefill_s : 0.0);
+  return 0;
+}
 
-  /* decode */
-  mk_tok_stream_t stream = {{0}, 0};
+/* Token `id` was sampled: into the history and the text. 1 when a stop string ended the text,
+ * 0 to go on, -1 when detokenizing failed (reported). */
+static int gen_emit(gen_run_t *g, int32_t id) {
+  g->hist[g->n_hist++] = id;
   char piece[512];
+  int nb = mk_tok_stream_push(mk_engine_tokenizer(g->e), &g->stream, id, piece, (int)sizeof piece);
+  if (nb < 0 || out_append(&g->out, piece, (size_t)nb) != 0) {
+    mk_fail(&g->err, "detokenizing token %d failed", id);
+    mk_cli_fail(g->ctx, NULL, &g->err);
+    return -1;
+  }
+  if (out_advance(&g->out, g->req.stop, g->req.n_stop)) {
+    g->st.stop_reason = "stop_string";
+    return 1;
+  }
+  return 0;
+}
+
+/* One forward pass for the token just sampled, and the KV sample every --stats-every tokens. */
+static int gen_step(gen_run_t *g, int32_t id, int n_gen) {
+  mk_run_stats_t *st = &g->st;
+  double t0 = MPI_Wtime();
+  if (mk_engine_step_sample(g->e, 0, &id, 1, g->smp, g->hist, g->n_hist, &g->next, &g->err) != 0)
+    return mk_cli_fail(g->ctx, NULL, &g->err);
+  st->decode_s += MPI_Wtime() - t0;
+  st->decode_steps++;
+  int n_tok = (int)g->req.n_prompt + st->decode_steps;
+  if (n_tok % g->o.stats_every != 0) return 0;
+  if (sample_kv(g->ctx, g->e, st, n_tok, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  if (g->r0 && g->o.progress)
+    fprintf(stderr, "\n[morphkv] %d/%d tokens, %.1f tok/s, KV live %lld bytes\n", n_gen,
+            g->req.max_new_tokens, st->decode_s > 0 ? st->decode_steps / st->decode_s : 0.0,
+            (long long)st->by_step[st->n_by_step - 1][1]);
+  return 0;
+}
+
+/* Sample, stop rules, forward pass, until a stop or max_new tokens. */
+static int gen_decode(gen_run_t *g) {
+  mk_run_stats_t *st = &g->st;
+  const int max_new = g->req.max_new_tokens;
   double t_gen0 = MPI_Wtime();
   int n_gen = 0;
   while (n_gen < max_new) {
-    int32_t id = next; /* sampling time is part of the prefill / decode step */
-    if (!o.ignore_eos && mk_tok_is_eog(tok, id)) {
-      st.stop_reason = "eos";
+    int32_t id = g->next; /* sampling time is part of the prefill / decode step */
+    if (!g->o.ignore_eos && mk_tok_is_eog(mk_engine_tokenizer(g->e), id)) {
+      st->stop_reason = "eos";
       break;
     }
-    hist[n_hist++] = id;
     n_gen++;
-    int nb = mk_tok_stream_push(tok, &stream, id, piece, (int)sizeof piece);
-    if (nb < 0 || out_append(&out, piece, (size_t)nb) != 0) {
-      mk_fail(&err, "detokenizing token %d failed", id);
-      rc = mk_cli_fail(ctx, NULL, &err);
-      goto done;
-    }
-    if (out_advance(&out, req.stop, req.n_stop)) {
-      st.stop_reason = "stop_string";
-      break;
-    }
+    int rc = gen_emit(g, id);
+    if (rc < 0) return EXIT_FAIL;
+    if (rc == 1) break;
     if (n_gen == max_new) break; /* the last token needs no forward pass */
-    t0 = MPI_Wtime();
-    if (mk_engine_step_sample(e, 0, &id, 1, smp, hist, n_hist, &next, &err) != 0) {
-      rc = mk_cli_fail(ctx, NULL, &err);
-      goto done;
-    }
-    st.decode_s += MPI_Wtime() - t0;
-    st.decode_steps++;
-    int n_tok = n_prompt + st.decode_steps;
-    if (n_tok % o.stats_every == 0) {
-      if (sample_kv(ctx, e, &st, n_tok, &err) != 0) {
-        rc = mk_cli_fail(ctx, NULL, &err);
-        goto done;
-      }
-      if (r0 && o.progress)
-        fprintf(stderr, "\n[morphkv] %d/%d tokens, %.1f tok/s, KV live %lld bytes\n", n_gen,
-                max_new, st.decode_s > 0 ? st.decode_steps / st.decode_s : 0.0,
-                (long long)st.by_step[st.n_by_step - 1][1]);
-    }
+    if ((rc = gen_step(g, id, n_gen)) != 0) return rc;
   }
-  if (strcmp(st.stop_reason, "stop_string") != 0) {
+  if (strcmp(st->stop_reason, "stop_string") != 0) {
     /* the detokenizer's pending bytes, then whatever was held back for the stop strings */
-    int nb = mk_tok_stream_flush(&stream, piece, (int)sizeof piece);
-    if (nb > 0 && out_append(&out, piece, (size_t)nb) == 0 && out_advance(&out, req.stop, req.n_stop))
-      st.stop_reason = "stop_string";
+    char piece[512];
+    int nb = mk_tok_stream_flush(&g->stream, piece, (int)sizeof piece);
+    if (nb > 0 && out_append(&g->out, piece, (size_t)nb) == 0 && out_advance(&g->out, g->req.stop, g->req.n_stop))
+      st->stop_reason = "stop_string";
     else
-      out_emit(&out, out.len);
+      out_emit(&g->out, g->out.len);
   }
-  if (r0) {
+  if (g->r0) {
     fputc('\n', stdout);
     fflush(stdout);
   }
-  st.wall_s = MPI_Wtime() - t_gen0;
-  st.generated_tokens = n_gen;
-  if (sample_kv(ctx, e, &st, n_prompt + st.decode_steps, &err) != 0) {
-    rc = mk_cli_fail(ctx, NULL, &err);
-    goto done;
-  }
+  st->wall_s = MPI_Wtime() - t_gen0;
+  st->generated_tokens = n_gen;
+  if (sample_kv(g->ctx, g->e, st, (int)g->req.n_prompt + st->decode_steps, &g->err) != 0)
+    return mk_cli_fail(g->ctx, NULL, &g->err);
+  return 0;
+}
 
-  /* statistics (collective gather; rank 0 prints and writes) */
-  st.ranks = calloc((size_t)ctx->world, sizeof *st.ranks);
-  status = st.ranks ? 0 : mk_fail(&err, "out of memory");
-  if (mk_cli_agree(ctx, "generate", status, &err) != 0) goto done;
-  if (gather_rank_stats(ctx, e, st.ranks, &err) != 0) {
-    rc = mk_cli_fail(ctx, NULL, &err);
-    goto done;
+/* Statistics (collective gather; rank 0 prints and writes). */
+static int gen_report(gen_run_t *g) {
+  mk_run_stats_t *st = &g->st;
+  st->ranks = calloc((size_t)g->ctx->world, sizeof *st->ranks);
+  int status = st->ranks ? 0 : mk_fail(&g->err, "out of memory");
+  if (mk_cli_agree(g->ctx, "generate", status, &g->err) != 0) return EXIT_FAIL;
+  if (gather_rank_stats(g->ctx, g->e, st->ranks, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  mk_run_stats_sum(st);
+  st->output_ids = g->hist + g->req.n_prompt;
+  st->output_text = g->out.buf ? g->out.buf : "";
+  if (!g->r0) return EXIT_OK;
+  if (!g->o.quiet) mk_run_stats_print(st, stderr);
+  if (g->o.stats_json && mk_run_stats_write_json(st, g->o.stats_json, &g->err) != 0) {
+    fprintf(stderr, "morphkv generate: %s\n", g->err.msg);
+    return EXIT_FAIL;
   }
-  mk_run_stats_sum(&st);
-  st.output_ids = hist + n_prompt;
-  st.output_text = out.buf ? out.buf : "";
-  rc = EXIT_OK;
-  if (r0) {
-    if (!o.quiet) mk_run_stats_print(&st, stderr);
-    if (o.stats_json && mk_run_stats_write_json(&st, o.stats_json, &err) != 0) {
-      fprintf(stderr, "morphkv generate: %s\n", err.msg);
-      rc = EXIT_FAIL;
-    }
-  }
+  return EXIT_OK;
+}
 
-done:
-  free(out.buf);
-  free(hist);
-  free(logits);
-  mk_sampler_free(smp);
-  mk_request_free(&req);
-  mk_run_stats_free(&st);
-  mk_engine_close(e);
-  mk_gen_opts_free(&o);
+static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
+  gen_run_t g = {.ctx = ctx, .r0 = ctx->rank == 0, .err = {{0}}};
+  mk_gen_opts_default(&g.o);
+  int rc = gen_options(&g, argc, argv);
+  if (rc >= 0) {
+    mk_gen_opts_free(&g.o);
+    return rc;
+  }
+  mk_request_init(&g.req);
+  mk_run_stats_init(&g.st);
+  g.out.print = g.r0;
+  if ((rc = gen_load(&g)) == 0 && (rc = gen_begin(&g)) == 0) {
+    gen_describe(&g);
+    if ((rc = gen_prefill(&g)) == 0 && (rc = gen_decode(&g)) == 0) rc = gen_report(&g);
+  }
+  free(g.out.buf);
+  free(g.hist);
+  free(g.logits);
+  mk_sampler_free(g.smp);
+  mk_request_free(&g.req);
+  mk_run_stats_free(&g.st);
+  mk_engine_close(g.e);
+  mk_gen_opts_free(&g.o);
   return rc;
 }
 

@@ -220,9 +220,18 @@ int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_s
     if (!(t = need(src, "rope_freqs.weight", c->rope_dim / 2, 1, false, err))) return -1;
     m->rope_freqs = t->data;
   }
+  /* The header's block_count is checked against the tensor table before anything is sized by
+   * it: every layer has at least 9 tensors, and the last layer's must exist. */
+  char name[96];
+  size_t n_tensors = src->count ? src->count(src->impl) : 0;
+  snprintf(name, sizeof name, "blk.%d.attn_norm.weight", c->n_layer - 1);
+  if (c->n_layer < 1 || (src->count && (size_t)c->n_layer > n_tensors / 9) ||
+      !mk_tensor_find(src, name))
+    return mk_fail(err, "%s.block_count is %d, but the file has %zu tensors%s%s", c->arch_name,
+                   c->n_layer, n_tensors, c->n_layer >= 1 ? " and no tensor " : "",
+                   c->n_layer >= 1 ? name : "");
   m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
   if (!m->layers) return mk_fail(err, "out of memory");
-  char name[96];
   for (int l = 0; l < c->n_layer; l++) {
     mk_layer_w_t *L = &m->layers[l];
 #define T(suffix, n0, n1, mat) \

@@ -21,19 +21,12 @@
 
 /* ---- dequantization ---------------------------------------------------------------------- */
 
-static void deq_q4_0(const mk_block_q4_0 *b, float *y) {
-  float d = F16(b->d);
+/* The 32 codes of a 4-bit block: element i < 16 is the low nibble of qs[i], element i + 16 its
+ * high nibble. A 5-bit block adds bit i of qh (a little-endian u32) as bit 4 of element i. */
+static void codes_q4(const uint8_t *qs, int *q) {
   for (int i = 0; i < 16; i++) {
-    y[i] = d * (float)((b->qs[i] & 0x0F) - 8);
-    y[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
-  }
-}
-
-static void deq_q4_1(const mk_block_q4_1 *b, float *y) {
-  float d = F16(b->d), m = F16(b->m);
-  for (int i = 0; i < 16; i++) {
-    y[i] = d * (float)(b->qs[i] & 0x0F) + m;
-    y[i + 16] = d * (float)(b->qs[i] >> 4) + m;
+    q[i] = qs[i] & 0x0F;
+    q[i + 16] = qs[i] >> 4;
   }
 }
 
@@ -41,36 +34,45 @@ static uint32_t load_u32le(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-static void deq_q5_0(const mk_block_q5_0 *b, float *y) {
+static void codes_q5(const uint8_t *qs, const uint8_t *qh, int *q) {
+  uint32_t h = load_u32le(qh);
+  codes_q4(qs, q);
+  for (int i = 0; i < 32; i++) q[i] |= (int)((h >> i) & 1) << 4;
+}
+
+/* _0 types: y = d (q - offset); _1 types: y = d q + m. */
+static void deq_q4_0(const mk_block_q4_0 *b, float *y) {
+  int q[32];
+  codes_q4(b->qs, q);
   float d = F16(b->d);
-  uint32_t qh = load_u32le(b->qh);
-  for (int i = 0; i < 16; i++) {
-    int lo = (b->qs[i] & 0x0F) | (int)((qh >> i) & 1) << 4;
-    int hi = (b->qs[i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
-    y[i] = d * (float)(lo - 16);
-    y[i + 16] = d * (float)(hi - 16);
-  }
+  for (int i = 0; i < 32; i++) y[i] = d * (float)(q[i] - 8);
+}
+
+static void deq_q4_1(const mk_block_q4_1 *b, float *y) {
+  int q[32];
+  codes_q4(b->qs, q);
+  float d = F16(b->d), m = F16(b->m);
+  for (int i = 0; i < 32; i++) y[i] = d * (float)q[i] + m;
+}
+
+static void deq_q5_0(const mk_block_q5_0 *b, float *y) {
+  int q[32];
+  codes_q5(b->qs, b->qh, q);
+  float d = F16(b->d);
+  for (int i = 0; i < 32; i++) y[i] = d * (float)(q[i] - 16);
 }
 
 static void deq_q5_1(const mk_block_q5_1 *b, float *y) {
+  int q[32];
+  codes_q5(b->qs, b->qh, q);
   float d = F16(b->d), m = F16(b->m);
-  uint32_t qh = load_u32le(b->qh);
-  for (int i = 0; i < 16; i++) {
-    int lo = (b->qs[i] & 0x0F) | (int)((qh >> i) & 1) << 4;
-    int hi = (b->qs[i] >> 4) | (int)((qh >> (i + 16)) & 1) << 4;
-    y[i] = d * (float)lo + m;
-    y[i + 16] = d * (float)hi + m;
-  }
+  for (int i = 0; i < 32; i++) y[i] = d * (float)q[i] + m;
 }
 
-static void deq_q8_0(const mk_block_q8_0 *b, float *y) {
-  float d = F16(b->d);
-  for (int i = 0; i < 32; i++) y[i] = d * (float)b->qs[i];
-}
-
-static void deq_q8_1(const mk_block_q8_1 *b, float *y) {
-  float d = F16(b->d);
-  for (int i = 0; i < 32; i++) y[i] = d * (float)b->qs[i];
+/* Q8_0 and Q8_1 share their codes and scale (Q8_1's extra sum is not needed to dequantize). */
+static void deq_q8(mk_half_t dh, const int8_t *qs, float *y) {
+  float d = F16(dh);
+  for (int i = 0; i < 32; i++) y[i] = d * (float)qs[i];
 }
 
 static void deq_q2_k(const mk_block_q2_k *b, float *y) {
@@ -92,32 +94,26 @@ static void deq_q3_k(const mk_block_q3_k *b, float *y) {
   }
 }
 
-static void deq_q4_k(const mk_block_q4_k *b, float *y) {
-  float d = F16(b->d), dmin = F16(b->dmin);
+/* Q4_K and Q5_K share their super-block: 8 sub-blocks of 32 with 6-bit scales and mins, 4-bit
+ * codes (sub-block j: nibble j & 1 of qs[32 (j / 2) ..]); Q5_K adds bit j of qh[i] as bit 4
+ * (qh NULL for Q4_K). */
+static void deq_k45(float d, float dmin, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh, float *y) {
   for (int j = 0; j < 8; j++) {
     uint8_t sc, m;
-    mk_q4k_scale_min(b->scales, j, &sc, &m);
+    mk_q4k_scale_min(scales, j, &sc, &m);
     float dl = d * (float)sc, ml = dmin * (float)m;
-    const uint8_t *q = b->qs + 32 * (j / 2);
-    int shift = 4 * (j & 1);
-    for (int i = 0; i < 32; i++) y[32 * j + i] = dl * (float)((q[i] >> shift) & 0x0F) - ml;
-  }
-}
-
-static void deq_q5_k(const mk_block_q5_k *b, float *y) {
-  float d = F16(b->d), dmin = F16(b->dmin);
-  for (int j = 0; j < 8; j++) {
-    uint8_t sc, m;
-    mk_q4k_scale_min(b->scales, j, &sc, &m);
-    float dl = d * (float)sc, ml = dmin * (float)m;
-    const uint8_t *q = b->qs + 32 * (j / 2);
+    const uint8_t *q = qs + 32 * (j / 2);
     int shift = 4 * (j & 1);
     for (int i = 0; i < 32; i++) {
-      int v = ((q[i] >> shift) & 0x0F) | ((b->qh[i] >> j) & 1) << 4;
+      int v = ((q[i] >> shift) & 0x0F) | (qh ? ((qh[i] >> j) & 1) << 4 : 0);
       y[32 * j + i] = dl * (float)v - ml;
     }
   }
 }
+
+static void deq_q4_k(const mk_block_q4_k *b, float *y) { deq_k45(F16(b->d), F16(b->dmin), b->scales, b->qs, NULL, y); }
+
+static void deq_q5_k(const mk_block_q5_k *b, float *y) { deq_k45(F16(b->d), F16(b->dmin), b->scales, b->qs, b->qh, y); }
 
 static void deq_q6_k(const mk_block_q6_k *b, float *y) {
   float d = F16(b->d);
@@ -162,8 +158,8 @@ void mk_ref_dequant_row(mk_type_t t, const void *src, float *dst, int64_t n) {
       case MK_TYPE_Q4_1: deq_q4_1((const mk_block_q4_1 *)p, dst); break;
       case MK_TYPE_Q5_0: deq_q5_0((const mk_block_q5_0 *)p, dst); break;
       case MK_TYPE_Q5_1: deq_q5_1((const mk_block_q5_1 *)p, dst); break;
-      case MK_TYPE_Q8_0: deq_q8_0((const mk_block_q8_0 *)p, dst); break;
-      case MK_TYPE_Q8_1: deq_q8_1((const mk_block_q8_1 *)p, dst); break;
+      case MK_TYPE_Q8_0: deq_q8(((const mk_block_q8_0 *)p)->d, ((const mk_block_q8_0 *)p)->qs, dst); break;
+      case MK_TYPE_Q8_1: deq_q8(((const mk_block_q8_1 *)p)->d, ((const mk_block_q8_1 *)p)->qs, dst); break;
       case MK_TYPE_Q2_K: deq_q2_k((const mk_block_q2_k *)p, dst); break;
       case MK_TYPE_Q3_K: deq_q3_k((const mk_block_q3_k *)p, dst); break;
       case MK_TYPE_Q4_K: deq_q4_k((const mk_block_q4_k *)p, dst); break;
@@ -277,44 +273,36 @@ static float dot_q8_0(const void *row, int64_t cols, mk_xq_view_t x) {
   return sumi;
 }
 
+/* One Q4_K / Q5_K super-block k (see deq_k45; qh NULL for Q4_K) against the activations. */
+static void dot_k45(float d, float dmin, const uint8_t *scales, const uint8_t *qs, const uint8_t *qh,
+                    int64_t k, mk_xq_view_t x, float *sumi, float *summ) {
+  for (int j = 0; j < 8; j++) {
+    int64_t b = 8 * k + j;
+    uint8_t sc, m;
+    mk_q4k_scale_min(scales, j, &sc, &m);
+    const uint8_t *q = qs + 32 * (j / 2);
+    int shift = 4 * (j & 1);
+    int32_t I = 0;
+    for (int i = 0; i < 32; i++)
+      I += (((q[i] >> shift) & 0x0F) | (qh ? ((qh[i] >> j) & 1) << 4 : 0)) * x.qs[32 * b + i];
+    *sumi += d * x.d[b] * (float)(sc * I);
+    *summ += dmin * (float)m * x.s[b];
+  }
+}
+
 static float dot_q4_k(const void *row, int64_t cols, mk_xq_view_t x) {
   const mk_block_q4_k *w = (const mk_block_q4_k *)row;
   float sumi = 0.0f, summ = 0.0f;
-  for (int64_t k = 0; k < cols / MK_QK_K; k++) {
-    float d = F16(w[k].d), dmin = F16(w[k].dmin);
-    for (int j = 0; j < 8; j++) {
-      int64_t b = 8 * k + j;
-      uint8_t sc, m;
-      mk_q4k_scale_min(w[k].scales, j, &sc, &m);
-      const uint8_t *q = w[k].qs + 32 * (j / 2);
-      int shift = 4 * (j & 1);
-      int32_t I = 0;
-      for (int i = 0; i < 32; i++) I += ((q[i] >> shift) & 0x0F) * x.qs[32 * b + i];
-      sumi += d * x.d[b] * (float)(sc * I);
-      summ += dmin * (float)m * x.s[b];
-    }
-  }
+  for (int64_t k = 0; k < cols / MK_QK_K; k++)
+    dot_k45(F16(w[k].d), F16(w[k].dmin), w[k].scales, w[k].qs, NULL, k, x, &sumi, &summ);
   return sumi - summ;
 }
 
 static float dot_q5_k(const void *row, int64_t cols, mk_xq_view_t x) {
   const mk_block_q5_k *w = (const mk_block_q5_k *)row;
   float sumi = 0.0f, summ = 0.0f;
-  for (int64_t k = 0; k < cols / MK_QK_K; k++) {
-    float d = F16(w[k].d), dmin = F16(w[k].dmin);
-    for (int j = 0; j < 8; j++) {
-      int64_t b = 8 * k + j;
-      uint8_t sc, m;
-      mk_q4k_scale_min(w[k].scales, j, &sc, &m);
-      const uint8_t *q = w[k].qs + 32 * (j / 2);
-      int shift = 4 * (j & 1);
-      int32_t I = 0;
-      for (int i = 0; i < 32; i++)
-        I += (((q[i] >> shift) & 0x0F) | ((w[k].qh[i] >> j) & 1) << 4) * x.qs[32 * b + i];
-      sumi += d * x.d[b] * (float)(sc * I);
-      summ += dmin * (float)m * x.s[b];
-    }
-  }
+  for (int64_t k = 0; k < cols / MK_QK_K; k++)
+    dot_k45(F16(w[k].d), F16(w[k].dmin), w[k].scales, w[k].qs, w[k].qh, k, x, &sumi, &summ);
   return sumi - summ;
 }
 

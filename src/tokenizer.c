@@ -287,54 +287,6 @@ static const pre_def_t PRE_DEFAULT = {
 /* ---------------------------------------------------------------------------------------------
  * Loading */
 
-/* Reads element i of a scalar GGUF array as an integer. */
-static int64_t arr_int(const mk_gguf_value_t *v, uint64_t i) {
-  const unsigned char *p = v->v.arr.raw;
-  switch (v->v.arr.elem_type) {
-    case MK_GGUF_UINT8:
-      return p[i];
-    case MK_GGUF_INT8:
-      return (int8_t)p[i];
-    case MK_GGUF_UINT16: {
-      uint16_t x;
-      memcpy(&x, p + 2 * i, 2);
-      return x;
-    }
-    case MK_GGUF_INT16: {
-      int16_t x;
-      memcpy(&x, p + 2 * i, 2);
-      return x;
-    }
-    case MK_GGUF_UINT32: {
-      uint32_t x;
-      memcpy(&x, p + 4 * i, 4);
-      return x;
-    }
-    case MK_GGUF_INT32: {
-      int32_t x;
-      memcpy(&x, p + 4 * i, 4);
-      return x;
-    }
-    case MK_GGUF_UINT64: {
-      uint64_t x;
-      memcpy(&x, p + 8 * i, 8);
-      return (int64_t)x;
-    }
-    case MK_GGUF_INT64: {
-      int64_t x;
-      memcpy(&x, p + 8 * i, 8);
-      return x;
-    }
-    default:
-      return 0;
-  }
-}
-
-static bool is_int_type(mk_gguf_vtype_t t) {
-  return t == MK_GGUF_UINT8 || t == MK_GGUF_INT8 || t == MK_GGUF_UINT16 || t == MK_GGUF_INT16 ||
-         t == MK_GGUF_UINT32 || t == MK_GGUF_INT32 || t == MK_GGUF_UINT64 || t == MK_GGUF_INT64;
-}
-
 /* Finds an array-valued key; NULL (no error) if absent, -1 path reported through *bad. */
 static const mk_gguf_value_t *find_arr(const mk_gguf_t *g, const char *key) {
   const mk_gguf_kv_t *kv = mk_gguf_find(g, key);
@@ -347,10 +299,9 @@ static int get_id(const mk_gguf_t *g, const char *key, int n_vocab, int32_t *out
   int rc = mk_gguf_get_i64(g, key, &v, err);
   if (rc < 0) return -1;
   if (rc == MK_GGUF_MISSING) return 0;
-  if (v < 0 || v >= n_vocab) {
-    *out = -1; /* out-of-range ids (some converters write -1 / huge values): treat as none */
-    return 0;
-  }
+  if (v < 0 || v >= n_vocab) /* a BOS/EOS past the vocabulary would run with a wrong id */
+    return mk_fail(err, "tokenizer: %s is %lld, outside the vocabulary 0..%d", key, (long long)v,
+                   n_vocab - 1);
   *out = (int32_t)v;
   return 0;
 }
@@ -385,12 +336,15 @@ static int compile_regexes(mk_tokenizer_t *t, const pre_def_t *def, mk_error_t *
   return 0;
 }
 
+/* Control, user-defined and unknown tokens: written literally, matched before pre-tokenizing. */
+static bool is_special_type(uint8_t ty) { return ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN; }
+
 /* Decoded bytes of token id into out (at least 4 * text_len bytes); returns the length. */
 static size_t decode_token(const mk_tokenizer_t *t, int32_t id, char *out) {
   const char *s = t->text[id];
   size_t n = t->text_len[id], o = 0;
   uint8_t ty = t->type[id];
-  if (ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN) {
+  if (is_special_type(ty)) {
     memcpy(out, s, n);
     return n;
   }
@@ -469,37 +423,34 @@ static void sort_special(mk_tokenizer_t *t, int32_t *a, int32_t *tmp, int n) {
   memcpy(a, tmp, (size_t)n * sizeof *a);
 }
 
-int mk_tok_load(const mk_gguf_t *g, mk_tokenizer_t **out, mk_error_t *err) {
-  *out = NULL;
-  mk_tokenizer_t *t = calloc(1, sizeof *t);
-  if (!t) return mk_fail(err, "tokenizer: out of memory");
-  char *model = NULL, *pre = NULL;
-  int rc = -1;
+/* ---- loading, in phases: model kind, vocabulary, byte tokens, merges, pre-tokenizer, special
+ * ids, pieces. Each fills its part of t or fails with a message naming the key. */
 
+static int tok_load_kind(mk_tokenizer_t *t, const mk_gguf_t *g, mk_error_t *err) {
+  char *model = NULL;
+  int rc = 0;
   if (mk_gguf_get_str(g, "tokenizer.ggml.model", &model, err) != MK_GGUF_OK) {
     if (!model) mk_fail(err, "tokenizer: key tokenizer.ggml.model is missing");
-    goto done;
-  }
-  if (strcmp(model, "gpt2") == 0) {
+    rc = -1;
+  } else if (strcmp(model, "gpt2") == 0) {
     t->kind = MK_TOK_BPE;
   } else if (strcmp(model, "llama") == 0) {
     t->kind = MK_TOK_SPM;
   } else {
-    mk_fail(err, "tokenizer: tokenizer.ggml.model '%s' is not supported (gpt2, llama)", model);
-    goto done;
+    rc = mk_fail(err, "tokenizer: tokenizer.ggml.model '%s' is not supported (gpt2, llama)", model);
   }
+  free(model);
+  return rc;
+}
 
-  /* ---- vocabulary */
+/* tokenizer.ggml.tokens: the texts, their hash index (first occurrence wins for duplicates). */
+static int tok_load_texts(mk_tokenizer_t *t, const mk_gguf_t *g, mk_error_t *err) {
   const mk_gguf_value_t *toks = find_arr(g, "tokenizer.ggml.tokens");
-  if (!toks || toks->v.arr.elem_type != MK_GGUF_STRING) {
-    mk_fail(err, "tokenizer: key tokenizer.ggml.tokens is missing or not a string array");
-    goto done;
-  }
-  if (toks->v.arr.n == 0 || toks->v.arr.n > (1u << 30)) {
-    mk_fail(err, "tokenizer: tokenizer.ggml.tokens has %llu entries",
-            (unsigned long long)toks->v.arr.n);
-    goto done;
-  }
+  if (!toks || toks->v.arr.elem_type != MK_GGUF_STRING)
+    return mk_fail(err, "tokenizer: key tokenizer.ggml.tokens is missing or not a string array");
+  if (toks->v.arr.n == 0 || toks->v.arr.n > (1u << 30))
+    return mk_fail(err, "tokenizer: tokenizer.ggml.tokens has %llu entries",
+                   (unsigned long long)toks->v.arr.n);
   int n = (int)toks->v.arr.n;
   t->n_vocab = n;
   size_t total = 0;
@@ -513,157 +464,157 @@ int mk_tok_load(const mk_gguf_t *g, mk_tokenizer_t **out, mk_error_t *err) {
   t->vocab_mask = pow2_at_least((uint64_t)n * 2) - 1;
   t->vocab_slots = calloc((size_t)t->vocab_mask + 1, sizeof *t->vocab_slots);
   if (!t->text_arena || !t->text || !t->text_len || !t->type || !t->score || !t->eog ||
-      !t->vocab_slots) {
-    mk_fail(err, "tokenizer: out of memory for %d tokens", n);
-    goto done;
-  }
+      !t->vocab_slots)
+    return mk_fail(err, "tokenizer: out of memory for %d tokens", n);
   size_t pos = 0;
   for (int i = 0; i < n; i++) {
     const mk_gguf_str_t *s = &toks->v.arr.strs[i];
-    if (s->len > UINT32_MAX / 8) {
-      mk_fail(err, "tokenizer: token %d is %llu bytes long", i, (unsigned long long)s->len);
-      goto done;
-    }
+    if (s->len > UINT32_MAX / 8)
+      return mk_fail(err, "tokenizer: token %d is %llu bytes long", i, (unsigned long long)s->len);
     t->text[i] = t->text_arena + pos;
     memcpy(t->text[i], s->ptr, s->len);
     t->text[i][s->len] = 0;
     t->text_len[i] = (uint32_t)s->len;
     pos += s->len + 1;
     t->type[i] = TT_NORMAL;
-    /* first occurrence wins for duplicated texts */
     if (vocab_lookup(t, t->text[i], s->len) < 0) {
       uint32_t h = (uint32_t)hash_bytes(t->text[i], s->len) & t->vocab_mask;
       while (t->vocab_slots[h]) h = (h + 1) & t->vocab_mask;
       t->vocab_slots[h] = i + 1;
     }
   }
+  return 0;
+}
 
+/* tokenizer.ggml.token_type and tokenizer.ggml.scores (required for SPM). */
+static int tok_load_types_scores(mk_tokenizer_t *t, const mk_gguf_t *g, mk_error_t *err) {
+  const int n = t->n_vocab;
   const mk_gguf_value_t *types = find_arr(g, "tokenizer.ggml.token_type");
   if (types) {
-    if (!is_int_type(types->v.arr.elem_type) || types->v.arr.n != (uint64_t)n) {
-      mk_fail(err, "tokenizer: tokenizer.ggml.token_type must be %d integers (got %llu of %s)", n,
-              (unsigned long long)types->v.arr.n, mk_gguf_vtype_name(types->v.arr.elem_type));
-      goto done;
-    }
+    if (!mk_gguf_vtype_is_int(types->v.arr.elem_type) || types->v.arr.n != (uint64_t)n)
+      return mk_fail(err, "tokenizer: tokenizer.ggml.token_type must be %d integers (got %llu of %s)", n,
+                     (unsigned long long)types->v.arr.n, mk_gguf_vtype_name(types->v.arr.elem_type));
     for (int i = 0; i < n; i++) {
-      int64_t ty = arr_int(types, (uint64_t)i);
+      int64_t ty = mk_gguf_arr_int(types, (uint64_t)i);
       t->type[i] = (ty >= TT_NORMAL && ty <= TT_BYTE) ? (uint8_t)ty : TT_NORMAL;
     }
   }
-
   const mk_gguf_value_t *scores = find_arr(g, "tokenizer.ggml.scores");
   if (scores) {
-    if (scores->v.arr.elem_type != MK_GGUF_FLOAT32 || scores->v.arr.n != (uint64_t)n) {
-      mk_fail(err, "tokenizer: tokenizer.ggml.scores must be %d float32 values", n);
-      goto done;
-    }
+    if (scores->v.arr.elem_type != MK_GGUF_FLOAT32 || scores->v.arr.n != (uint64_t)n)
+      return mk_fail(err, "tokenizer: tokenizer.ggml.scores must be %d float32 values", n);
     memcpy(t->score, scores->v.arr.raw, (size_t)n * sizeof(float));
   } else if (t->kind == MK_TOK_SPM) {
-    mk_fail(err, "tokenizer: SPM vocabulary without tokenizer.ggml.scores");
-    goto done;
+    return mk_fail(err, "tokenizer: SPM vocabulary without tokenizer.ggml.scores");
   }
+  return 0;
+}
 
-  /* ---- byte tokens */
+/* The token of each byte: its GPT-2 code point's text (BPE), or <0xXX> / the ASCII char (SPM). */
+static void tok_build_byte_tokens(mk_tokenizer_t *t) {
   for (int b = 0; b < 256; b++) t->byte_tok[b] = -1;
   build_byte_map(t);
-  if (t->kind == MK_TOK_BPE) {
-    for (int b = 0; b < 256; b++) {
+  for (int b = 0; b < 256; b++) {
+    if (t->kind == MK_TOK_BPE) {
       char u[4];
       int k = utf8_encode(t->byte_cp[b], u);
       t->byte_tok[b] = vocab_lookup(t, u, (size_t)k);
+      continue;
     }
-  } else {
-    for (int b = 0; b < 256; b++) {
-      char name[8];
-      snprintf(name, sizeof name, "<0x%02X>", b);
-      t->byte_tok[b] = vocab_lookup(t, name, 6);
-      if (t->byte_tok[b] < 0 && b < 0x80) {
-        char c = (char)b;
-        t->byte_tok[b] = vocab_lookup(t, &c, 1);
-      }
+    char name[8];
+    snprintf(name, sizeof name, "<0x%02X>", b);
+    t->byte_tok[b] = vocab_lookup(t, name, 6);
+    if (t->byte_tok[b] < 0 && b < 0x80) {
+      char c = (char)b;
+      t->byte_tok[b] = vocab_lookup(t, &c, 1);
     }
   }
+}
 
-  /* ---- merges (BPE) */
-  if (t->kind == MK_TOK_BPE) {
-    const mk_gguf_value_t *merges = find_arr(g, "tokenizer.ggml.merges");
-    if (!merges || merges->v.arr.elem_type != MK_GGUF_STRING) {
-      mk_fail(err, "tokenizer: BPE vocabulary without tokenizer.ggml.merges (string array)");
-      goto done;
-    }
-    uint64_t nm = merges->v.arr.n;
-    if (nm > (1u << 30)) {
-      mk_fail(err, "tokenizer: tokenizer.ggml.merges has %llu entries", (unsigned long long)nm);
-      goto done;
-    }
-    t->merge_mask = pow2_at_least(nm * 2 + 1) - 1;
-    t->merge_key = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_key);
-    t->merge_rank = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_rank);
-    t->merge_res = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_res);
-    size_t maxlen = 0;
-    for (uint64_t i = 0; i < nm; i++)
-      if (merges->v.arr.strs[i].len > maxlen) maxlen = merges->v.arr.strs[i].len;
-    char *buf = malloc(maxlen + 1);
-    if (!t->merge_key || !t->merge_rank || !t->merge_res || !buf) {
-      free(buf);
-      mk_fail(err, "tokenizer: out of memory for %llu merges", (unsigned long long)nm);
-      goto done;
-    }
-    for (uint32_t i = 0; i <= t->merge_mask; i++) t->merge_rank[i] = -1;
-    for (uint64_t i = 0; i < nm; i++) {
-      const mk_gguf_str_t *s = &merges->v.arr.strs[i];
-      /* "left right": split at the first space after position 0 (a part never contains a
-       * plain space: spaces are U+0120 in byte-level text) */
-      const char *sp = s->len > 1 ? memchr(s->ptr + 1, ' ', s->len - 1) : NULL;
-      if (!sp) continue;
-      size_t la = (size_t)(sp - s->ptr), lb = s->len - la - 1;
-      int32_t a = vocab_lookup(t, s->ptr, la), bb = vocab_lookup(t, sp + 1, lb);
-      memcpy(buf, s->ptr, la);
-      memcpy(buf + la, sp + 1, lb);
-      int32_t r = vocab_lookup(t, buf, la + lb);
-      if (a < 0 || bb < 0 || r < 0) continue; /* unusable merge: parts or result not tokens */
-      uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)bb;
-      uint32_t h = (uint32_t)hash_u64(key) & t->merge_mask;
-      while (t->merge_rank[h] >= 0 && t->merge_key[h] != key) h = (h + 1) & t->merge_mask;
-      if (t->merge_rank[h] >= 0) continue; /* duplicate: the first (lowest rank) wins */
-      t->merge_key[h] = key;
-      t->merge_rank[h] = (int32_t)i;
-      t->merge_res[h] = r;
-    }
+/* One merge "left right" into the table (split at the first space after position 0: a part never
+ * contains a plain space, spaces are U+0120 in byte-level text). buf holds the joined text. */
+static void tok_add_merge(mk_tokenizer_t *t, const mk_gguf_str_t *s, int32_t rank, char *buf) {
+  const char *sp = s->len > 1 ? memchr(s->ptr + 1, ' ', s->len - 1) : NULL;
+  if (!sp) return;
+  size_t la = (size_t)(sp - s->ptr), lb = s->len - la - 1;
+  int32_t a = vocab_lookup(t, s->ptr, la), bb = vocab_lookup(t, sp + 1, lb);
+  memcpy(buf, s->ptr, la);
+  memcpy(buf + la, sp + 1, lb);
+  int32_t r = vocab_lookup(t, buf, la + lb);
+  if (a < 0 || bb < 0 || r < 0) return; /* unusable merge: parts or result not tokens */
+  uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)bb;
+  uint32_t h = (uint32_t)hash_u64(key) & t->merge_mask;
+  while (t->merge_rank[h] >= 0 && t->merge_key[h] != key) h = (h + 1) & t->merge_mask;
+  if (t->merge_rank[h] >= 0) return; /* duplicate: the first (lowest rank) wins */
+  t->merge_key[h] = key;
+  t->merge_rank[h] = rank;
+  t->merge_res[h] = r;
+}
+
+/* tokenizer.ggml.merges (BPE only). */
+static int tok_load_merges(mk_tokenizer_t *t, const mk_gguf_t *g, mk_error_t *err) {
+  if (t->kind != MK_TOK_BPE) return 0;
+  const mk_gguf_value_t *merges = find_arr(g, "tokenizer.ggml.merges");
+  if (!merges || merges->v.arr.elem_type != MK_GGUF_STRING)
+    return mk_fail(err, "tokenizer: BPE vocabulary without tokenizer.ggml.merges (string array)");
+  uint64_t nm = merges->v.arr.n;
+  if (nm > (1u << 30))
+    return mk_fail(err, "tokenizer: tokenizer.ggml.merges has %llu entries", (unsigned long long)nm);
+  t->merge_mask = pow2_at_least(nm * 2 + 1) - 1;
+  t->merge_key = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_key);
+  t->merge_rank = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_rank);
+  t->merge_res = malloc(((size_t)t->merge_mask + 1) * sizeof *t->merge_res);
+  size_t maxlen = 0;
+  for (uint64_t i = 0; i < nm; i++)
+    if (merges->v.arr.strs[i].len > maxlen) maxlen = merges->v.arr.strs[i].len;
+  char *buf = malloc(maxlen + 1);
+  if (!t->merge_key || !t->merge_rank || !t->merge_res || !buf) {
     free(buf);
+    return mk_fail(err, "tokenizer: out of memory for %llu merges", (unsigned long long)nm);
   }
+  for (uint32_t i = 0; i <= t->merge_mask; i++) t->merge_rank[i] = -1;
+  for (uint64_t i = 0; i < nm; i++) tok_add_merge(t, &merges->v.arr.strs[i], (int32_t)i, buf);
+  free(buf);
+  return 0;
+}
 
-  /* ---- pre-tokenizer */
-  int prc = mk_gguf_get_str(g, "tokenizer.ggml.pre", &pre, err);
-  if (prc < 0) goto done;
+/* tokenizer.ggml.pre: the regex set (BPE), llama.cpp's default for an unknown name. *def is the
+ * set chosen (its add_bos is the default for tokenizer.ggml.add_bos_token). */
+static int tok_load_pre(mk_tokenizer_t *t, const mk_gguf_t *g, const pre_def_t **def_out,
+                        mk_error_t *err) {
+  char *pre = NULL;
+  if (mk_gguf_get_str(g, "tokenizer.ggml.pre", &pre, err) < 0) return -1;
   t->pre_name = strdup(pre ? pre : "default");
-  if (!t->pre_name) {
-    mk_fail(err, "tokenizer: out of memory");
-    goto done;
-  }
+  free(pre);
+  if (!t->pre_name) return mk_fail(err, "tokenizer: out of memory");
   const pre_def_t *def = &PRE_DEFAULT;
   for (size_t d = 0; d < sizeof PRE_DEFS / sizeof PRE_DEFS[0] && def == &PRE_DEFAULT; d++)
     for (int k = 0; k < 10 && PRE_DEFS[d].names[k]; k++)
       if (strcmp(PRE_DEFS[d].names[k], t->pre_name) == 0) def = &PRE_DEFS[d];
   t->pre_known = def != &PRE_DEFAULT || strcmp(t->pre_name, "default") == 0;
-  if (t->kind == MK_TOK_BPE) {
-    if (compile_regexes(t, def, err) < 0) goto done;
-    t->ignore_merges = def->ignore_merges;
-  }
+  *def_out = def;
+  if (t->kind != MK_TOK_BPE) return 0;
+  if (compile_regexes(t, def, err) < 0) return -1;
+  t->ignore_merges = def->ignore_merges;
+  return 0;
+}
 
-  /* ---- special ids and flags */
+/* Special ids, add_bos / add_space_prefix, the end-of-generation set, and the special tokens
+ * sorted longest first (matched in the text before pre-tokenizing). */
+static int tok_load_specials(mk_tokenizer_t *t, const mk_gguf_t *g, const pre_def_t *def,
+                             mk_error_t *err) {
+  const int n = t->n_vocab;
   t->bos = t->eos = t->eot = t->eom = t->unk = -1;
   if (get_id(g, "tokenizer.ggml.bos_token_id", n, &t->bos, err) < 0 ||
       get_id(g, "tokenizer.ggml.eos_token_id", n, &t->eos, err) < 0 ||
       get_id(g, "tokenizer.ggml.eot_token_id", n, &t->eot, err) < 0 ||
       get_id(g, "tokenizer.ggml.eom_token_id", n, &t->eom, err) < 0 ||
       get_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk, err) < 0)
-    goto done;
+    return -1;
   t->add_bos = t->kind == MK_TOK_SPM ? true : def->add_bos;
   t->add_space_prefix = t->kind == MK_TOK_SPM;
-  if (mk_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err) < 0) goto done;
-  if (mk_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err) < 0)
-    goto done;
+  if (mk_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err) < 0) return -1;
+  if (mk_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err) < 0) return -1;
 
   if (t->eos >= 0) t->eog[t->eos] = 1;
   if (t->eot >= 0) t->eog[t->eot] = 1;
@@ -671,44 +622,48 @@ int mk_tok_load(const mk_gguf_t *g, mk_tokenizer_t **out, mk_error_t *err) {
   int n_special = 0;
   for (int i = 0; i < n; i++) {
     if (is_eog_text(t->text[i])) t->eog[i] = 1;
-    uint8_t ty = t->type[i];
-    if ((ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN) && t->text_len[i] > 0) n_special++;
+    if (is_special_type(t->type[i]) && t->text_len[i] > 0) n_special++;
   }
   t->special = malloc((size_t)(n_special ? n_special : 1) * 2 * sizeof *t->special);
-  if (!t->special) {
-    mk_fail(err, "tokenizer: out of memory");
-    goto done;
-  }
-  for (int i = 0; i < n; i++) {
-    uint8_t ty = t->type[i];
-    if ((ty == TT_CONTROL || ty == TT_USER || ty == TT_UNKNOWN) && t->text_len[i] > 0)
-      t->special[t->n_special++] = i;
-  }
+  if (!t->special) return mk_fail(err, "tokenizer: out of memory");
+  for (int i = 0; i < n; i++)
+    if (is_special_type(t->type[i]) && t->text_len[i] > 0) t->special[t->n_special++] = i;
   sort_special(t, t->special, t->special + n_special, t->n_special);
+  return 0;
+}
 
-  /* ---- pieces */
+/* Every token's decoded bytes, once (a piece is never longer than its text: every decoding step
+ * shrinks or keeps the length). */
+static int tok_build_pieces(mk_tokenizer_t *t, mk_error_t *err) {
+  const int n = t->n_vocab;
   size_t ptotal = 0;
   for (int i = 0; i < n; i++) ptotal += t->text_len[i];
   t->piece_arena = malloc(ptotal + 1);
   t->piece_off = malloc((size_t)n * sizeof *t->piece_off);
   t->piece_len = malloc((size_t)n * sizeof *t->piece_len);
-  if (!t->piece_arena || !t->piece_off || !t->piece_len) {
-    mk_fail(err, "tokenizer: out of memory");
-    goto done;
-  }
-  /* a piece is never longer than its text (every decoding step shrinks or keeps length) */
+  if (!t->piece_arena || !t->piece_off || !t->piece_len) return mk_fail(err, "tokenizer: out of memory");
   size_t ppos = 0;
   for (int i = 0; i < n; i++) {
     t->piece_off[i] = (uint32_t)ppos;
     t->piece_len[i] = (uint32_t)decode_token(t, i, t->piece_arena + ppos);
     ppos += t->piece_len[i];
   }
-  rc = 0;
+  return 0;
+}
 
-done:
-  free(model);
-  free(pre);
-  if (rc < 0) {
+int mk_tok_load(const mk_gguf_t *g, mk_tokenizer_t **out, mk_error_t *err) {
+  *out = NULL;
+  mk_tokenizer_t *t = calloc(1, sizeof *t);
+  if (!t) return mk_fail(err, "tokenizer: out of memory");
+  const pre_def_t *def = NULL;
+  if (tok_load_kind(t, g, err) != 0 || tok_load_texts(t, g, err) != 0 ||
+      tok_load_types_scores(t, g, err) != 0) {
+    mk_tok_free(t);
+    return -1;
+  }
+  tok_build_byte_tokens(t);
+  if (tok_load_merges(t, g, err) != 0 || tok_load_pre(t, g, &def, err) != 0 ||
+      tok_load_specials(t, g, def, err) != 0 || tok_build_pieces(t, err) != 0) {
     mk_tok_free(t);
     return -1;
   }
@@ -917,9 +872,11 @@ static int bpe_word(const mk_tokenizer_t *t, scratch_t *s, const char *w, size_t
     if (s->next[r] >= 0) s->prev[s->next[r]] = l;
     if (bpe_try_pair(t, s, s->prev[l], l) < 0 || bpe_try_pair(t, s, l, s->next[l]) < 0) return -1;
   }
+  /* A byte with no token of its own (SmolLM2 has none for 04 06 13 14 16 1d c0 c1 f1 f2 f5-ff)
+   * is dropped, as llama.cpp does; mapping it to unk would put <|endoftext|> (SmolLM2's id 0)
+   * into the prompt. */
   for (int32_t i = 0; i >= 0; i = s->next[i]) {
     int32_t id = s->id[i];
-    if (id < 0) id = t->unk;
     if (id >= 0 && ivec_push(out, id) < 0) return -1;
   }
   return 0;
@@ -1080,7 +1037,7 @@ static int spm_fragment(const mk_tokenizer_t *t, scratch_t *s, const char *src, 
     }
     for (uint32_t j = 0; j < s->len[i]; j++) { /* byte fallback */
       int32_t b = t->byte_tok[(unsigned char)s->buf[s->start[i] + j]];
-      if (b < 0) b = t->unk;
+      if (b < 0 && t->unk >= 0 && !t->eog[t->unk]) b = t->unk; /* never an end-of-text id */
       if (b >= 0 && ivec_push(out, b) < 0) return -1;
     }
   }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -393,12 +394,67 @@ static void test_inspect(void **state) {
   run_free(&r);
 }
 
+/* Issue 15, bug 2: NUL bytes in --prompt-file are refused with a message, never cut the prompt
+ * silently (it used to prefill "Hello" and exit 0, or call a NUL-first file "empty"). */
+static void test_prompt_file_nul(void **state) {
+  (void)state;
+  const char *texts[] = {"Hello\0world, tell me a story.", "\0Hello"};
+  const size_t lens[] = {30, 7};
+  for (int k = 0; k < 2; k++) {
+    char path[] = "/tmp/mk_cli_nul_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, texts[k], lens[k]), (ssize_t)lens[k]);
+    close(fd);
+    run_result_t r = RUN("generate", "--model", model(), "--prompt-file", path, "--max-new-tokens",
+                         "2", "--threads", "1");
+    expect(&r, 1, NULL, "NUL");
+    assert_non_null(strstr(r.err, path));
+    assert_null(strstr(r.err, "empty"));
+    run_free(&r);
+    unlink(path);
+  }
+}
+
+/* Issue 15, bug 4: `inspect FIFO` is refused at once (it used to block forever in open()). The
+ * child gets an alarm so that a regression fails instead of hanging. */
+static void test_inspect_fifo(void **state) {
+  (void)state;
+  char dir[] = "/tmp/mk_cli_fifo_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char fifo[64];
+  snprintf(fifo, sizeof fifo, "%s/model.gguf", dir);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    alarm(20);
+    execl(binary(), binary(), "inspect", fifo, (char *)NULL);
+    _exit(127);
+  }
+  int status = 0;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  unlink(fifo);
+  rmdir(dir);
+  if (!WIFEXITED(status)) fail_msg("inspect FIFO was killed by signal %d (blocked)", WTERMSIG(status));
+  assert_int_equal(WEXITSTATUS(status), 1);
+  run_result_t r = RUN("generate", "--help");
+  expect(&r, 0, "--comm-timeout", NULL);
+  assert_non_null(strstr(r.out, "default 300"));
+  assert_non_null(strstr(r.out, "FIFO"));
+  run_free(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_help),           cmocka_unit_test(test_usage_errors),
       cmocka_unit_test(test_missing_model),  cmocka_unit_test(test_prompt_too_long),
       cmocka_unit_test(test_generate_stats), cmocka_unit_test(test_config_file),
       cmocka_unit_test(test_kv_bytes_series), cmocka_unit_test(test_inspect),
+      cmocka_unit_test(test_prompt_file_nul), cmocka_unit_test(test_inspect_fifo),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

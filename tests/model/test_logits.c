@@ -2,14 +2,30 @@
  * teacher-forced logits at every position of 10 sequences (prompt + llama.cpp's greedy
  * continuation) and greedy continuations of 64 tokens.
  *
- * Tolerances. Both engines quantize activations to 8 bits before the 4-bit matmuls, in different
- * layouts and summation orders, so their logits differ by more than float rounding. Measured on
- * case 0 against an exact fp64 NumPy forward pass of the same dequantized weights: llama.cpp is off
- * by up to 0.53 (mean 0.078) and morphkv by up to 0.46 (mean 0.076); the two differ from each other
- * by up to ~0.8. Hence, over llama.cpp's top-20 at every position, after removing the per-position
- * mean offset (sampling is shift-invariant): max |diff| <= LOGIT_ATOL and mean |diff| <=
- * LOGIT_MEAN_TOL; and our argmax equals llama.cpp's wherever llama.cpp's top-2 margin exceeds
- * ARGMAX_MARGIN.
+ * Tolerances (measured on an AVX2-only machine, Dec 2026; see docs/benchmarks.md "Numerics"). Both
+ * engines quantize activations to 8 bits per 32-block before every 4-bit matmul, so a last-bit change
+ * of an activation (any change of fp32 summation order) can flip an 8-bit code; each summation order
+ * is an independent draw of rounding noise that 30 layers amplify to ~0.1 logit on average and ~1 at
+ * the worst position. The kernels are not the cause: on the demo model's 211 weight matrices with
+ * real activations, the AVX2 and scalar matmuls are both within 4e-7 (relative to the sum of |terms|)
+ * of an fp64 evaluation of the same quantized formula, and their activation quantization is bitwise
+ * equal. Metric: per position, over llama.cpp's top-20, after removing the per-position mean offset
+ * (sampling is shift-invariant); all 10 cases, 792 positions. Against the exact fp64 forward pass
+ * (tests/golden/logits/fp64_reference.py, same dequantized weights), worst / mean:
+ *   llama.cpp 0.73 / 0.093;  morphkv scalar 1.11 / 0.090,  AVX2 1.02 / 0.091,  three reordered Q4_1
+ *   accumulations (4-block partial sums, reversed blocks, 2-block partial sums; cases 0, 1, 3)
+ *   0.86-1.20 / 0.091-0.093.
+ * Against llama.cpp (what this test sees): scalar 0.86 / 0.097, AVX2 1.14 / 0.097, reordered
+ *   0.63-0.86 / 0.098-0.100 (cases 0, 1, 3). The previous bound (1.0) was set from one machine's
+ *   (AVX-512) kernels, which differed from llama.cpp by up to ~0.8.
+ * Hence max |diff| <= LOGIT_ATOL = 1.5 (1.3x the worst draw) and mean |diff| <= LOGIT_MEAN_TOL = 0.11
+ * (the mean varies by < 0.005 between draws). Planted errors fail (AVX2 kernels, cases 0 and 3): the
+ * Q4_1 min term dropped in one layer's ffn_down: worst 9-10, mean 1.1-1.8; the last block of ffn_down
+ * using the previous block's scale in layer 0 / 29: worst 2.6 / 4.8; one block scale doubled in layer
+ * 15's ffn_down: worst 2.1; the subtlest tried, the last-block scale error in layer 15's ffn_down,
+ * stays under the max (1.22) but fails the mean (0.1135 over all cases). Our argmax must equal
+ * llama.cpp's wherever llama.cpp's top-2 margin exceeds ARGMAX_MARGIN (largest margin at which any
+ * draw's argmax differed: 0.36).
  * Greedy: our own greedy continuation must equal llama.cpp's token for token. A difference is
  * accepted only at a near-tie (llama.cpp's own top-2 margin below GREEDY_TIE there, i.e. within
  * the measured inter-implementation noise); the case then stops, and at least 3 of the 10 cases
@@ -27,8 +43,8 @@
 #include "src/engine.h"
 #include "tests/testutil/testutil.h"
 
-#define LOGIT_ATOL 1.0f
-#define LOGIT_MEAN_TOL 0.15
+#define LOGIT_ATOL 1.5f
+#define LOGIT_MEAN_TOL 0.11
 #define ARGMAX_MARGIN 0.5f
 #define GREEDY_TIE 0.25
 
@@ -44,7 +60,10 @@ static int setup(void **state) {
     fprintf(stderr, "golden: %s (line %d)\n", jerr.text, jerr.line);
     return -1;
   }
-  mk_engine_params_t p = {.model_path = model, .backend = {.kind = MK_BACKEND_CPU, .n_threads = 2, .simd = -1}};
+  /* MK_TEST_SIMD=0/1/2 forces a kernel level (scalar/avx2/avx512) for measurements; default best. */
+  const char *simd_env = getenv("MK_TEST_SIMD");
+  mk_engine_params_t p = {.model_path = model,
+                          .backend = {.kind = MK_BACKEND_CPU, .n_threads = 2, .simd = simd_env ? atoi(simd_env) : -1}};
   mk_error_t err = {{0}};
   if (mk_engine_open(&eng, &p, NULL, &err) != 0) {
     fprintf(stderr, "engine: %s\n", err.msg);
@@ -81,7 +100,7 @@ static void test_teacher_forced_logits(void **state) {
   json_t *cases = json_object_get(golden, "cases");
   assert_true(json_array_size(cases) >= 3);
   double worst = 0, sum_diff = 0;
-  int positions = 0, n_diff = 0;
+  int positions = 0, n_diff = 0, n_bad = 0; /* all cases are checked; violations fail at the end */
   for (size_t c = 0; c < json_array_size(cases); c++) {
     json_t *cs = json_array_get(cases, c);
     int np, ng;
@@ -122,9 +141,9 @@ static void test_teacher_forced_logits(void **state) {
         sum_diff += diff;
         n_diff++;
         if (diff > LOGIT_ATOL) {
-          fprintf(stderr, "case %zu position %d: token %d logit %.4f (shifted %.4f) vs llama.cpp %.4f (|diff| %.4f > %.2f)\n",
-                  c, i, id, row[id], row[id] - off, json_real_value(json_array_get(tlg, j)), diff, LOGIT_ATOL);
-          fail();
+          if (n_bad++ < 10)
+            fprintf(stderr, "case %zu position %d: token %d logit %.4f (shifted %.4f) vs llama.cpp %.4f (|diff| %.4f > %.2f)\n",
+                    c, i, id, row[id], row[id] - off, json_real_value(json_array_get(tlg, j)), diff, LOGIT_ATOL);
         }
       }
       int am = 0;
@@ -132,10 +151,8 @@ static void test_teacher_forced_logits(void **state) {
         if (row[t] > row[am]) am = t;
       double margin = json_real_value(json_array_get(tlg, 0)) - json_real_value(json_array_get(tlg, 1));
       int g0 = (int)json_integer_value(json_array_get(tid, 0));
-      if (margin > ARGMAX_MARGIN && am != g0) {
+      if (margin > ARGMAX_MARGIN && am != g0 && n_bad++ < 10)
         fprintf(stderr, "case %zu position %d: argmax %d vs llama.cpp %d (margin %.3f)\n", c, i, am, g0, margin);
-        fail();
-      }
       positions++;
     }
     free(pids);
@@ -143,8 +160,9 @@ static void test_teacher_forced_logits(void **state) {
     free(seq);
     free(logits);
   }
-  fprintf(stderr, "teacher-forced: %d positions, |logit diff| over llama.cpp's top-20: worst %.4f (bound %.2f), mean %.4f (bound %.2f)\n",
-          positions, worst, LOGIT_ATOL, sum_diff / n_diff, LOGIT_MEAN_TOL);
+  fprintf(stderr, "teacher-forced: %d positions, |logit diff| over llama.cpp's top-20: worst %.4f (bound %.2f), mean %.4f (bound %.3f); %d violations\n",
+          positions, worst, LOGIT_ATOL, sum_diff / n_diff, LOGIT_MEAN_TOL, n_bad);
+  assert_int_equal(n_bad, 0);
   assert_true(sum_diff / n_diff <= LOGIT_MEAN_TOL);
 }
 

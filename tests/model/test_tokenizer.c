@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <cmocka.h>
 
@@ -151,27 +152,10 @@ static void test_golden_ids(void **state) {
   assert_int_equal(bad, 0);
 }
 
-/* Decodes ids by streaming one token at a time; malloc'd NUL-terminated result. Each push must
- * return complete, valid UTF-8. */
+/* mk_test_stream_decode, which must succeed. */
 static char *stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len) {
-  size_t cap = 64 + n * 64, o = 0;
-  char *out = malloc(cap);
-  mk_tok_stream_t s = {0};
-  for (size_t i = 0; i < n; i++) {
-    char buf[256];
-    int r = mk_tok_stream_push(t, &s, ids[i], buf, sizeof buf);
-    assert_true(r >= 0);
-    assert_true(o + (size_t)r < cap);
-    memcpy(out + o, buf, (size_t)r);
-    o += (size_t)r;
-  }
-  char buf[32];
-  int r = mk_tok_stream_flush(&s, buf, sizeof buf);
-  assert_true(r >= 0);
-  memcpy(out + o, buf, (size_t)r);
-  o += (size_t)r;
-  out[o] = 0;
-  *out_len = o;
+  char *out = mk_test_stream_decode(t, ids, n, out_len);
+  assert_non_null(out);
   return out;
 }
 
@@ -214,18 +198,6 @@ static void test_decode(void **state) {
   json_decref(cases);
 }
 
-static bool valid_utf8(const char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = (unsigned char)s[i];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (k == 0 || i + k > n) return false;
-    for (size_t j = 1; j < k; j++)
-      if (((unsigned char)s[i + j] & 0xC0) != 0x80) return false;
-    i += k;
-  }
-  return true;
-}
-
 /* Emoji whose bytes are split across tokens come out as whole characters. */
 static void test_stream_emoji(void **state) {
   fixture_t *f = *state;
@@ -243,10 +215,10 @@ static void test_stream_emoji(void **state) {
     char piece[256];
     int pl = mk_tok_piece(f->t, ids[i], piece, sizeof piece);
     assert_true(pl >= 0 && pl <= (int)sizeof piece);
-    if (!valid_utf8(piece, (size_t)pl)) split++;
+    if (!mk_test_utf8_valid((const unsigned char *)piece, (size_t)pl)) split++;
     int r = mk_tok_stream_push(f->t, &s, ids[i], out + o, (int)(sizeof out - o));
     assert_true(r >= 0);
-    assert_true(valid_utf8(out + o, (size_t)r)); /* each push: whole characters only */
+    assert_true(mk_test_utf8_valid((const unsigned char *)out + o, (size_t)r)); /* each push: whole characters only */
     o += (size_t)r;
   }
   assert_int_equal(s.n_pending, 0);
@@ -287,11 +259,46 @@ static void test_chat(void **state) {
   json_decref(cases);
 }
 
+/* Issue 15, bug 1: the 21 byte values without a single-byte token in SmolLM2's vocabulary are
+ * dropped, as llama.cpp does ("x\x04y" -> [x, y]); they used to become the unknown id 0, which is
+ * <|endoftext|>, an end-of-generation token, in the middle of the prompt. */
+static void test_control_bytes(void **state) {
+  fixture_t *f = *state;
+  const int32_t x = mk_tok_find(f->t, "x"), y = mk_tok_find(f->t, "y");
+  assert_true(x >= 0 && y >= 0);
+  int32_t ids[16];
+  mk_error_t err;
+  int n = mk_tok_encode(f->t, "x\x04y", 3, false, false, ids, 16, &err);
+  assert_int_equal(n, 2);
+  assert_int_equal(ids[0], x);
+  assert_int_equal(ids[1], y);
+  /* control bytes without a token of their own; c0 c1 f5-ff are never valid UTF-8 and become
+   * U+FFFD first (as in llama.cpp); f1 and f2 lead valid 4-byte characters (tested below) */
+  const unsigned char missing[] = {0x04, 0x06, 0x13, 0x14, 0x16, 0x1d};
+  for (int b = 0; b < 256; b++) {
+    char text[3] = {'x', (char)b, 'y'};
+    n = mk_tok_encode(f->t, text, 3, false, false, ids, 16, &err);
+    assert_true(n >= 2 && n <= 3);
+    for (int i = 0; i < n; i++)
+      if (mk_tok_is_eog(f->t, ids[i])) fail_msg("byte %02x encodes to end-of-generation id %d", b, ids[i]);
+    bool is_missing = memchr(missing, b, sizeof missing) != NULL;
+    if (is_missing && (n != 2 || ids[0] != x || ids[1] != y))
+      fail_msg("byte %02x: %d tokens, expected [x, y] (the byte dropped)", b, n);
+  }
+  const char *four[] = {"x\xf1\x80\x80\x80y", "x\xf2\x80\x80\x80y"}; /* U+40000, U+80000 */
+  for (int k = 0; k < 2; k++) {
+    n = mk_tok_encode(f->t, four[k], 6, false, false, ids, 16, &err);
+    assert_true(n >= 2);
+    for (int i = 0; i < n; i++)
+      if (mk_tok_is_eog(f->t, ids[i])) fail_msg("U+%c0000 encodes to end-of-generation id %d", k ? '8' : '4', ids[i]);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_metadata), cmocka_unit_test(test_golden_ids),
       cmocka_unit_test(test_decode),   cmocka_unit_test(test_stream_emoji),
-      cmocka_unit_test(test_chat),
+      cmocka_unit_test(test_chat),     cmocka_unit_test(test_control_bytes),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

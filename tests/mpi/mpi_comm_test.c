@@ -250,7 +250,7 @@ static void make_request(mk_request_t *r) {
   r->sampling.temperature = 0.8f;
   r->sampling.top_k = 50;
   r->sampling.seed = 1234567890123ULL;
-  r->sampling.max_new_tokens = 128;
+  r->max_new_tokens = 128;
   r->cache.policy = MK_KV_MORPHKV;
   r->cache.window = 8;
   r->cache.capacity = 256;
@@ -273,6 +273,7 @@ static void test_request_bcast(mk_ctx_t *ctx) {
   CHECK(req.kind == want.kind && req.id == want.id && req.n_prompt == want.n_prompt &&
             memcmp(req.prompt, want.prompt, want.n_prompt * sizeof *want.prompt) == 0 &&
             memcmp(&req.sampling, &want.sampling, sizeof want.sampling) == 0 &&
+            req.max_new_tokens == want.max_new_tokens &&
             req.cache.policy == want.cache.policy && req.cache.window == want.cache.window &&
             req.cache.capacity == want.cache.capacity && req.n_stop == 1 &&
             strcmp(req.stop[0], want.stop[0]) == 0,

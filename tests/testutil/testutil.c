@@ -2,6 +2,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 const char *mk_test_model_path(void) {
@@ -47,4 +48,44 @@ uint64_t mk_test_rand_u64(uint64_t *s) {
 
 float mk_test_rand_f32(uint64_t *s) {
   return (float)((double)(mk_test_rand_u64(s) >> 11) * (1.0 / 9007199254740992.0) * 2.0 - 1.0);
+}
+
+int mk_test_utf8_valid(const unsigned char *s, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    unsigned c = s[i];
+    int k = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : -1;
+    if (k < 0 || n - i <= (size_t)k) return 0;
+    uint32_t cp = k == 0 ? c : k == 1 ? (c & 0x1f) : k == 2 ? (c & 0x0f) : (c & 0x07);
+    for (int j = 1; j <= k; j++) {
+      if ((s[i + (size_t)j] & 0xc0) != 0x80) return 0;
+      cp = cp << 6 | (s[i + (size_t)j] & 0x3f);
+    }
+    if ((k == 1 && cp < 0x80) || (k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
+        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return 0;
+    i += (size_t)k + 1;
+  }
+  return 1;
+}
+
+char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len) {
+  size_t cap = 64 + n * 64, o = 0;
+  char *out = malloc(cap);
+  if (!out) return NULL;
+  mk_tok_stream_t s = {{0}, 0};
+  char buf[256];
+  for (size_t i = 0; i <= n; i++) {
+    int r = i < n ? mk_tok_stream_push(t, &s, ids[i], buf, (int)sizeof buf)
+                  : mk_tok_stream_flush(&s, buf, (int)sizeof buf);
+    if (r < 0 || o + (size_t)r >= cap || !mk_test_utf8_valid((const unsigned char *)buf, (size_t)r)) {
+      free(out);
+      return NULL;
+    }
+    memcpy(out + o, buf, (size_t)r);
+    o += (size_t)r;
+  }
+  out[o] = 0;
+  *out_len = o;
+  return out;
 }

@@ -1,5 +1,5 @@
 /* MorphKV policy (kvcache/policy_morphkv.c) driven directly, without a model: the worked
- * examples of the spec (§3.4), invalid settings, and the §9 properties on random q/k checked
+ * examples of docs/morphkv.md §9, invalid settings, and the properties of §11 on random q/k checked
  * against a reference that recomputes every score from the stored query and key vectors. */
 #include <math.h>
 #include <setjmp.h>
@@ -93,7 +93,7 @@ static void assert_kept(mk_kv_head_t *h, const int32_t *want, int n) {
   assert_memory_equal(got, want, sizeof(int32_t) * n);
 }
 
-/* §3.4 fusion: candidates a,b,c,d (pos 0..3), k_sel = 2, two rows already softmaxed over the
+/* docs/morphkv.md §9 fusion: candidates a,b,c,d (pos 0..3), k_sel = 2, two rows already softmaxed over the
  * candidates. Sum keeps {a,b}; max keeps {a,d}. W = 2, C = 4, P = 6: rows are q4 and q5. */
 static void fusion_case(mk_kv_fusion_t fusion, const int32_t *want) {
   static const float p1[4] = {.60f, .25f, .10f, .05f}, p2[4] = {.05f, .25f, .30f, .40f};
@@ -126,7 +126,7 @@ static void test_fusion_example(void **unused) {
   fusion_case(MK_KV_FUSION_MAX, max_keep);
 }
 
-/* §3.4 GQA: g = 2, one row (W = 1), candidates x,y,z at pos 0..2, the recent token at pos 3. */
+/* docs/morphkv.md §9 GQA: g = 2, one row (W = 1), candidates x,y,z at pos 0..2, the recent token at pos 3. */
 static void gqa_case(mk_kv_gqa_t gqa, const float h1[3], const float h2[3], int C,
                      const int32_t *want, int n_want) {
   mk_kv_config_t cfg = mkv_cfg(1, C);
@@ -469,7 +469,7 @@ static void test_state_constant(void **unused) {
   assert_int_equal(peak_at[0], (size_t)(C + 1) * 2 * d * 4);
 }
 
-/* §3.4 sliding sets: W = 2, C = 5, P = 6. */
+/* docs/morphkv.md §9 sliding sets: W = 2, C = 5, P = 6. */
 static void test_sliding_example(void **unused) {
   const int W = 2, C = 5, P = 6, g = 1, d = 8;
   float *q, *k;

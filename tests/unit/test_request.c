@@ -35,7 +35,7 @@ static void make_request(mk_request_t *r) {
   r->sampling.repeat_penalty = 1.1f;
   r->sampling.repeat_last_n = 128;
   r->sampling.seed = 0xfeedfacecafebeefULL;
-  r->sampling.max_new_tokens = 12000;
+  r->max_new_tokens = 12000;
   r->cache.policy = MK_KV_MORPHKV;
   r->cache.window = 16;
   r->cache.capacity = 512;
@@ -59,6 +59,7 @@ static void assert_requests_equal(const mk_request_t *a, const mk_request_t *b) 
   assert_int_equal(a->n_prompt, b->n_prompt);
   if (a->n_prompt) assert_memory_equal(a->prompt, b->prompt, a->n_prompt * sizeof *a->prompt);
   assert_memory_equal(&a->sampling, &b->sampling, sizeof a->sampling);
+  assert_int_equal(a->max_new_tokens, b->max_new_tokens);
   assert_int_equal(a->cache.policy, b->cache.policy);
   assert_int_equal(a->cache.window, b->cache.window);
   assert_int_equal(a->cache.capacity, b->cache.capacity);
@@ -282,7 +283,7 @@ static void test_pack_refuses_invalid(void **state) {
   assert_int_equal(mk_request_pack(&r, 0, &buf, &len, &err), -1);
   assert_non_null(strstr(err.msg, "unknown kind 0"));
   mk_request_init(&r);
-  r.sampling.max_new_tokens = -1;
+  r.max_new_tokens = -1;
   assert_int_equal(mk_request_pack(&r, 0, &buf, &len, &err), -1);
   assert_non_null(strstr(err.msg, "max_new_tokens -1"));
 }

@@ -300,18 +300,9 @@ static void test_decode_roundtrip(void **state) {
       mk_error_t err;
       int n = mk_tok_encode(b.t, text, strlen(text), false, false, ids, 256, &err);
       assert_true(n >= 0 && n <= 256);
-      char out[2048];
       size_t o = 0;
-      mk_tok_stream_t s = {0};
-      for (int j = 0; j < n; j++) {
-        int r = mk_tok_stream_push(b.t, &s, ids[j], out + o, (int)(sizeof out - o));
-        assert_true(r >= 0);
-        o += (size_t)r;
-      }
-      int r = mk_tok_stream_flush(&s, out + o, (int)(sizeof out - o));
-      assert_true(r >= 0);
-      o += (size_t)r;
-      out[o] = 0;
+      char *out = mk_test_stream_decode(b.t, ids, (size_t)n, &o);
+      assert_non_null(out);
       const char *want = text;
       bool prefix = strcmp(names[k], "spm") == 0 && o > 0 && text[0] != 0;
       if (prefix) {
@@ -320,21 +311,10 @@ static void test_decode_roundtrip(void **state) {
       } else {
         assert_string_equal(out, want);
       }
+      free(out);
     }
     built_free(&b);
   }
-}
-
-static bool valid_utf8(const char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned char c = (unsigned char)s[i];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (k == 0 || i + k > n) return false;
-    for (size_t j = 1; j < k; j++)
-      if (((unsigned char)s[i + j] & 0xC0) != 0x80) return false;
-    i += k;
-  }
-  return true;
 }
 
 /* Streaming over single-byte tokens: characters are emitted whole, invalid bytes as U+FFFD. */
@@ -404,7 +384,7 @@ static void test_stream_utf8(void **state) {
   assert_int_equal(mk_tok_stream_push(b.t, &s, byte_tok[0x80], out, 2), -1);
   assert_int_equal(s.n_pending, 3);
   assert_int_equal(mk_tok_stream_push(b.t, &s, byte_tok[0x80], out, sizeof out), 4);
-  assert_true(valid_utf8(out, 4));
+  assert_true(mk_test_utf8_valid((const unsigned char *)out, 4));
   assert_int_equal(mk_tok_stream_push(b.t, &s, -5, out, sizeof out), -1);
   built_free(&b);
 }

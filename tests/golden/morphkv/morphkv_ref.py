@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
-"""Independent NumPy reference of MorphKV (spec morphkv-algorithm.md §3.1 order, §3.3 rules)
+"""Independent NumPy reference of MorphKV (the reference order of docs/morphkv.md §3, the rules of §5-§6)
 and the golden files that tests/unit/test_kv_golden.c replays through the C policy.
 
-Written from the spec, not from the C code: no slots, no ring. The cache is a chronological list
+Written from the algorithm's description, not from the C code: no slots, no ring. The cache is a chronological list
 of token positions; at every decode step the token is appended, then, if the cache has reached
 ceil((C+1)*ea) tokens, it is cut back to C+1 (the W+1 newest are always kept; the other tokens
 are candidates; every score is recomputed from the stored post-RoPE queries and keys of the W
 previous queries, in float64), then the token "attends" over what is left, and that set is what
 the golden file records. The prompt is never cut during prefill (the first cut happens at the
-first decode step, §2 item 3), which the C policy does at prefill end instead (§3.3): the
+first decode step, as in the authors' code), which the C policy does at prefill end instead (§4): the
 attention sets must agree.
 
-Scoring (decision 4, 5, 9): per query row, a softmax over the candidate columns only; GQA
+Scoring (§5-§7): per query row, a softmax over the candidate columns only; GQA
 `logit_sum` sums the g heads' scaled logits before the softmax, `prob_max` takes the max over
 heads of the per-head softmax; fusion `sum` or `max` over the rows; keep the top C-W by
 (higher score, then smaller position).
