@@ -313,7 +313,7 @@ static float rand_logit(uint64_t *x) {
 
 static void test_distributed_equals_full(void **state) {
   (void)state;
-  enum { V = 700, N_VEC = 10000, N_HIST = 40 };
+  enum { V = 320, N_VEC = 10000, N_HIST = 40 };
   mk_sampler_params_t set[8];
   for (int i = 0; i < 8; i++) mk_sampler_params_default(&set[i]);
   set[0].temperature = 0.0f;                                                     /* greedy */
