@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libpcre2-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler libjansson-dev python3-pip unzip)
+      libprotobuf-c-dev protobuf-c-compiler libjansson-dev python3-pip unzip clang)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -41,4 +41,18 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1
   python3 -m pip install --user --quiet 'cmake>=3.24' 2>/dev/null ||
     python3 -m pip install --user --quiet --break-system-packages 'cmake>=3.24'
   echo "setup.sh: add ~/.local/bin to PATH (export PATH=\$HOME/.local/bin:\$PATH)"
+fi
+
+# libFuzzer's runtime (tests/fuzz, launch/fuzz.sh): Debian 12 ships it in libclang-rt-N-dev, which
+# a --no-install-recommends install of clang leaves out; Ubuntu 22.04 has it in
+# libclang-common-N-dev (a dependency of clang).
+if command -v clang >/dev/null 2>&1 &&
+   ! find / -path /proc -prune -o -name 'libclang_rt.fuzzer-x86_64.a' -print -quit 2>/dev/null | grep -q .; then
+  major="$(clang -dumpversion | cut -d. -f1)"
+  if apt-cache show "libclang-rt-$major-dev" >/dev/null 2>&1; then
+    echo "setup.sh: installing libclang-rt-$major-dev (libFuzzer runtime)"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "libclang-rt-$major-dev"
+  else
+    echo "setup.sh: clang $major has no libFuzzer runtime and no libclang-rt-$major-dev package" >&2
+  fi
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds morphkv, fetches the demo model, and runs every test that can run on this machine:
 # ctest labels unit, model and mpi (gpu tests skip themselves without a GPU), then the unit tests
-# again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/).
+# again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/), then a short smoke of
+# every fuzz target (clang, build-fuzz/).
 # Tests labelled `slow` are left out unless MORPHKV_TEST_SLOW=1. Both test passes always run;
 # the script fails at the end if either failed.
 set -euo pipefail
@@ -39,6 +40,24 @@ stamp "sanitizer build done"
 ASAN_OPTIONS="abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
   ctest --test-dir "$ASAN_DIR" --output-on-failure -j"$JOBS" -L unit "${EXCLUDE[@]}" || status=1
 stamp "sanitizer tests done"
+
+# Fuzz smoke: every libFuzzer target of tests/fuzz for MORPHKV_FUZZ_SECONDS (default 20) under
+# ASan + UBSan, from the committed seeds (clang build in build-fuzz/; launch/fuzz.sh).
+FUZZ_SECONDS="${MORPHKV_FUZZ_SECONDS:-20}"
+echo "== fuzz smoke (${FUZZ_SECONDS} s per target)"
+mkdir -p "${FUZZ_DIR:-$ROOT/build-fuzz}"
+for t in gguf tokenizer config request; do
+  log="${FUZZ_DIR:-$ROOT/build-fuzz}/smoke-$t.log"
+  if FUZZ_DIR="${FUZZ_DIR:-$ROOT/build-fuzz}" MORPHKV_TEST_MODEL="$MODEL" \
+    bash "$ROOT/launch/fuzz.sh" "$t" "$FUZZ_SECONDS" >"$log" 2>&1; then
+    echo "fuzz_$t: $(grep -E '^stat::number_of_executed_units' "$log" | tail -1) ($(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1))"
+  else
+    tail -n 60 "$log"
+    echo "fuzz smoke: fuzz_$t FAILED (log $log)" >&2
+    status=1
+  fi
+done
+stamp "fuzz smoke done"
 
 if [ "$status" -ne 0 ]; then
   echo "test.sh: FAILED (see the ctest output above)" >&2

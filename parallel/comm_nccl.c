@@ -6,7 +6,8 @@
  * all of that worked (one MPI all-reduce, so a failing rank 0 cannot leave the others waiting in
  * the bcast), the id is broadcast over MPI, then ncclCommInitRank.
  * Ops enqueue on the borrowed stream and return at once; errors of earlier asynchronous work are
- * picked up by ncclCommGetAsyncError at the next op or at barrier (which waits for the stream).
+ * picked up by ncclCommGetAsyncError at the next op or at barrier, which polls the stream and the
+ * async error under the collective watchdog (ncclCommAbort, then MPI_Abort, on timeout).
  * Teardown order (NCCL docs): wait for the stream, ncclCommFinalize, ncclCommDestroy, then the
  * MPI duplicate. */
 #ifdef MORPHKV_HAVE_NCCL
@@ -114,12 +115,35 @@ static int nccl_allgather_host(mk_comm_t *c, const void *send, void *recv, size_
   return 0;
 }
 
+/* One poll of the stream for the watchdog's bounded wait (parallel/watchdog.h): 1 when the
+ * stream is idle, 0 while work is pending, -1 on a CUDA error or an NCCL async error. */
+static int nccl_poll(void *arg, mk_error_t *err) {
+  mk_comm_t *c = arg;
+  nccl_impl_t *m = c->impl;
+  if (check_async(c, err)) return -1;
+  cudaError_t e = cudaStreamQuery(m->stream);
+  if (e == cudaErrorNotReady) return 0;
+  if (e != cudaSuccess)
+    return cuda_fail(err, e, "cudaStreamQuery", c->rank, m->device, __FILE__, __LINE__);
+  return 1;
+}
+
+/* Waits for the stream without blocking in the driver: bounded by the watchdog when it is on;
+ * on timeout the communicator is aborted (ncclCommAbort frees kernels stuck waiting on a peer),
+ * then -1 with mk_watchdog_expire's diagnosis (the ranks that did not arrive); the caller's error
+ * path ends the job. */
 static int nccl_barrier(mk_comm_t *c, mk_error_t *err) {
   nccl_impl_t *m = c->impl;
-  CUDA_CHECK(cudaStreamSynchronize(m->stream), c->rank, m->device, err);
-  if (check_async(c, err)) return -1;
-  MK_MPI_CHECK(MPI_Barrier(m->mpi), c->rank, err);
-  return 0;
+  double timeout = mk_watchdog_on(c->wd) ? c->wd->timeout_s : 0;
+  int r = mk_wait_bounded(nccl_poll, c, timeout, NULL, err);
+  if (r < 0) return -1;
+  if (r == 1) {
+    ncclCommAbort(m->nc);
+    m->nc = NULL;
+    return mk_watchdog_expire(c->wd, "cudaStreamQuery (NCCL stream)", "nccl barrier",
+                              "ncclCommAbort done", err);
+  }
+  return mk_wd_barrier(c->wd, m->mpi, "nccl barrier", err);
 }
 
 static void nccl_free(mk_comm_t *c) {

@@ -240,10 +240,12 @@ static int from_wire(const Morphkv__Request *m, mk_request_t *r, mk_error_t *err
 
   if (m->sampling) {
     const Morphkv__Sampling *s = m->sampling;
-    r->sampling.temperature = s->temperature;
+    /* -0.0 reads as +0.0: protobuf-c does not send a zero float, so a sender's -0.0 arrives as
+     * +0.0 and the two ranks would hold different bits (found by tests/fuzz/fuzz_request) */
+    r->sampling.temperature = s->temperature == 0 ? 0.0f : s->temperature;
     r->sampling.top_k = s->top_k;
     r->sampling.top_p = s->top_p;
-    r->sampling.min_p = s->min_p;
+    r->sampling.min_p = s->min_p == 0 ? 0.0f : s->min_p;
     r->sampling.repeat_penalty = s->repeat_penalty;
     r->sampling.repeat_last_n = s->repeat_last_n;
     r->sampling.seed = s->seed;
@@ -358,14 +360,17 @@ int mk_request_bcast(const mk_ctx_t *ctx, mk_request_t *req, int n_vocab, mk_err
     free(buf);
     return -1;
   }
+  /* rank 0 unpacks its own bytes too and runs from that copy, so every rank holds the same
+   * request bit for bit (a -0.0 temperature on rank 0 would otherwise stay -0.0 there only) */
   mk_request_t got;
   mk_request_init(&got);
-  if (ctx->rank != 0) st = mk_request_unpack(buf, len, n_vocab, &got, err);
+  st = mk_request_unpack(buf, len, n_vocab, &got, err);
   free(buf);
   if (mk_ctx_agree(ctx, st, err)) {
     mk_request_free(&got);
     return -1;
   }
-  if (ctx->rank != 0) *req = got;
+  if (ctx->rank == 0) mk_request_free(req);
+  *req = got;
   return 0;
 }

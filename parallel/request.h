@@ -9,7 +9,8 @@
  *   if (req.kind == MK_REQUEST_SHUTDOWN) ...
  *   ...
  *   mk_request_free(&req);            // every rank, rank 0 included if it allocated with these
- * Receivers get a deep copy they own (prompt, stop strings). */
+ * Every rank, rank 0 included, ends up with a deep copy it owns (prompt, stop strings) unpacked
+ * from the same bytes, so the requests are bitwise identical across ranks. */
 #ifndef MK_REQUEST_H
 #define MK_REQUEST_H
 
@@ -65,8 +66,9 @@ int mk_request_unpack(const uint8_t *buf, size_t len, int n_vocab, mk_request_t 
                       mk_error_t *err);
 
 /* Collective over ctx->mpi (host memory). Rank 0 validates and packs *req and broadcasts the
- * length then the bytes; the other ranks unpack and validate into *req (whatever *req held there
- * is overwritten, not freed). All ranks then agree: the result is 0 everywhere, or -1 everywhere
+ * length then the bytes; every rank unpacks and validates into *req (rank 0's own *req is freed
+ * and replaced by the unpacked copy; on the other ranks whatever *req held is overwritten, not
+ * freed). All ranks then agree: the result is 0 everywhere, or -1 everywhere
  * with err = "rank R: <why>" naming the first rank that failed. The bytes are added to
  * ctx->comm->bytes_other. */
 int mk_request_bcast(const mk_ctx_t *ctx, mk_request_t *req, int n_vocab, mk_error_t *err);

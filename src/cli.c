@@ -1,8 +1,10 @@
 /* The front ends' failure rules (see cli.h). */
 #include "src/cli.h"
 
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 int mk_cli_agree(const mk_ctx_t *ctx, const char *cmd, int status, mk_error_t *err) {
   if (ctx->world > 1) status = mk_ctx_agree(ctx, status, err);
@@ -17,6 +19,14 @@ int mk_cli_fail(const mk_ctx_t *ctx, const char *cmd, const mk_error_t *err) {
   else
     fprintf(stderr, "morphkv: %s\n", err->msg);
   return 1;
+}
+
+int mk_cli_default_threads(const mk_ctx_t *ctx) {
+  int avail = omp_get_num_procs();
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  int n = avail;
+  if (online > 0 && avail >= online && ctx->local_size > 1) n = avail / ctx->local_size;
+  return n < 1 ? 1 : n;
 }
 
 void mk_ctx_abort(const mk_ctx_t *ctx, const char *msg) {

@@ -23,6 +23,10 @@ int mk_cli_agree(const mk_ctx_t *ctx, const char *cmd, int status, mk_error_t *e
  * a run-time failure. */
 int mk_cli_fail(const mk_ctx_t *ctx, const char *cmd, const mk_error_t *err);
 
+/* Threads per rank when --threads is 0: the CPUs this process may use, shared among the ranks of
+ * the node unless the launcher already bound each rank to its own set. */
+int mk_cli_default_threads(const mk_ctx_t *ctx);
+
 /* Prints "morphkv: rank R: <msg>" on stderr and aborts every rank (MPI_Abort with code 1), so no
  * rank is left waiting in a collective. ctx may be NULL (or not yet initialised, zeroed): then
  * MPI_COMM_WORLD is aborted, or the process exits with 1 when MPI is not running. Does not return. */

@@ -958,138 +958,149 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
              "Reference texts: `p<line>_reference.txt`.\n");
 }
 
-int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
+/* The options of `eval` on every rank. Returns -1 to go on, or the exit code. */
+static int eval_options(eval_opts_t *o, int argc, char **argv, const mk_ctx_t *ctx) {
   const bool r0 = ctx->rank == 0;
   mk_error_t err = {{0}};
-  eval_opts_t o;
   bool help = false;
-  if (opts_parse(&o, argc, argv, &help, &err) != 0) {
-    if (r0) {
-      fprintf(stderr, "morphkv eval: %s\n(morphkv eval --help lists the options)\n", err.msg);
-    }
-    opts_free(&o);
+  if (opts_parse(o, argc, argv, &help, &err) != 0) {
+    if (r0) fprintf(stderr, "morphkv eval: %s\n(morphkv eval --help lists the options)\n", err.msg);
     return EV_USAGE;
   }
   if (help) {
     if (r0) usage_eval(stdout);
-    opts_free(&o);
     return EV_OK;
   }
-  if (o.g.tp > 0 && o.g.tp != ctx->world) {
-    if (r0)
-      fprintf(stderr, "morphkv eval: --tp %d but the MPI world has %d rank(s)\n", o.g.tp, ctx->world);
-    opts_free(&o);
+  if (o->g.tp > 0 && o->g.tp != ctx->world) {
+    if (r0) fprintf(stderr, "morphkv eval: --tp %d but the MPI world has %d rank(s)\n", o->g.tp, ctx->world);
     return EV_USAGE;
   }
-  if (o.concurrent && ctx->world > 1) {
+  if (o->concurrent && ctx->world > 1) {
     if (r0) fprintf(stderr, "morphkv eval: --concurrent needs a world of one (not mpirun)\n");
-    opts_free(&o);
     return EV_USAGE;
   }
-  if (o.concurrent) omp_set_max_active_levels(1); /* each engine's own loops run on its thread */
-  if (o.g.threads <= 0) {
-    int n = omp_get_num_procs();
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    if (online > 0 && n >= online && ctx->local_size > 1) n /= ctx->local_size;
-    o.g.threads = n < 1 ? 1 : n;
-  }
+  if (o->concurrent) omp_set_max_active_levels(1); /* each engine's own loops run on its thread */
+  if (o->g.threads <= 0) o->g.threads = mk_cli_default_threads(ctx);
+  return -1;
+}
 
-  eval_state_t s = {.o = &o, .ctx = ctx, .r0 = r0};
-  eval_prompt_t *ps = NULL;
-  int n_ps = 0, rc = EV_FAIL;
-  int status = prompts_read(&o, &ps, &n_ps, &err);
+/* Prompts, the model file, and (rank 0) the output directory with summary.csv. Status only. */
+static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  int status = prompts_read(o, ps, n_ps, err);
   struct stat sb;
-  if (status == 0 && (stat(o.g.model, &sb) != 0 || !S_ISREG(sb.st_mode)))
-    status = mk_fail(&err, "model file %s: %s", o.g.model, errno ? strerror(errno) : "not a regular file");
-  if (status == 0 && r0) status = make_dirs(o.out, &err);
-  if (status == 0 && r0) {
-    s.summary_csv = open_out(o.out, "summary.csv", &err);
-    if (!s.summary_csv) status = -1;
-    else
-      fprintf(s.summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
-                             "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
+  if (status == 0 && (stat(o->g.model, &sb) != 0 || !S_ISREG(sb.st_mode)))
+    status = mk_fail(err, "model file %s: %s", o->g.model, errno ? strerror(errno) : "not a regular file");
+  if (status == 0 && s->r0) status = make_dirs(o->out, err);
+  if (status == 0 && s->r0) {
+    s->summary_csv = open_out(o->out, "summary.csv", err);
+    if (!s->summary_csv) return -1;
+    fprintf(s->summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
+                            "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
   }
-  if (mk_cli_agree(s.ctx, "eval", status, &err) != 0) goto done;
+  return status;
+}
 
-  /* the runs: every policy x every budget (full: once) */
-  int n_budgets = o.n_caps ? o.n_caps : o.n_fracs;
-  s.runs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1), sizeof *s.runs);
-  s.errs = calloc((size_t)o.n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s.errs);
-  if (!s.runs || !s.errs) {
-    mk_fail(&err, "out of memory");
-    rc = mk_cli_fail(s.ctx, "eval", &err);
-    goto done;
-  }
-  for (int p = 0; p < o.n_pol; p++) {
-    int nb = o.pol[p] == MK_KV_FULL ? 1 : n_budgets;
+/* The runs: every policy x every budget (full: once). */
+static int eval_plan_runs(eval_state_t *s, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  int n_budgets = o->n_caps ? o->n_caps : o->n_fracs;
+  s->runs = calloc((size_t)o->n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1), sizeof *s->runs);
+  s->errs = calloc((size_t)o->n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s->errs);
+  if (!s->runs || !s->errs) return mk_fail(err, "out of memory");
+  for (int p = 0; p < o->n_pol; p++) {
+    int nb = o->pol[p] == MK_KV_FULL ? 1 : n_budgets;
     for (int b = 0; b < nb; b++) {
-      eval_run_t *run = &s.runs[s.n_runs++];
-      run->policy = o.pol[p];
-      run->kv = o.g.kv;
-      run->kv.policy = o.pol[p];
-      run->budget = o.pol[p] == MK_KV_FULL ? -1 : b;
+      eval_run_t *run = &s->runs[s->n_runs++];
+      run->policy = o->pol[p];
+      run->kv = o->g.kv;
+      run->kv.policy = o->pol[p];
+      run->budget = o->pol[p] == MK_KV_FULL ? -1 : b;
       if (run->budget < 0) snprintf(run->label, sizeof run->label, "all");
-      else if (o.n_fracs) snprintf(run->label, sizeof run->label, "%gpct", o.fracs[b] * 100.0);
-      else snprintf(run->label, sizeof run->label, "c%d", o.caps[b]);
+      else if (o->n_fracs) snprintf(run->label, sizeof run->label, "%gpct", o->fracs[b] * 100.0);
+      else snprintf(run->label, sizeof run->label, "c%d", o->caps[b]);
     }
   }
+  return 0;
+}
 
-  /* engines: weights are memory-mapped and borrowed, so each extra engine costs only its cache */
-  mk_engine_params_t ep = {.model_path = o.g.model, .tp = o.g.tp};
-  ep.backend.kind = o.g.backend;
-  ep.backend.n_threads = o.g.threads;
-  ep.backend.simd = o.g.simd;
-  ep.backend.device = ctx->local_rank;
+/* Engines (collective): weights are memory-mapped and borrowed, so each extra engine costs only its
+ * cache. Returns 0, or the exit code. */
+static int eval_open_engines(eval_state_t *s, int n_ps, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  mk_engine_params_t ep = {.model_path = o->g.model, .tp = o->g.tp};
+  ep.backend.kind = o->g.backend;
+  ep.backend.n_threads = o->g.threads;
+  ep.backend.simd = o->g.simd;
+  ep.backend.device = s->ctx->local_rank;
   double t0 = now_s();
-  if (mk_engine_open(&s.ref, &ep, ctx, &err) != 0) {
-    rc = mk_cli_fail(s.ctx, "eval", &err);
+  if (mk_engine_open(&s->ref, &ep, s->ctx, err) != 0) return mk_cli_fail(s->ctx, "eval", err);
+  for (int r = 0; r < s->n_runs; r++)
+    if (mk_engine_open(&s->runs[r].e, &ep, s->ctx, err) != 0) return mk_cli_fail(s->ctx, "eval", err);
+  s->n_vocab = mk_engine_n_vocab(s->ref);
+  const int V = s->n_vocab;
+  s->ref_logits = malloc(sizeof(float) * (size_t)V);
+  s->ref_lp = malloc(sizeof(double) * (size_t)V);
+  s->ref_p = malloc(sizeof(double) * (size_t)V);
+  s->eog = calloc((size_t)V, 1);
+  int status = (s->ref_logits && s->ref_lp && s->ref_p && s->eog) ? 0 : mk_fail(err, "out of memory");
+  for (int r = 0; status == 0 && r < s->n_runs; r++)
+    if (!(s->runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(err, "out of memory");
+  if (mk_cli_agree(s->ctx, "eval", status, err) != 0) return EV_FAIL;
+  for (int i = 0; i < V; i++) s->eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s->ref), i) ? 1 : 0;
+  if (!o->quiet && s->r0)
+    fprintf(stderr, "[eval] %d engines on %s loaded in %.2f s; %d prompts x %d new tokens, %d threads\n",
+            s->n_runs + 1, o->g.model, now_s() - t0, n_ps, o->new_tokens, o->g.threads);
+  return 0;
+}
+
+/* Rank 0: summary.md (and on stderr), summary.csv closed, the plots. */
+static int eval_finish(eval_state_t *s, int argc, char **argv, const eval_prompt_t *ps, int n_ps,
+                       mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  int rc = EV_OK;
+  FILE *f = open_out(o->out, "summary.md", err);
+  if (!f) {
+    fprintf(stderr, "morphkv eval: %s\n", err->msg);
+    rc = EV_FAIL;
+  } else {
+    write_summary_md(s, argc, argv, ps, n_ps, f);
+    if (fclose(f) != 0) {
+      fprintf(stderr, "morphkv eval: writing %s/summary.md failed\n", o->out);
+      rc = EV_FAIL;
+    }
+  }
+  if (fclose(s->summary_csv) != 0) rc = EV_FAIL;
+  s->summary_csv = NULL;
+  if (rc == EV_OK && !o->quiet) {
+    fprintf(stderr, "[eval] summary: %s/summary.md\n", o->out);
+    write_summary_md(s, argc, argv, ps, n_ps, stderr);
+  }
+  if (rc == EV_OK && o->plot) make_plots(o);
+  return rc;
+}
+
+int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
+  eval_opts_t o;
+  int rc = eval_options(&o, argc, argv, ctx);
+  if (rc >= 0) {
+    opts_free(&o);
+    return rc;
+  }
+  mk_error_t err = {{0}};
+  eval_state_t s = {.o = &o, .ctx = ctx, .r0 = ctx->rank == 0};
+  eval_prompt_t *ps = NULL;
+  int n_ps = 0;
+  rc = EV_FAIL;
+  if (mk_cli_agree(ctx, "eval", eval_inputs(&s, &ps, &n_ps, &err), &err) != 0) goto done;
+  if (eval_plan_runs(&s, &err) != 0) {
+    rc = mk_cli_fail(ctx, "eval", &err);
     goto done;
   }
-  for (int r = 0; r < s.n_runs; r++)
-    if (mk_engine_open(&s.runs[r].e, &ep, ctx, &err) != 0) {
-      rc = mk_cli_fail(s.ctx, "eval", &err);
-      goto done;
-    }
-  s.n_vocab = mk_engine_n_vocab(s.ref);
-  const int V = s.n_vocab;
-  s.ref_logits = malloc(sizeof(float) * (size_t)V);
-  s.ref_lp = malloc(sizeof(double) * (size_t)V);
-  s.ref_p = malloc(sizeof(double) * (size_t)V);
-  s.eog = calloc((size_t)V, 1);
-  status = (s.ref_logits && s.ref_lp && s.ref_p && s.eog) ? 0 : mk_fail(&err, "out of memory");
-  for (int r = 0; status == 0 && r < s.n_runs; r++)
-    if (!(s.runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(&err, "out of memory");
-  if (mk_cli_agree(s.ctx, "eval", status, &err) != 0) goto done;
-  for (int i = 0; i < V; i++) s.eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s.ref), i) ? 1 : 0;
-  if (!o.quiet && r0)
-    fprintf(stderr, "[eval] %d engines on %s loaded in %.2f s; %d prompts x %d new tokens, %d threads\n",
-            s.n_runs + 1, o.g.model, now_s() - t0, n_ps, o.new_tokens, o.g.threads);
-
+  if ((rc = eval_open_engines(&s, n_ps, &err)) != 0) goto done;
   for (int i = 0; i < n_ps; i++)
     if ((rc = eval_prompt(&s, &ps[i], i, n_ps, &err)) != EV_OK) goto done;
-
-  rc = EV_OK;
-  if (r0) {
-    FILE *f = open_out(o.out, "summary.md", &err);
-    if (!f) {
-      fprintf(stderr, "morphkv eval: %s\n", err.msg);
-      rc = EV_FAIL;
-    } else {
-      write_summary_md(&s, argc, argv, ps, n_ps, f);
-      if (fclose(f) != 0) {
-        fprintf(stderr, "morphkv eval: writing %s/summary.md failed\n", o.out);
-        rc = EV_FAIL;
-      }
-    }
-    if (fclose(s.summary_csv) != 0) rc = EV_FAIL;
-    s.summary_csv = NULL;
-    if (rc == EV_OK && !o.quiet) {
-      fprintf(stderr, "[eval] summary: %s/summary.md\n", o.out);
-      FILE *sf = stderr;
-      write_summary_md(&s, argc, argv, ps, n_ps, sf);
-    }
-    if (rc == EV_OK && o.plot) make_plots(&o);
-  }
+  rc = s.r0 ? eval_finish(&s, argc, argv, ps, n_ps, &err) : EV_OK;
 done:
   if (s.summary_csv) fclose(s.summary_csv);
   for (int r = 0; r < s.n_runs; r++) {

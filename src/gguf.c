@@ -385,6 +385,21 @@ static int parse_value(cursor_t *c, mk_gguf_vtype_t type, mk_gguf_value_t *out, 
   return 0;
 }
 
+/* The name that opens record i (a key-value pair or a tensor record; `record` says which, e.g.
+ * "tensor record 3 of 272"): read it, make it the context of later messages ("<kind> '<name>'"),
+ * and index it; a name seen before is an error ("duplicate <field> at offset N"). */
+static int record_name(cursor_t *c, const char *record, const char *field, const char *kind,
+                       name_index_t *ix, size_t i, const char **out) {
+  size_t at = c->pos;
+  c->ctx_kind = record;
+  c->ctx_name = NULL;
+  if (cur_name(c, out, field)) return -1;
+  c->ctx_kind = kind;
+  c->ctx_name = *out;
+  if (!name_index_put(ix, *out, i)) return cur_fail(c, "duplicate %s at offset %zu", field, at);
+  return 0;
+}
+
 static int parse_kvs(mk_gguf_t *g, cursor_t *c) {
   if (g->n_kv == 0) return 0;
   g->kvs = arena_alloc(&g->arena, g->n_kv * sizeof *g->kvs);
@@ -393,14 +408,8 @@ static int parse_kvs(mk_gguf_t *g, cursor_t *c) {
   char kind[64];
   for (size_t i = 0; i < g->n_kv; i++) {
     mk_gguf_kv_t *kv = &g->kvs[i];
-    size_t at = c->pos;
     snprintf(kind, sizeof kind, "key-value pair %zu of %zu", i, g->n_kv);
-    c->ctx_kind = kind;
-    c->ctx_name = NULL;
-    if (cur_name(c, &kv->key, "key")) return -1;
-    c->ctx_kind = "key";
-    c->ctx_name = kv->key;
-    if (!name_index_put(&g->kv_index, kv->key, i)) return cur_fail(c, "duplicate key at offset %zu", at);
+    if (record_name(c, kind, "key", "key", &g->kv_index, i, &kv->key)) return -1;
     size_t type_at = c->pos;
     uint32_t type = 0;
     if (cur_u32(c, &type, "value type")) return -1;
@@ -441,15 +450,8 @@ static int parse_tensor_table(mk_gguf_t *g, cursor_t *c, data_ref_t *refs) {
   char kind[64];
   for (size_t i = 0; i < g->n_tensors; i++) {
     mk_tensor_info_t *t = &g->tensors[i];
-    size_t at = c->pos;
     snprintf(kind, sizeof kind, "tensor record %zu of %zu", i, g->n_tensors);
-    c->ctx_kind = kind;
-    c->ctx_name = NULL;
-    if (cur_name(c, &t->name, "tensor name")) return -1;
-    c->ctx_kind = "tensor";
-    c->ctx_name = t->name;
-    if (!name_index_put(&g->tensor_index, t->name, i))
-      return cur_fail(c, "duplicate tensor name at offset %zu", at);
+    if (record_name(c, kind, "tensor name", "tensor", &g->tensor_index, i, &t->name)) return -1;
 
     size_t dims_at = c->pos;
     uint32_t n_dims = 0;

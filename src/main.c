@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <mpi.h>
-#include <omp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -210,16 +209,6 @@ static char *read_text_file(const char *path, mk_error_t *err) {
   return buf;
 }
 
-/* Threads per rank when --threads is 0: the CPUs this process may use, shared among the ranks
- * of the node unless the launcher already bound each rank to its own set. */
-static int default_threads(const mk_ctx_t *ctx) {
-  int avail = omp_get_num_procs();
-  long online = sysconf(_SC_NPROCESSORS_ONLN);
-  int n = avail;
-  if (online > 0 && avail >= online && ctx->local_size > 1) n = avail / ctx->local_size;
-  return n < 1 ? 1 : n;
-}
-
 /* Rank 0: the prompt's token ids (malloc'd). */
 static int prepare_prompt(const mk_gen_opts_t *o, const mk_engine_t *e, int32_t **ids_out,
                           int *n_out, mk_error_t *err) {
@@ -399,7 +388,7 @@ static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
   mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm};
   ep.backend.kind = o->backend;
-  ep.backend.n_threads = o->threads > 0 ? o->threads : default_threads(g->ctx);
+  ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
   ep.backend.simd = o->simd;
   ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
   ep.backend.local_rank = g->ctx->local_rank;

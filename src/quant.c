@@ -7,6 +7,9 @@
  * once per token tile and reused from L1 for every token of the tile. */
 #include "src/quant.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -144,11 +147,20 @@ const char *mk_simd_name(mk_simd_t s) {
   return "unknown";
 }
 
+/* F16C from CPUID leaf 1 (ECX bit 29): "f16c" is not a __builtin_cpu_supports name in clang 14. */
+static bool cpu_has_f16c(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+#else
+  return false;
+#endif
+}
+
 static bool cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 #else
   return false;
 #endif

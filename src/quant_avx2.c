@@ -9,7 +9,9 @@
  * The arithmetic per type is the one written down in quant_ref.c. */
 /* The ISA is also set here (not only by the build's per-file flags) so this file is correct
  * whatever flags it is compiled with; everything below is only called after a CPUID check. */
+#ifndef __clang__ /* clang 14 has no GCC target pragma: it relies on the per-file -m flags */
 #pragma GCC target("avx2,fma,f16c")
+#endif
 #include <immintrin.h>
 #include <string.h>
 

@@ -7,7 +7,9 @@
  * avx512vnni and chosen only when CPUID reports it). */
 /* The ISA is also set here (not only by the build's per-file flags) so this file is correct
  * whatever flags it is compiled with; everything below is only called after a CPUID check. */
+#ifndef __clang__ /* clang 14 has no GCC target pragma: it relies on the per-file -m flags */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
 #include <immintrin.h>
 #include <string.h>
 
@@ -15,11 +17,6 @@
 
 #define MK_512_TT 4 /* tokens per micro-kernel call */
 
-static inline uint16_t ld_u16(const void *p) {
-  uint16_t v;
-  memcpy(&v, p, 2);
-  return v;
-}
 static inline uint32_t ld_u32(const void *p) {
   uint32_t v;
   memcpy(&v, p, 4);
@@ -58,14 +55,22 @@ static void quantize_xq_512(const float *x, int64_t cols, void *xq, int layout) 
 #undef MK_VNNI
 #undef MK_SFX
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512vnni")
+#endif
 #define MK_VNNI 1
 #define MK_SFX(n) n##_vnni
 #include "src/quant_avx512_body.h"
 #undef MK_VNNI
 #undef MK_SFX
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 /* ---- vector kernels ---------------------------------------------------------------------- */
 

@@ -2,7 +2,7 @@
  * teacher-forced logits at every position of 10 sequences (prompt + llama.cpp's greedy
  * continuation) and greedy continuations of 64 tokens.
  *
- * Tolerances (measured on an AVX2-only machine, Dec 2026; see docs/benchmarks.md "Numerics"). Both
+ * Tolerances (measured on an AVX2-only machine, Dec 2026; README "Numerics"). Both
  * engines quantize activations to 8 bits per 32-block before every 4-bit matmul, so a last-bit change
  * of an activation (any change of fp32 summation order) can flip an 8-bit code; each summation order
  * is an independent draw of rounding noise that 30 layers amplify to ~0.1 logit on average and ~1 at
@@ -13,24 +13,27 @@
  * (sampling is shift-invariant); all 10 cases, 792 positions. Against the exact fp64 forward pass
  * (tests/golden/logits/fp64_reference.py, same dequantized weights), worst / mean:
  *   llama.cpp 0.73 / 0.093;  morphkv scalar 1.11 / 0.090,  AVX2 1.02 / 0.091,  three reordered Q4_1
- *   accumulations (4-block partial sums, reversed blocks, 2-block partial sums; cases 0, 1, 3)
- *   0.86-1.20 / 0.091-0.093.
+ *   accumulations (4-block partial sums, reversed blocks, 2-block partial sums) 0.86-1.20 /
+ *   0.089-0.091.
  * Against llama.cpp (what this test sees): scalar 0.86 / 0.097, AVX2 1.14 / 0.097, reordered
- *   0.63-0.86 / 0.098-0.100 (cases 0, 1, 3). The previous bound (1.0) was set from one machine's
- *   (AVX-512) kernels, which differed from llama.cpp by up to ~0.8.
- * Hence max |diff| <= LOGIT_ATOL = 1.5 (1.3x the worst draw) and mean |diff| <= LOGIT_MEAN_TOL = 0.11
- * (the mean varies by < 0.005 between draws). Planted errors fail (AVX2 kernels, cases 0 and 3): the
- * Q4_1 min term dropped in one layer's ffn_down: worst 9-10, mean 1.1-1.8; the last block of ffn_down
- * using the previous block's scale in layer 0 / 29: worst 2.6 / 4.8; one block scale doubled in layer
- * 15's ffn_down: worst 2.1; the subtlest tried, the last-block scale error in layer 15's ffn_down,
- * stays under the max (1.22) but fails the mean (0.1135 over all cases). Our argmax must equal
- * llama.cpp's wherever llama.cpp's top-2 margin exceeds ARGMAX_MARGIN (largest margin at which any
- * draw's argmax differed: 0.36).
+ *   0.63-0.86 / 0.097-0.098. The previous bound (1.0) was set from one machine's (AVX-512)
+ *   kernels, which differed from llama.cpp by up to ~0.8.
+ * Hence max |diff| <= LOGIT_ATOL = 1.5 (1.3x the worst draw) and mean |diff| <= LOGIT_MEAN_TOL =
+ * 0.11 (the mean varies by 0.002 between the five draws). Planted errors (in the AVX2 Q4_1 kernel,
+ * one matrix, by a patch in a scratch copy; cases 0 and 3) fail: the min term dropped in layer 0's
+ * or 15's ffn_down: worst 9-10, mean 1.1-1.8; ffn_down's last block using the previous block's
+ * scale in layer 0 / 29: worst 2.6 / 4.8; one block scale doubled in layer 15's ffn_down: worst 2.1.
+ * The subtlest tried, the last-block scale error in layer 15's ffn_down, stays under the max (1.22)
+ * but fails the mean (0.1135 over all cases). Our argmax must equal llama.cpp's wherever llama.cpp's
+ * top-2 margin exceeds ARGMAX_MARGIN (largest margin at which any draw's argmax differed: 0.36).
  * Greedy: our own greedy continuation must equal llama.cpp's token for token. A difference is
- * accepted only at a near-tie (llama.cpp's own top-2 margin below GREEDY_TIE there, i.e. within
- * the measured inter-implementation noise); the case then stops, and at least 3 of the 10 cases
- * must match for all 64 tokens (llama.cpp's greedy paths of the golden prompts that have no top-2
- * margin below ~0.1 all do; the golden file records each path's smallest margin). */
+ * accepted only at a near-tie (llama.cpp's own top-2 margin below GREEDY_TIE there); the case then
+ * stops. GREEDY_TIE = ARGMAX_MARGIN: the scalar kernels diverge at a margin of 0.261 (case 3), so
+ * the former 0.25 held for one kernel order only. Cases whose path has no top-2 margin below
+ * GREEDY_TIE (the golden file records each path's smallest margin: only case 4, 1.64) must match for
+ * all their tokens (implied by the above; asserted so the check cannot become vacuous). The former
+ * "at least 3 of 10 cases" counted near-tie paths that happen to survive: AVX2 4, scalar 6, the
+ * three reordered sums 5, 4 and 3, i.e. no margin left. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -46,7 +49,7 @@
 #define LOGIT_ATOL 1.5f
 #define LOGIT_MEAN_TOL 0.11
 #define ARGMAX_MARGIN 0.5f
-#define GREEDY_TIE 0.25
+#define GREEDY_TIE 0.5
 
 static json_t *golden;
 static mk_engine_t *eng;
@@ -171,9 +174,10 @@ static void test_greedy_continuations(void **state) {
   const int V = mk_engine_n_vocab(eng);
   json_t *cases = json_object_get(golden, "cases");
   float *logits = malloc(sizeof(float) * (size_t)V);
-  int full_cases = 0;
+  int full_cases = 0, robust_cases = 0;
   for (size_t c = 0; c < json_array_size(cases); c++) {
     json_t *cs = json_array_get(cases, c);
+    if (json_real_value(json_object_get(cs, "greedy_min_margin")) >= GREEDY_TIE) robust_cases++;
     int np, ng;
     int32_t *pids = ids_of(json_object_get(cs, "prompt_ids"), &np);
     int32_t *gids = ids_of(json_object_get(cs, "greedy_ids"), &ng);
@@ -203,8 +207,10 @@ static void test_greedy_continuations(void **state) {
     free(gids);
   }
   free(logits);
-  fprintf(stderr, "%d of %zu cases identical for all their greedy tokens\n", full_cases, json_array_size(cases));
-  assert_true(full_cases >= 3);
+  fprintf(stderr, "%d of %zu cases identical for all their greedy tokens (%d without a near-tie on the path)\n",
+          full_cases, json_array_size(cases), robust_cases);
+  assert_true(robust_cases >= 1);
+  assert_true(full_cases >= robust_cases);
 }
 
 int main(void) {

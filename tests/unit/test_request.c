@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "parallel/request.h"
+#include "tests/testutil/testutil.h"
 #include "parallel/request.pb-c.h"
 
 static char *dup_str(const char *s) {
@@ -288,11 +289,47 @@ static void test_pack_refuses_invalid(void **state) {
   assert_non_null(strstr(err.msg, "max_new_tokens -1"));
 }
 
+/* Found by tests/fuzz/fuzz_request: a -0.0 temperature or min_p (accepted: >= 0) went out as
+ * "no field" and came back +0.0, so sender and receivers held different bits. Now the receiver
+ * reads +0.0 and the repacked bytes are the same (mk_request_bcast makes rank 0 run from the
+ * unpacked copy as well). */
+static void test_negative_zero(void **state) {
+  (void)state;
+  mk_request_t r, got, again;
+  make_request(&r);
+  r.sampling.temperature = -0.0f;
+  r.sampling.min_p = -0.0f;
+  mk_error_t err = {{0}};
+  uint8_t *b1 = NULL, *b2 = NULL;
+  size_t n1 = 0, n2 = 0;
+  assert_int_equal(mk_request_pack(&r, 49152, &b1, &n1, &err), 0);
+  assert_int_equal(mk_request_unpack(b1, n1, 49152, &got, &err), 0);
+  assert_false(signbit(got.sampling.temperature));
+  assert_false(signbit(got.sampling.min_p));
+  assert_int_equal(mk_request_pack(&got, 49152, &b2, &n2, &err), 0);
+  assert_int_equal(mk_request_unpack(b2, n2, 49152, &again, &err), 0);
+  assert_memory_equal(&got.sampling, &again.sampling, sizeof got.sampling);
+  /* the fuzzer's input: temperature sent explicitly as -0.0 (fixed32 0x80000000) */
+  size_t len = 0;
+  char *crash = mk_test_read_file(mk_test_source_path("tests/fuzz/regressions/request/negative_zero_temperature"), &len);
+  assert_non_null(crash);
+  mk_request_t f;
+  assert_int_equal(mk_request_unpack((const uint8_t *)crash, len, 49152, &f, &err), 0);
+  assert_false(signbit(f.sampling.temperature));
+  free(crash);
+  free(b1);
+  free(b2);
+  mk_request_free(&f);
+  mk_request_free(&r);
+  mk_request_free(&got);
+  mk_request_free(&again);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_round_trip),           cmocka_unit_test(test_shutdown_round_trip),
       cmocka_unit_test(test_corrupt_buffers),      cmocka_unit_test(test_foreign_messages),
-      cmocka_unit_test(test_pack_refuses_invalid),
+      cmocka_unit_test(test_pack_refuses_invalid), cmocka_unit_test(test_negative_zero),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -194,6 +194,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaSuccess; } /* synchronous: always idle */
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
   *e = (cudaEvent_t)malloc(16);
   return cudaSuccess;
