@@ -50,6 +50,26 @@ int mk_comm_allgather_host(mk_comm_t *c, mk_comm_tag_t tag, const void *send, vo
   return c->ops->allgather_host(c, send, recv, bytes_each, err);
 }
 
+static int check_peer(const mk_comm_t *c, const char *call, int peer, mk_error_t *err) {
+  if (peer < 0 || peer >= c->size || peer == c->rank)
+    return mk_fail(err, "%s on rank %d (%s communicator of %d): peer %d is not another rank", call, c->rank,
+                   c->ops->name, c->size, peer);
+  return 0;
+}
+
+int mk_comm_send(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err) {
+  if (check_peer(c, "send", peer, err)) return -1;
+  c->tag = MK_COMM_P2P;
+  c->bytes_p2p += bytes;
+  return c->ops->send(c, buf, bytes, peer, err);
+}
+
+int mk_comm_recv(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err) {
+  if (check_peer(c, "recv", peer, err)) return -1;
+  c->tag = MK_COMM_P2P;
+  return c->ops->recv(c, buf, bytes, peer, err);
+}
+
 int mk_comm_barrier(mk_comm_t *c, mk_error_t *err) {
   c->tag = MK_COMM_OTHER;
   return c->ops->barrier(c, err);

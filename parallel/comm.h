@@ -48,6 +48,11 @@ typedef struct mk_comm_ops {
   int (*allgather)(mk_comm_t *c, const void *send, void *recv, size_t bytes_each, mk_error_t *err);
   /* as allgather, on host buffers whatever the implementation */
   int (*allgather_host)(mk_comm_t *c, const void *send, void *recv, size_t bytes_each, mk_error_t *err);
+  /* Point-to-point (pipeline stages): `bytes` of backend memory to / from rank `peer` of c. A send
+   * returns once buf may be reused; a recv once buf holds the message. Messages between two ranks
+   * arrive in the order sent. */
+  int (*send)(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err);
+  int (*recv)(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err);
   /* MPI: MPI_Barrier. NCCL: waits for the stream (and checks async errors), then MPI_Barrier. */
   int (*barrier)(mk_comm_t *c, mk_error_t *err);
   void (*free)(mk_comm_t *c);
@@ -61,6 +66,7 @@ struct mk_comm {
   uint64_t bytes_score; /* payload bytes of cache-policy score synchronization */
   uint64_t bytes_sample; /* payload bytes of the LM-head exchange (full logits or sampler candidates) */
   uint64_t bytes_other; /* everything else (checks, ...) */
+  uint64_t bytes_p2p;   /* payload bytes this rank SENT point-to-point (stage-to-stage activations) */
   mk_watchdog_t *wd;    /* borrowed (the ctx's); NULL: unbounded blocking waits */
   int tag;              /* mk_comm_tag_t of the collective in progress (watchdog messages) */
 };
@@ -71,6 +77,7 @@ typedef enum mk_comm_tag {
   MK_COMM_SCORE,     /* MorphKV / H2O / SnapKV replica score synchronization */
   MK_COMM_SAMPLE,    /* the LM-head exchange: full-logit gathers, distributed-sampling candidates */
   MK_COMM_OTHER,
+  MK_COMM_P2P, /* stage-to-stage point-to-point (counted on the sender only) */
 } mk_comm_tag_t;
 
 /* Counted entry points (parallel/comm.c). Collective: every rank of c calls them in the same
@@ -85,6 +92,11 @@ int mk_comm_allgather(mk_comm_t *c, mk_comm_tag_t tag, const void *send, void *r
                       size_t bytes_each, mk_error_t *err);
 int mk_comm_allgather_host(mk_comm_t *c, mk_comm_tag_t tag, const void *send, void *recv,
                            size_t bytes_each, mk_error_t *err);
+/* Point-to-point: NOT collective; the peer makes the matching call. Counted in bytes_p2p on the
+ * sender. Under the watchdog like the collectives, so a dead peer fails the wait instead of
+ * hanging the stage. peer outside 0..size-1 or == rank is refused. */
+int mk_comm_send(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err);
+int mk_comm_recv(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err);
 int mk_comm_barrier(mk_comm_t *c, mk_error_t *err);
 void mk_comm_free(mk_comm_t *c); /* NULL is fine */
 

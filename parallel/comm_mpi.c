@@ -6,6 +6,7 @@
  * Waits go through the ctx's watchdog (c->wd, parallel/watchdog.h): non-blocking collectives
  * with a bounded, sleeping wait; plain blocking calls when it is off or c->wd is NULL. */
 #include <limits.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,8 @@ static const char *purpose(const mk_comm_t *c) {
       return "model";
     case MK_COMM_SCORE:
       return "score sync";
+    case MK_COMM_P2P:
+      return "stage-to-stage activations";
     default:
       return "other";
   }
@@ -89,6 +92,26 @@ static int mpi_allgather(mk_comm_t *c, const void *send, void *recv, size_t byte
                          comm_of(c), purpose(c), err);
 }
 
+/* In chunks of MK_MPI_CHUNK bytes, each its own message (both sides cut the same chunks). */
+static int mpi_p2p(mk_comm_t *c, void *buf, size_t bytes, int peer, bool send, mk_error_t *err) {
+  for (size_t off = 0; off < bytes; off += MK_MPI_CHUNK) {
+    int k = (int)(bytes - off < MK_MPI_CHUNK ? bytes - off : MK_MPI_CHUNK);
+    char *p = (char *)buf + off;
+    if (send ? mk_wd_send(c->wd, p, k, peer, comm_of(c), purpose(c), err)
+             : mk_wd_recv(c->wd, p, k, peer, comm_of(c), purpose(c), err))
+      return -1;
+  }
+  return 0;
+}
+
+static int mpi_send(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err) {
+  return mpi_p2p(c, (void *)buf, bytes, peer, true, err);
+}
+
+static int mpi_recv(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err) {
+  return mpi_p2p(c, buf, bytes, peer, false, err);
+}
+
 static int mpi_barrier(mk_comm_t *c, mk_error_t *err) {
   return mk_wd_barrier(c->wd, comm_of(c), "barrier", err);
 }
@@ -109,6 +132,8 @@ static const mk_comm_ops_t mpi_ops = {
     .bcast = mpi_bcast,
     .allgather = mpi_allgather,
     .allgather_host = mpi_allgather,
+    .send = mpi_send,
+    .recv = mpi_recv,
     .barrier = mpi_barrier,
     .free = mpi_free,
 };

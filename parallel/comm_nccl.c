@@ -102,6 +102,22 @@ static int nccl_allgather(mk_comm_t *c, const void *send, void *recv, size_t byt
   return check_async(c, err);
 }
 
+/* Point-to-point on device buffers, enqueued on the stream like the collectives (the watchdog
+ * bounds the wait in barrier / the next synchronising call, where a dead peer surfaces). */
+static int nccl_send(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err) {
+  nccl_impl_t *m = c->impl;
+  if (bytes == 0) return 0;
+  NCCL_CHECK(ncclSend(buf, bytes, ncclUint8, peer, m->nc, m->stream), m->nc, c->rank, m->device, err);
+  return check_async(c, err);
+}
+
+static int nccl_recv(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err) {
+  nccl_impl_t *m = c->impl;
+  if (bytes == 0) return 0;
+  NCCL_CHECK(ncclRecv(buf, bytes, ncclUint8, peer, m->nc, m->stream), m->nc, c->rank, m->device, err);
+  return check_async(c, err);
+}
+
 /* Host buffers: over the MPI side channel (NCCL itself only moves device memory). */
 static int nccl_allgather_host(mk_comm_t *c, const void *send, void *recv, size_t bytes_each,
                                mk_error_t *err) {
@@ -168,6 +184,8 @@ static const mk_comm_ops_t nccl_ops = {
     .bcast = nccl_bcast,
     .allgather = nccl_allgather,
     .allgather_host = nccl_allgather_host,
+    .send = nccl_send,
+    .recv = nccl_recv,
     .barrier = nccl_barrier,
     .free = nccl_free,
 };

@@ -85,6 +85,20 @@ static int staged_allgather_host(mk_comm_t *c, const void *send, void *recv, siz
   return in->ops->allgather_host(in, send, recv, bytes_each, err);
 }
 
+static int staged_send(mk_comm_t *c, const void *buf, size_t bytes, int peer, mk_error_t *err) {
+  staged_impl_t *m = c->impl;
+  if (bytes == 0) return 0;
+  if (stage_reserve(c, bytes, err) || m->be->ops->download(m->be, m->stage, buf, bytes, err)) return -1;
+  return inner_of(c)->ops->send(m->inner, m->stage, bytes, peer, err);
+}
+
+static int staged_recv(mk_comm_t *c, void *buf, size_t bytes, int peer, mk_error_t *err) {
+  staged_impl_t *m = c->impl;
+  if (bytes == 0) return 0;
+  if (stage_reserve(c, bytes, err) || inner_of(c)->ops->recv(m->inner, m->stage, bytes, peer, err)) return -1;
+  return m->be->ops->upload(m->be, buf, m->stage, bytes, err);
+}
+
 static int staged_barrier(mk_comm_t *c, mk_error_t *err) {
   staged_impl_t *m = c->impl;
   if (m->be->ops->sync(m->be, err)) return -1;
@@ -106,6 +120,8 @@ static const mk_comm_ops_t staged_ops = {
     .bcast = staged_bcast,
     .allgather = staged_allgather,
     .allgather_host = staged_allgather_host,
+    .send = staged_send,
+    .recv = staged_recv,
     .barrier = staged_barrier,
     .free = staged_free,
 };

@@ -27,6 +27,8 @@ static int ctx_build(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
   if (mk_watchdog_create(ctx->mpi, MK_WATCHDOG_DEFAULT_S, &ctx->wd, err)) return -1;
   if (mk_comm_mpi_create(ctx->mpi, MK_COMM_MPI_ALLREDUCE, &ctx->comm, err)) return -1;
   ctx->comm->wd = ctx->wd;
+  ctx->pp = 1;
+  ctx->tp = ctx->world;
   return 0;
 }
 
@@ -47,6 +49,8 @@ int mk_ctx_init(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
 
 void mk_ctx_free(mk_ctx_t *ctx) {
   if (!ctx) return;
+  mk_comm_free(ctx->tp_comm);
+  ctx->tp_comm = NULL;
   mk_comm_free(ctx->comm);
   ctx->comm = NULL;
   mk_watchdog_free(ctx->wd);
@@ -58,12 +62,35 @@ void mk_ctx_free(mk_ctx_t *ctx) {
   ctx->mpi = MPI_COMM_NULL;
 }
 
+int mk_ctx_split_stages(mk_ctx_t *ctx, int tp, mk_error_t *err) {
+  if (tp < 1 || ctx->world % tp)
+    return mk_fail(err, "rank %d: cannot split %d ranks into TP groups of %d", ctx->rank, ctx->world, tp);
+  mk_comm_free(ctx->tp_comm);
+  ctx->tp_comm = NULL;
+  ctx->pp = ctx->world / tp;
+  ctx->tp = tp;
+  ctx->stage = ctx->rank / tp;
+  if (ctx->pp == 1) return 0; /* the world is the TP group */
+  MPI_Comm stage = MPI_COMM_NULL;
+  MK_MPI_CHECK(MPI_Comm_split(ctx->mpi, ctx->stage, ctx->rank, &stage), ctx->rank, err);
+  int rc = mk_comm_mpi_create(stage, MK_COMM_MPI_ALLREDUCE, &ctx->tp_comm, err);
+  MPI_Comm_free(&stage);
+  if (rc) return -1;
+  ctx->tp_comm->wd = ctx->wd;
+  return 0;
+}
+
+mk_comm_t *mk_ctx_tp_comm(const mk_ctx_t *ctx) {
+  return ctx->tp_comm ? ctx->tp_comm : ctx->comm;
+}
+
 static void ctx_swap_comm(mk_ctx_t *ctx, mk_comm_t *c) {
   if (ctx->comm) {
     c->bytes_model = ctx->comm->bytes_model;
     c->bytes_score = ctx->comm->bytes_score;
     c->bytes_sample = ctx->comm->bytes_sample;
     c->bytes_other = ctx->comm->bytes_other;
+    c->bytes_p2p = ctx->comm->bytes_p2p;
   }
   mk_comm_free(ctx->comm);
   c->wd = ctx->wd;

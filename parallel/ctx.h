@@ -27,6 +27,12 @@ typedef struct mk_ctx {
   mk_comm_t *comm;            /* collectives for the forward pass (MPI or NCCL), owned */
   mk_watchdog_t *wd;          /* bounds every wait on mpi and comm (parallel/watchdog.h), owned;
                                  timeout MK_WATCHDOG_DEFAULT_S until mk_watchdog_set_timeout */
+  /* The PP x TP grid (parallel/plan.h mk_grid_t), after mk_ctx_split_stages: stage = rank / tp.
+   * tp_comm carries the TP collectives of this rank's stage only (host MPI, owned; NULL until the
+   * split, or when tp == world: then ctx->comm is the TP group). Stage-to-stage point-to-point and
+   * the token broadcast run on ctx->comm, the whole world. */
+  int pp, tp, stage;
+  mk_comm_t *tp_comm;
 } mk_ctx_t;
 
 /* MPI must be initialised. Collective over `world` (usually MPI_COMM_WORLD). Builds the context
@@ -42,6 +48,13 @@ int mk_ctx_use_mpi(mk_ctx_t *ctx, mk_comm_mpi_mode_t mode, mk_error_t *err);
 /* Replaces ctx->comm with an NCCL communicator on `device` and `cuda_stream` (a cudaStream_t;
  * see mk_comm_nccl_create). Collective. Counters carry over. Fails in a build without NCCL. */
 int mk_ctx_use_nccl(mk_ctx_t *ctx, int device, void *cuda_stream, mk_error_t *err);
+
+/* Splits the world into P = world / tp stages of tp consecutive ranks (stage-major, see
+ * parallel/plan.h) and makes ctx->tp_comm, the MPI communicator of this rank's stage, under
+ * ctx->wd. Collective over ctx->mpi; every rank passes the same tp, which must divide the world. */
+int mk_ctx_split_stages(mk_ctx_t *ctx, int tp, mk_error_t *err);
+/* The communicator of this rank's TP group: tp_comm after a split into several stages, else comm. */
+mk_comm_t *mk_ctx_tp_comm(const mk_ctx_t *ctx);
 
 struct mk_backend;
 /* The communicator for the forward pass of an engine on backend `be` (src/backend.h: be->comm says

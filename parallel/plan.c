@@ -158,3 +158,53 @@ int mk_plan_world(const mk_plan_dims_t *d, int tp, int *vocab_begin, int *vocab_
   *out = w;
   return 0;
 }
+
+/* "1, 2, 4 (T = 4, 2, 1)": the P that divide the world and leave every stage a layer. */
+static void grid_layouts(int n_layer, int world, char *buf, size_t n) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int p = 1; p <= world && p <= n_layer; p++) {
+    if (world % p) continue;
+    int k = snprintf(buf + used, n - used, "%sP=%d x T=%d", used ? ", " : "", p, world / p);
+    if (k < 0 || (size_t)k >= n - used) break;
+    used += (size_t)k;
+  }
+}
+
+int mk_grid_tp(int n_layer, int world, int pp, mk_error_t *err) {
+  if (n_layer < 1) return mk_fail(err, "pipeline grid: the model has %d layers", n_layer);
+  if (world < 1) return mk_fail(err, "pipeline grid: world of %d ranks", world);
+  char ok[512];
+  grid_layouts(n_layer, world, ok, sizeof ok);
+  if (pp < 1) return mk_fail(err, "pipeline grid: --pp %d must be >= 1 (layouts of %d ranks: %s)", pp, world, ok);
+  if (pp > n_layer)
+    return mk_fail(err,
+                   "pipeline grid: --pp %d stages but the model has %d layers, so a stage would hold "
+                   "none; layouts of %d ranks that work: %s",
+                   pp, n_layer, world, ok);
+  if (world % pp)
+    return mk_fail(err,
+                   "pipeline grid: %d ranks are not divisible by --pp %d (world = P x T); layouts of "
+                   "%d ranks that work: %s",
+                   world, pp, world, ok);
+  return world / pp;
+}
+
+int mk_grid_make(int n_layer, int pp, int tp, int rank, mk_grid_t *out, mk_error_t *err) {
+  if (tp < 1) return mk_fail(err, "pipeline grid: T=%d must be >= 1", tp);
+  if (pp >= 1 && tp > INT32_MAX / pp) return mk_fail(err, "pipeline grid: P=%d x T=%d overflows", pp, tp);
+  if (mk_grid_tp(n_layer, pp >= 1 ? pp * tp : tp, pp, err) < 0) return -1;
+  const int world = pp * tp;
+  if (rank < 0 || rank >= world)
+    return mk_fail(err, "pipeline grid: rank %d is outside 0..%d (P=%d x T=%d)", rank, world - 1, pp, tp);
+  mk_grid_t g = {.pp = pp, .tp = tp, .world = world, .rank = rank};
+  g.stage = rank / tp;
+  g.tp_rank = rank % tp;
+  split_even(n_layer, pp, g.stage, &g.layer_begin, &g.layer_end);
+  g.first = g.stage == 0;
+  g.last = g.stage == pp - 1;
+  g.prev = g.first ? -1 : rank - tp;
+  g.next = g.last ? -1 : rank + tp;
+  *out = g;
+  return 0;
+}

@@ -66,4 +66,29 @@ typedef struct mk_plan_world {
 int mk_plan_world(const mk_plan_dims_t *d, int tp, int *vocab_begin, int *vocab_len, int *rep_heads,
                   mk_plan_world_t *out, mk_error_t *err);
 
+/* ---- The PP x TP grid ----
+ * world = P x T ranks. Rank placement is stage-major: stage s holds world ranks [s*T, (s+1)*T),
+ * so a TP group is T consecutive ranks (node-local under the default `mpirun --map-by core`
+ * placement, see launch/mpi), and only stage-to-stage traffic crosses nodes. tp_rank = rank % T
+ * is the rank's index in its TP group, and mk_plan_make(dims, T, tp_rank) its head/ff/vocab slice.
+ * Layers are balanced by LAYER COUNT (contiguous, near-equal: the first n_layer % P stages get one
+ * more): the transformer blocks of one model have equal weight bytes, so a count split is also a
+ * byte split up to the embeddings (first stage) and output norm + LM head (last stage).
+ * Activations (n, n_embd) go from rank r of stage s to rank r + T (the same tp_rank of stage s+1):
+ * after a TP layer every rank of a group holds the whole activation, so each TP rank has its own
+ * point-to-point lane. Refused: P < 1, T < 1, P > n_layer (a stage with no layer), a world that P
+ * does not divide (the message lists the P that divide it). Pure: no MPI, no allocation. */
+typedef struct mk_grid {
+  int pp, tp, world, rank;
+  int stage, tp_rank;       /* rank / T, rank % T */
+  int layer_begin, layer_end; /* this stage's blocks [layer_begin, layer_end) */
+  bool first, last;         /* first stage: token embeddings; last: output norm + LM head */
+  int prev, next;           /* world rank this one receives from / sends to; -1 at the ends */
+} mk_grid_t;
+
+/* T = world / P, or -1 with a message naming the layouts that work (P dividing world, P <= n_layer). */
+int mk_grid_tp(int n_layer, int world, int pp, mk_error_t *err);
+/* The grid position of world rank `rank` of P x T ranks. 0, or -1 with the reason. */
+int mk_grid_make(int n_layer, int pp, int tp, int rank, mk_grid_t *out, mk_error_t *err);
+
 #endif

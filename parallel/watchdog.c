@@ -237,6 +237,19 @@ int mk_wd_allgather(mk_watchdog_t *wd, const void *send, int scount, MPI_Datatyp
          MPI_Iallgather(send, scount, stype, recv, rcount, rtype, comm, &req));
 }
 
+int mk_wd_send(mk_watchdog_t *wd, const void *buf, int count, int peer, MPI_Comm comm, const char *what,
+               mk_error_t *err) {
+  WD_RUN(wd, comm, "MPI_Isend", what, err, MPI_Send(buf, count, MPI_BYTE, peer, MK_WD_P2P_TAG, comm),
+         MPI_Isend(buf, count, MPI_BYTE, peer, MK_WD_P2P_TAG, comm, &req));
+}
+
+int mk_wd_recv(mk_watchdog_t *wd, void *buf, int count, int peer, MPI_Comm comm, const char *what,
+               mk_error_t *err) {
+  WD_RUN(wd, comm, "MPI_Irecv", what, err,
+         MPI_Recv(buf, count, MPI_BYTE, peer, MK_WD_P2P_TAG, comm, MPI_STATUS_IGNORE),
+         MPI_Irecv(buf, count, MPI_BYTE, peer, MK_WD_P2P_TAG, comm, &req));
+}
+
 int mk_wd_barrier(mk_watchdog_t *wd, MPI_Comm comm, const char *what, mk_error_t *err) {
   WD_RUN(wd, comm, "MPI_Ibarrier", what, err, MPI_Barrier(comm), MPI_Ibarrier(comm, &req));
 }

@@ -80,6 +80,12 @@ int mk_wd_bcast(mk_watchdog_t *wd, void *buf, int count, MPI_Datatype type, int 
 int mk_wd_allgather(mk_watchdog_t *wd, const void *send, int scount, MPI_Datatype stype,
                     void *recv, int rcount, MPI_Datatype rtype, MPI_Comm comm, const char *what,
                     mk_error_t *err);
+/* Point-to-point under the watchdog (tag MK_WD_P2P_TAG on comm); count in bytes. */
+#define MK_WD_P2P_TAG 4242
+int mk_wd_send(mk_watchdog_t *wd, const void *buf, int count, int peer, MPI_Comm comm, const char *what,
+               mk_error_t *err);
+int mk_wd_recv(mk_watchdog_t *wd, void *buf, int count, int peer, MPI_Comm comm, const char *what,
+               mk_error_t *err);
 int mk_wd_barrier(mk_watchdog_t *wd, MPI_Comm comm, const char *what, mk_error_t *err);
 
 #endif

@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_DETERMINISTIC, O_COMM, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_PP, O_DETERMINISTIC, O_COMM, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -88,6 +88,8 @@ static const opt_def_t OPTS[] = {
      false},
     {O_TP, "tp", K_INT, "N", "expected tensor-parallel degree, checked against the MPI world",
      false},
+    {O_PP, "pp", K_INT, "P", "pipeline stages: world = P x T, layers split over P stages (default 1)",
+     false},
     {O_DETERMINISTIC, "deterministic", K_ENUM, "on|off",
      "on: the same bits for every rank count and batch; off: all-reduce rank partials (default off)",
      false},
@@ -111,6 +113,7 @@ void mk_gen_opts_default(mk_gen_opts_t *o) {
   mk_kv_config_default(&o->kv);
   o->backend = MK_BACKEND_CPU;
   o->simd = -1;
+  o->pp = 1;
   o->comm_timeout = 300.0f; /* MK_WATCHDOG_DEFAULT_S */
 }
 
@@ -386,6 +389,7 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
       o->simd = e == 0 ? -1 : e == 1 ? MK_SIMD_SCALAR : e == 2 ? MK_SIMD_AVX2 : MK_SIMD_AVX512;
       return 0;
     case O_TP: return parse_int(d, v, 0, 65536, &o->tp, err);
+    case O_PP: return parse_int(d, v, 1, 65536, &o->pp, err);
     case O_DETERMINISTIC:
       if ((e = parse_enum(d, v, err)) < 0) return -1;
       o->deterministic = e == 0;

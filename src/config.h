@@ -40,6 +40,7 @@ typedef struct mk_gen_opts {
   mk_backend_kind_t backend;
   int simd;            /* -1: best available, else mk_simd_t */
   int tp;              /* 0: the world size */
+  int pp;              /* pipeline stages (--pp, default 1): T = world / P */
   bool deterministic;   /* --deterministic on: MK_NUMERICS_DETERMINISTIC (default off) */
   mk_comm_kind_t comm; /* --comm (auto) */
   float comm_timeout;  /* seconds a collective may wait before the job is aborted; 0 = off */

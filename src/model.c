@@ -207,6 +207,11 @@ int mk_model_check_tp(const mk_model_config_t *cfg, const mk_tensor_source_t *sr
 
 int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
                   const mk_plan_t *plan, mk_error_t *err) {
+  return mk_model_bind_layers(m, cfg, src, plan, 0, -1, err);
+}
+
+int mk_model_bind_layers(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
+                         const mk_plan_t *plan, int layer_begin, int layer_end, mk_error_t *err) {
   memset(m, 0, sizeof *m);
   m->cfg = *cfg;
   const mk_tensor_info_t *emb = mk_tensor_find(src, "token_embd.weight");
@@ -232,7 +237,11 @@ int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_s
   c->tied_output = out == NULL;
   if (out && !(out = need(src, "output.weight", c->n_embd, c->n_vocab, true, err))) return -1;
   m->output = rows_of(out ? out : emb, p->vocab_begin, p->vocab_end);
-  m->weight_bytes += qmat_bytes(&m->output);
+  if (layer_end < 0 || layer_end > c->n_layer) layer_end = c->n_layer;
+  if (layer_begin < 0 || layer_begin >= layer_end) layer_begin = 0;
+  m->layer_begin = layer_begin;
+  m->layer_end = layer_end;
+  if (layer_end == c->n_layer) m->weight_bytes += qmat_bytes(&m->output); /* the LM head's stage */
   const mk_tensor_info_t *t;
   if (!(t = need(src, "output_norm.weight", c->n_embd, 1, false, err))) return -1;
   m->out_norm = t->data;
@@ -252,7 +261,7 @@ int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_s
                    c->n_layer >= 1 ? name : "");
   m->layers = calloc((size_t)c->n_layer, sizeof *m->layers);
   if (!m->layers) return mk_fail(err, "out of memory");
-  for (int l = 0; l < c->n_layer; l++) {
+  for (int l = m->layer_begin; l < m->layer_end; l++) {
     mk_layer_w_t *L = &m->layers[l];
 #define T(suffix, n0, n1, mat) \
   (snprintf(name, sizeof name, "blk.%d." suffix, l), need(src, name, n0, n1, mat, err))

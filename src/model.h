@@ -42,8 +42,9 @@ typedef struct mk_model {
   mk_qmat_t output;     /* rows [vocab_begin, vocab_end) */
   const float *out_norm;
   const float *rope_freqs; /* (rope_dim/2) or NULL */
-  mk_layer_w_t *layers;
-  size_t weight_bytes;  /* bytes of the slices this rank reads */
+  mk_layer_w_t *layers;  /* (n_layer); only [layer_begin, layer_end) bound (pipeline stage) */
+  int layer_begin, layer_end;
+  size_t weight_bytes;  /* bytes of the slices this rank reads (its layers; output on the last stage) */
 } mk_model_t;
 
 /* Reads hyperparameters from GGUF metadata; refuses unknown architectures by name. */
@@ -59,6 +60,11 @@ int mk_model_check_tp(const mk_model_config_t *cfg, const mk_tensor_source_t *sr
 /* Binds (and slices) weights. plan NULL = everything. Errors name the tensor. */
 int mk_model_bind(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
                   const mk_plan_t *plan, mk_error_t *err);
+/* As mk_model_bind, for one pipeline stage: binds only layers [layer_begin, layer_end) (layer_end
+ * < 0: to the last), and counts output.weight in weight_bytes only on the stage ending at the last
+ * layer (parallel/plan.h mk_grid_t). */
+int mk_model_bind_layers(mk_model_t *m, const mk_model_config_t *cfg, const mk_tensor_source_t *src,
+                         const mk_plan_t *plan, int layer_begin, int layer_end, mk_error_t *err);
 void mk_model_free(mk_model_t *m);
 
 #endif

@@ -40,6 +40,7 @@ static void test_defaults(void **state) {
   assert_int_equal(o.kv.policy, MK_KV_FULL);
   assert_int_equal(o.simd, -1);
   assert_int_equal(o.backend, MK_BACKEND_CPU);
+  assert_int_equal(o.pp, 1);
   assert_false(o.chat);
   assert_null(o.model);
   mk_gen_opts_free(&o);
@@ -59,7 +60,7 @@ static void test_json_keys(void **state) {
       " \"kv_capacity\": 128, \"kv_fusion\": \"max\", \"kv_gqa\": \"prob_max\", \"kv_sinks\": 2,"
       " \"kv_evict_after\": 1.5, \"kv_dtype\": \"f16\", \"kv_h2o_mode\": \"per_head\","
       " \"kv_snapkv_pool\": 7, \"kv_snapkv_pooling\": \"max\", \"backend\": \"cpu\","
-      " \"simd\": \"scalar\", \"tp\": 1, \"quiet\": true, \"progress\": false,"
+      " \"simd\": \"scalar\", \"tp\": 1, \"pp\": 3, \"quiet\": true, \"progress\": false,"
       " \"ignore_eos\": true}";
   if (load_text(&o, json, &err) != 0) fail_msg("%s", err.msg);
   assert_string_equal(o.model, "/m.gguf");
@@ -95,6 +96,7 @@ static void test_json_keys(void **state) {
   assert_true(o.kv.snapkv_maxpool);
   assert_int_equal(o.simd, MK_SIMD_SCALAR);
   assert_int_equal(o.tp, 1);
+  assert_int_equal(o.pp, 3);
   assert_true(o.quiet);
   assert_false(o.progress);
   assert_true(o.ignore_eos);
@@ -113,6 +115,7 @@ static void test_json_errors(void **state) {
   expect_error("{\"kv_policy\": \"lru\"}", "kv_policy", "lru");
   expect_error("{\"kv_dtype\": \"q8\"}", "kv_dtype", "f32|f16");
   expect_error("{\"top_p\": 1.5}", "top_p", "out of range");
+  expect_error("{\"pp\": 0}", "pp", "out of range");
   expect_error("{\"stop\": [\"a\", 3]}", "stop", "item 1");
   expect_error("{\"seed\": 1, \"seed\": 2}", "test.json", "seed");
   expect_error("[1, 2]", "test.json", "JSON object");

@@ -293,12 +293,132 @@ static void test_refusals(void **state) {
   assert_int_equal(rep[0], 0), assert_int_equal(rep[1], 1), assert_int_equal(rep[2], 2);
 }
 
+/* ---- the PP x TP grid ---- */
+
+/* Every (n_layer, P, T, rank) for n_layer 1..40, P 1..n_layer, T 1..5: stages partition the layers
+ * contiguously in stage order, sizes differ by at most one, larger stages first; TP groups are T
+ * consecutive ranks; prev/next pair up (next of r is the rank whose prev is r); first/last stages
+ * hold the embeddings / LM head. Recomputed by brute force from the definitions. */
+static void test_grid_exhaustive(void **state) {
+  (void)state;
+  mk_error_t err;
+  for (int L = 1; L <= 40; L++)
+    for (int P = 1; P <= L; P++)
+      for (int T = 1; T <= 5; T++) {
+        assert_int_equal(mk_grid_tp(L, P * T, P, &err), T);
+        int owner[40], lo = L, hi = 0;
+        static mk_grid_t all[200];
+        memset(owner, 0xff, sizeof owner);
+        for (int r = 0; r < P * T; r++)
+          if (mk_grid_make(L, P, T, r, &all[r], &err) != 0) {
+            print_error("L=%d P=%d T=%d rank %d refused: %s\n", L, P, T, r, err.msg);
+            fail();
+          }
+        for (int r = 0; r < P * T; r++) {
+          const mk_grid_t g = all[r];
+          assert_int_equal(g.pp, P), assert_int_equal(g.tp, T), assert_int_equal(g.world, P * T);
+          assert_int_equal(g.rank, r);
+          /* stage-major: ranks of one stage are consecutive */
+          for (int q = 0; q < P * T; q++) {
+            const mk_grid_t h = all[q];
+            bool same_stage = q / T == r / T;
+            assert_int_equal(h.stage == g.stage, same_stage);
+            if (same_stage) {
+              assert_int_equal(h.layer_begin, g.layer_begin), assert_int_equal(h.layer_end, g.layer_end);
+            }
+            if (q == g.next) assert_int_equal(h.prev, r);
+            if (q == g.prev) assert_int_equal(h.next, r);
+          }
+          assert_int_equal(g.tp_rank, r - g.stage * T);
+          assert_true(g.stage >= 0 && g.stage < P);
+          assert_int_equal(g.first, g.stage == 0), assert_int_equal(g.last, g.stage == P - 1);
+          assert_int_equal(g.prev, g.first ? -1 : r - T);
+          assert_int_equal(g.next, g.last ? -1 : r + T);
+          int n = g.layer_end - g.layer_begin;
+          assert_true(n >= 1);
+          if (n < lo) lo = n;
+          if (n > hi) hi = n;
+          for (int l = g.layer_begin; l < g.layer_end; l++) {
+            assert_true(owner[l] == -1 || owner[l] == g.stage);
+            owner[l] = g.stage;
+          }
+        }
+        assert_true(hi - lo <= 1);
+        for (int l = 0; l < L; l++) {
+          assert_true(owner[l] >= 0);
+          if (l > 0) assert_true(owner[l] == owner[l - 1] || owner[l] == owner[l - 1] + 1);
+          /* larger stages first: stage sizes never increase */
+          if (l > 0 && owner[l] != owner[l - 1] && owner[l - 1] > 0) {
+            int cur = 0, prev = 0;
+            for (int k = 0; k < L; k++) cur += owner[k] == owner[l - 1], prev += owner[k] == owner[l - 1] - 1;
+            assert_true(prev >= cur);
+          }
+        }
+        assert_int_equal(owner[0], 0), assert_int_equal(owner[L - 1], P - 1);
+      }
+}
+
+/* The demo model (30 layers) over 4 stages by hand: 8, 8, 7, 7; and (P, T) = (2, 2). */
+static void test_grid_demo_by_hand(void **state) {
+  (void)state;
+  mk_error_t err;
+  const int b[4] = {0, 8, 16, 23}, e[4] = {8, 16, 23, 30};
+  for (int s = 0; s < 4; s++) {
+    mk_grid_t g;
+    assert_int_equal(mk_grid_make(30, 4, 1, s, &g, &err), 0);
+    assert_int_equal(g.layer_begin, b[s]), assert_int_equal(g.layer_end, e[s]);
+  }
+  mk_grid_t g;
+  assert_int_equal(mk_grid_make(30, 2, 2, 3, &g, &err), 0);
+  assert_int_equal(g.stage, 1), assert_int_equal(g.tp_rank, 1);
+  assert_int_equal(g.layer_begin, 15), assert_int_equal(g.layer_end, 30);
+  assert_int_equal(g.prev, 1), assert_int_equal(g.next, -1);
+  assert_true(g.last && !g.first);
+  assert_int_equal(mk_grid_make(30, 2, 2, 1, &g, &err), 0);
+  assert_int_equal(g.next, 3), assert_int_equal(g.prev, -1);
+  /* one stage: everything, no neighbours */
+  assert_int_equal(mk_grid_make(30, 1, 3, 2, &g, &err), 0);
+  assert_true(g.first && g.last), assert_int_equal(g.layer_end, 30), assert_int_equal(g.prev, -1);
+}
+
+static void expect_grid_refusal(int L, int world, int pp, const char *n1, const char *n2) {
+  mk_error_t err = {{0}};
+  assert_int_equal(mk_grid_tp(L, world, pp, &err), -1);
+  if (!strstr(err.msg, n1) || (n2 && !strstr(err.msg, n2))) {
+    print_error("L=%d world=%d P=%d: \"%s\" lacks \"%s\" / \"%s\"\n", L, world, pp, err.msg, n1, n2 ? n2 : "");
+    fail();
+  }
+}
+
+static void test_grid_refusals(void **state) {
+  (void)state;
+  /* 6 ranks, --pp 4: names the layouts that work */
+  expect_grid_refusal(30, 6, 4, "not divisible by --pp 4", "P=1 x T=6, P=2 x T=3, P=3 x T=2, P=6 x T=1");
+  /* more stages than layers */
+  expect_grid_refusal(4, 5, 5, "model has 4 layers", "P=1 x T=5");
+  expect_grid_refusal(2, 4, 4, "stage would hold none", "P=1 x T=4, P=2 x T=2");
+  expect_grid_refusal(30, 4, 0, "--pp 0 must be >= 1", "P=4 x T=1");
+  expect_grid_refusal(30, 4, -1, "--pp -1", NULL);
+  expect_grid_refusal(0, 4, 1, "0 layers", NULL);
+  mk_grid_t g;
+  mk_error_t err = {{0}};
+  assert_int_equal(mk_grid_make(30, 2, 2, 4, &g, &err), -1);
+  assert_non_null(strstr(err.msg, "rank 4 is outside 0..3"));
+  assert_int_equal(mk_grid_make(30, 2, 0, 0, &g, &err), -1);
+  assert_non_null(strstr(err.msg, "T=0"));
+  assert_int_equal(mk_grid_make(3, 4, 1, 0, &g, &err), -1);
+  assert_non_null(strstr(err.msg, "3 layers"));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_all_shapes_all_tp),
       cmocka_unit_test(test_demo_model_t2_by_hand),
       cmocka_unit_test(test_vocab_partial_block),
       cmocka_unit_test(test_refusals),
+      cmocka_unit_test(test_grid_exhaustive),
+      cmocka_unit_test(test_grid_demo_by_hand),
+      cmocka_unit_test(test_grid_refusals),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
