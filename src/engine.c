@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+#include "parallel/plan.h"
 
 /* A row-parallel layer's fixed column chunks (deterministic numerics). */
 typedef struct rp_chunks {
@@ -101,7 +102,8 @@ struct mk_engine {
   float *logits_whole; /* host (n_vocab): the sampled row, where the sampler needs all of it */
   mk_sample_cand_t *cand_mine, *cand_all; /* host: the distributed sampler's exchange */
   int cap_cand;
-  mk_comm_t *comm;    /* the forward pass's collectives; NULL in a world of one */
+  mk_comm_t *comm;    /* the forward pass's TP collectives (this stage's group); NULL in a world of one */
+  mk_grid_t grid;     /* pipeline position (pp 1: one stage, every layer) */
   bool own_comm;      /* device backends: made for this engine */
   int32_t *pos_buf;
   int *prow; /* (cap_tok) policy rows of the batch */
@@ -138,11 +140,12 @@ static int prepare_weights(mk_engine_t *e, mk_error_t *err) {
   int L = m->cfg.n_layer, ne = m->cfg.n_embd;
   e->lw = calloc((size_t)L, sizeof *e->lw);
   if (!e->lw) return mk_fail(err, "out of memory");
-  if (o->weight_prepare(&e->be, &m->tok_embd, &e->tok_embd, err)) return -1;
-  if (o->weight_prepare(&e->be, &m->output, &e->output, err)) return -1;
-  if (!(e->out_norm = upload_vec(e, m->out_norm, (size_t)ne, err))) return -1;
+  (void)L;
+  if (e->grid.first && o->weight_prepare(&e->be, &m->tok_embd, &e->tok_embd, err)) return -1;
+  if (e->grid.last && o->weight_prepare(&e->be, &m->output, &e->output, err)) return -1;
+  if (e->grid.last && !(e->out_norm = upload_vec(e, m->out_norm, (size_t)ne, err))) return -1;
   if (m->rope_freqs && !(e->rope_freqs = upload_vec(e, m->rope_freqs, (size_t)m->cfg.rope_dim / 2, err))) return -1;
-  for (int l = 0; l < L; l++) {
+  for (int l = e->grid.layer_begin; l < e->grid.layer_end; l++) { /* this stage's layers only */
     const mk_layer_w_t *s = &m->layers[l];
     layer_bw_t *w = &e->lw[l];
     if (o->weight_prepare(&e->be, &s->wq, &w->wq, err) || o->weight_prepare(&e->be, &s->wk, &w->wk, err) ||
@@ -252,9 +255,10 @@ static int numerics_init(mk_engine_t *e, const mk_tensor_source_t *src, int worl
 static int open_comm(mk_engine_t *e, int status, mk_comm_kind_t want, mk_error_t *err) {
   if (e->ctx->world > 1 ? mk_ctx_agree(e->ctx, status, err) != 0 : status != 0) return -1;
   mk_comm_t *c = NULL;
+  if (e->grid.pp > 1 && mk_ctx_split_stages(e->ctx, e->grid.tp, err) != 0) return -1;
   if (mk_ctx_comm_for_backend(e->ctx, want, &e->be, &c, err) != 0) return -1;
   e->own_comm = c != NULL;
-  e->comm = c ? c : e->ctx->comm;
+  e->comm = c ? c : mk_ctx_tp_comm(e->ctx);
   return 0;
 }
 
@@ -296,6 +300,25 @@ static int plan_world(mk_engine_t *e, const mk_tensor_source_t *src, int world, 
   return 0;
 }
 
+/* The pipeline grid (parallel/plan.h): P stages of T = world / P ranks. *world and *rank become the
+ * TP group's size and this rank's index in it, which is all the TP plan sees. */
+static int open_grid(mk_engine_t *e, const mk_engine_params_t *p, const mk_model_config_t *cfg, int *world,
+                     int *rank, mk_error_t *err) {
+  const int w = e->ctx ? e->ctx->world : 1, pp = p->pp > 1 ? p->pp : 1;
+  int tp = mk_grid_tp(cfg->n_layer, w, pp, err);
+  if (tp < 0) return -1;
+  if (p->tp > 0 && p->tp != tp)
+    return mk_fail(err, "--tp %d does not match the number of ranks (%d) over %d pipeline stage%s; launch with "
+                   "mpirun -np %d", p->tp, w, pp, pp == 1 ? "" : "s", p->tp * pp);
+  if (pp > 1 && p->backend.kind != MK_BACKEND_CPU)
+    return mk_fail(err, "--pp %d: pipeline stages run on the CPU backend only so far (the stage-to-stage "
+                   "activations are host buffers); use --backend cpu or --pp 1", pp);
+  if (mk_grid_make(cfg->n_layer, pp, tp, e->ctx ? e->ctx->rank : 0, &e->grid, err) != 0) return -1;
+  *world = tp;
+  *rank = e->grid.tp_rank;
+  return 0;
+}
+
 int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err) {
   *out = NULL;
   mk_engine_t *e = calloc(1, sizeof *e);
@@ -309,15 +332,12 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
     const mk_tensor_info_t *emb = mk_tensor_find(&src, "token_embd.weight");
     if (emb) cfg.n_vocab = (int)emb->ne[1];
   }
-  int world = ctx ? ctx->world : 1, rank = ctx ? ctx->rank : 0;
-  if (p->tp > 0 && p->tp != world) {
-    mk_fail(err, "--tp %d does not match the number of ranks (%d); launch with mpirun -np %d", p->tp, world, p->tp);
-    goto fail;
-  }
+  int world = 1, rank = 0;
+  if (open_grid(e, p, &cfg, &world, &rank, err) != 0) goto fail;
   mk_plan_t plan;
   const mk_plan_t *planp;
   if (plan_rank(&cfg, &src, world, rank, &plan, &planp, err) != 0) goto fail;
-  if (mk_model_bind(&e->model, &cfg, &src, planp, err) != 0) {
+  if (mk_model_bind_layers(&e->model, &cfg, &src, planp, e->grid.layer_begin, e->grid.layer_end, err) != 0) {
     mk_error_prefix(err, "%s", p->model_path);
     goto fail;
   }
@@ -521,7 +541,7 @@ int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max
                      e->model.plan.tp, c->n_kv_head);
   }
   mk_kv_cache_params_t cp = {.n_seq = n_seq,
-                             .n_layer = c->n_layer,
+                             .n_layer = e->grid.layer_end - e->grid.layer_begin, /* this stage's */
                              .n_heads = e->n_kv,
                              .head_dim = e->d,
                              .group = c->n_head / c->n_kv_head,
@@ -684,6 +704,21 @@ static int layer_failed(mk_error_t *err, int l) {
   return -1;
 }
 
+/* Pipeline: full logits computed on the last stage reach every rank (world broadcast from the last
+ * stage's TP rank 0), so every rank can pick the same next token. */
+static int bcast_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *err) {
+  const size_t bytes = sizeof(float) * (size_t)n_out * e->model.cfg.n_vocab;
+  return mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, logits, bytes, e->grid.world - e->grid.tp, err);
+}
+
+/* The end of forward() on a stage before the last: hand the activations (n, n_embd) to the next
+ * stage, then take the logits where they were asked for. */
+static int stage_tail(mk_engine_t *e, int n, int n_out, float *logits, mk_error_t *err) {
+  const size_t bytes = sizeof(float) * (size_t)n * e->model.cfg.n_embd;
+  if (e->be.ops->sync(&e->be, err) || mk_comm_send(e->ctx->comm, e->x, bytes, e->grid.next, err)) return -1;
+  return n_out > 0 && logits ? bcast_logits(e, n_out, logits, err) : 0;
+}
+
 /* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host), or,
  * with logits NULL, leaves this rank's slice of them in e->logits_loc (mk_engine_step_sample). */
 static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
@@ -698,8 +733,11 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
   const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
   const bool sync_qsum = need_qsum && e->n_rep > 0;
 
-  if (o->embed(b, &e->tok_embd, ids, n, e->x, err) != 0) return -1;
-  for (int l = 0; l < c->n_layer; l++) {
+  const mk_grid_t *gr = &e->grid;
+  if (gr->first ? o->embed(b, &e->tok_embd, ids, n, e->x, err) != 0
+                : mk_comm_recv(e->ctx->comm, e->x, sizeof(float) * (size_t)n * ne, gr->prev, err) != 0)
+    return -1;
+  for (int l = gr->layer_begin; l < gr->layer_end; l++) {
     const layer_bw_t *w = &e->lw[l];
     if (o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps, err) ||
         o->matmul(b, &w->wq, e->xn, n, e->q, err) || o->matmul(b, &w->wk, e->xn, n, e->k, err) ||
@@ -721,7 +759,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
       if (sync_qsum && (e->fast ? sync_rows(e, spans, n_spans, err) : sync_rows_ordered(e, spans, n_spans, err)) < 0)
         return -1;
     }
-    mk_attn_params_t ap = {.layer = l, .n_tok = n, .n_spans = n_spans, .spans = spans, .q = e->q,
+    mk_attn_params_t ap = {.layer = l - gr->layer_begin, .n_tok = n, /* the stage's cache */ .n_spans = n_spans, .spans = spans, .q = e->q,
                            .k = e->k, .v = e->v, .qsum = need_qsum ? e->qsum : NULL, .out = e->att,
                            .n_q = e->n_q, .n_kv = e->n_kv, .head_dim = d, .q_to_kv = e->q_to_kv,
                            .cache = &e->cache};
@@ -736,6 +774,7 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     if (o->add(b, e->x, e->o, (size_t)n * ne, err)) return layer_failed(err, l);
   }
   mk_kv_cache_note_peak(&e->cache);
+  if (!gr->last) return stage_tail(e, n, n_out, logits, err);
   if (n_out == 0) return o->sync(b, err);
   /* gather the output rows, normalise, project onto this rank's vocabulary slice */
   for (int i = 0; i < n_out; i++)
@@ -747,12 +786,11 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     return -1;
   }
   if (!logits) return 0; /* the sampler reads e->logits_loc */
-  if (tp == 1) {
-    if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)) return -1;
-    return o->sync(b, err);
-  }
-  if (gather_logits(e, n_out, logits, err) != 0) return -1;
-  return o->sync(b, err);
+  if (tp == 1 ? o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)
+              : gather_logits(e, n_out, logits, err))
+    return -1;
+  if (o->sync(b, err)) return -1;
+  return gr->pp > 1 ? bcast_logits(e, n_out, logits, err) : 0;
 }
 
 /* The arguments of a step: a begun run, a valid sequence, tokens in the vocabulary, room left. */
@@ -845,7 +883,13 @@ int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk
   int last = nf - 1;
   if (forward(e, fi, nf, &sp, 1, &last, 1, NULL, err) != 0) return -1;
   e->n_past[seq] += nf;
-  return sample_token(e, smp, history, n_history, next, err);
+  if (e->grid.pp == 1) return sample_token(e, smp, history, n_history, next, err);
+  /* pipeline: the last stage samples (its TP group as without stages), every rank gets the token */
+  int32_t tok = -1;
+  if (e->grid.last && sample_token(e, smp, history, n_history, &tok, err) != 0) return -1;
+  if (mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, &tok, sizeof tok, e->grid.world - e->grid.tp, err) != 0) return -1;
+  *next = tok;
+  return 0;
 }
 
 int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n, float *logits,
@@ -891,9 +935,17 @@ void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
     s->kv_slots = e->cache.n_slots;
   }
   s->comm = e->comm ? e->comm->ops->name : "none";
+  s->pp = e->grid.pp;
+  s->stage = e->grid.stage;
+  s->layer_begin = e->grid.layer_begin;
+  s->layer_end = e->grid.layer_end;
   if (e->comm) {
     s->comm_model_bytes = e->comm->bytes_model;
     s->comm_score_bytes = e->comm->bytes_score;
     s->comm_sample_bytes = e->comm->bytes_sample;
+  }
+  if (e->grid.pp > 1) { /* the world communicator carries the activations and the token / logits */
+    s->comm_p2p_bytes = e->ctx->comm->bytes_p2p;
+    s->comm_sample_bytes += e->ctx->comm->bytes_sample;
   }
 }

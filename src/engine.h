@@ -35,7 +35,8 @@ typedef enum mk_numerics {
 typedef struct mk_engine_params {
   const char *model_path;
   mk_backend_params_t backend;
-  int tp; /* expected tensor-parallel degree (--tp), 0 = take the world size */
+  int tp; /* expected tensor-parallel degree (--tp), 0 = take the world size / pp */
+  int pp; /* pipeline stages (--pp; 0 or 1: none): T = world / pp ranks per stage, CPU backend */
   mk_numerics_t numerics;
   mk_comm_kind_t comm; /* --comm: which communicator carries the collectives (parallel/ctx.h) */
 } mk_engine_params_t;
@@ -89,6 +90,8 @@ typedef struct mk_engine_stats {
   uint64_t comm_model_bytes, comm_score_bytes;
   uint64_t comm_sample_bytes; /* LM-head exchange: full-logit gathers and sampler candidates */
   const char *comm;           /* the communicator's name ("mpi", "mpi-staged", "nccl"; "none") */
+  uint64_t comm_p2p_bytes;    /* stage-to-stage activations this rank sent (pipeline) */
+  int pp, stage, layer_begin, layer_end; /* the pipeline grid (pp 1: every layer here) */
   int kv_slots;              /* slots per head */
 } mk_engine_stats_t;
 void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s);

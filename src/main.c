@@ -367,12 +367,12 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
     return EXIT_OK;
   }
   mk_watchdog_set_timeout(g->ctx->wd, o->comm_timeout); /* same argv, same value on every rank */
-  if (o->tp > 0 && o->tp != g->ctx->world) {
+  if (o->tp > 0 && o->tp * o->pp != g->ctx->world) { /* world = --pp x --tp */
     if (g->r0)
       fprintf(stderr,
-              "morphkv generate: --tp %d but the MPI world has %d rank%s; launch with "
+              "morphkv generate: --tp %d x --pp %d but the MPI world has %d rank%s; launch with "
               "`mpirun -np %d morphkv generate ...`\n",
-              o->tp, g->ctx->world, g->ctx->world == 1 ? "" : "s", o->tp);
+              o->tp, o->pp, g->ctx->world, g->ctx->world == 1 ? "" : "s", o->tp * o->pp);
     return EXIT_USAGE;
   }
   struct stat sb;
@@ -386,7 +386,7 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
 /* Load (collective). */
 static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm,
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .pp = o->pp, .comm = o->comm,
                            .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o->backend;
   ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
