@@ -3,7 +3,9 @@
  * the last stage samples and every rank gets the token) against the single-process engine that
  * rank 0 runs beside it (mk_engine_open with ctx = NULL).
  *
- *   pp_engine_test P MODEL|synth POLICY [W C]     (MK_PP_STEPS: greedy tokens, default 128)
+ *   pp_engine_test P MODEL|synth POLICY [W C]     (MK_PP_STEPS: greedy tokens, default 128;
+ *                                                  MK_PP_FAIL_RANK=R: rank R calls mk_ctx_abort at
+ *                                                  step 3 while the other stages wait on it)
  * synth: a 6-layer synthetic model (tests/testutil/synth_model.h, F32 weights, 8/2 heads), so
  * that P = 5 splits 6 layers 2,1,1,1,1.
  * Checks (deterministic numerics, so T > 1 is held to the same bits as the TP tests):
@@ -125,6 +127,8 @@ int main(int argc, char **argv) {
   const int P = atoi(argv[1]), T = P > 0 ? ctx.world / P : 0;
   const char *steps = getenv("MK_PP_STEPS");
   const int n_new = steps && atoi(steps) > 0 ? atoi(steps) : 128;
+  const char *fr = getenv("MK_PP_FAIL_RANK"); /* that rank aborts at step 3 (fail_test.sh) */
+  const int fail_rank = fr && *fr ? atoi(fr) : -1;
   mk_kv_config_t kv;
   mk_kv_config_default(&kv);
   if (mk_kv_policy_parse(argv[3], &kv.policy) != 0) mk_ctx_abort(&ctx, "unknown policy");
@@ -185,6 +189,10 @@ int main(int argc, char **argv) {
     int32_t tok = -1, tr = -1;
     if (mk_engine_step_sample(pp, 0, in, nin, smp, hist, n_hist, &tok, &err)) die(&ctx, &err);
     if (ctx.rank == 0 && mk_engine_step_sample(ref, 0, in, nin, smr, hist, n_hist, &tr, &err)) die(&ctx, &err);
+    if (fail_rank == ctx.rank && step == 3) { /* the others are already in the next step's waits */
+      mk_fail(&err, "bad config: stage %d cannot go on (test-induced failure)", ctx.rank / T);
+      mk_ctx_abort(&ctx, err.msg);
+    }
     if (ctx.rank == 0 && tr != tok && diverged < 0) diverged = step;
     MPI_Bcast(&tr, 1, MPI_INT32_T, 0, ctx.mpi); /* keep feeding one process's stream */
     if (kv.policy != MK_KV_FULL || step == n_new) kept_differ += compare_kept(&ctx, pp, ref, mine, all, refk);
