@@ -50,6 +50,8 @@ struct mk_batch {
   long long generated, steps, n_admitted;
   double t0;
   bool started;
+  mk_batch_pass_t *passes;
+  size_t passes_cap;
   mk_engine_item_t *items;
   int *item_seq;
   float *logits;
@@ -156,6 +158,7 @@ void mk_batch_free(mk_batch_t *b) {
   free(b->queue);
   free(b->items);
   free(b->item_seq);
+  free(b->passes);
   free(b->logits);
   free(b);
 }
@@ -366,7 +369,19 @@ int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *e
   if (admit(b, err) != 0) return -1;
   const int n = build_items(b);
   if (n == 0) return b->q_len > 0 ? mk_fail(err, "batch: %d requests queued but none can be admitted", b->q_len) : 0;
+  if ((size_t)b->steps == b->passes_cap) {
+    size_t cap = b->passes_cap ? 2 * b->passes_cap : 1024;
+    mk_batch_pass_t *t = realloc(b->passes, sizeof *t * cap);
+    if (!t) return mk_fail(err, "out of memory");
+    b->passes = t;
+    b->passes_cap = cap;
+  }
+  mk_batch_pass_t *ps = &b->passes[b->steps];
+  *ps = (mk_batch_pass_t){0};
+  for (int k = 0; k < n; k++) *(b->seqs[b->item_seq[k]].state == SEQ_DECODE ? &ps->decode : &ps->prefill) += b->items[k].n;
+  const double t0 = now_s();
   if (mk_engine_step_items(b->e, b->items, n, b->logits, err) != 0) return -1;
+  ps->s = now_s() - t0;
   b->steps++;
   const size_t V = (size_t)mk_engine_n_vocab(b->e);
   int row = 0;
@@ -393,4 +408,9 @@ void mk_batch_get_progress(const mk_batch_t *b, mk_batch_progress_t *p) {
   mk_engine_get_stats(b->e, &es);
   p->kv_live = es.kv_live_bytes;
   p->max_running = b->max_running;
+}
+
+const mk_batch_pass_t *mk_batch_passes(const mk_batch_t *b, long long *n) {
+  *n = b->steps;
+  return b->passes;
 }

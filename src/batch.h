@@ -102,4 +102,12 @@ int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *e
 
 void mk_batch_get_progress(const mk_batch_t *b, mk_batch_progress_t *p);
 
+/* Every forward pass so far: its seconds (the engine call alone), decode tokens and prompt tokens
+ * (for inter-token-time measurements, docs/benchmarks.md). */
+typedef struct mk_batch_pass {
+  double s;
+  int decode, prefill;
+} mk_batch_pass_t;
+const mk_batch_pass_t *mk_batch_passes(const mk_batch_t *b, long long *n);
+
 #endif

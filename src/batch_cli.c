@@ -473,7 +473,14 @@ static int write_stats(brun_t *r) {
                         (json_int_t)(r->o->kv.policy == MK_KV_FULL ? mk_batch_seq_bytes(r->b, 1, 0)
                                                                     : mk_batch_seq_bytes(r->b, 0, 0)), "kv_policy", mk_kv_policy_name(r->o->kv.policy),
                         "max_seqs", r->o->max_seqs, "prefill_chunk", r->o->prefill_chunk, "world", r->ctx->world);
-  int rc = o && json_dump_file(o, r->o->stats_json, JSON_INDENT(2)) == 0
+  long long n;
+  const mk_batch_pass_t *ps = mk_batch_passes(r->b, &n);
+  json_t *passes = json_array();
+  for (long long i = 0; passes && i < n; i++)
+    json_array_append_new(passes, json_pack("[f, i, i]", ps[i].s, ps[i].decode, ps[i].prefill));
+  if (o) json_object_set_new(o, "passes", passes); /* [[seconds, decode tokens, prompt tokens], ...] */
+  else json_decref(passes);
+  int rc = o && json_dump_file(o, r->o->stats_json, JSON_COMPACT) == 0
                ? 0
                : mk_fail(&r->err, "--stats-json %s: cannot write", r->o->stats_json);
   json_decref(o);
