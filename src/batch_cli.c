@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include <jansson.h>
@@ -40,7 +41,7 @@ typedef struct brun {
   char **ready;  /* --ordered: result lines waiting for their turn (per entry) */
   int next_out;  /* --ordered: the next entry to write */
   int *valid_ix; /* request index -> entry index */
-  double t0, t_progress;
+  double t0, t_progress, cpu0;
   mk_batch_t *b;
 } brun_t;
 
@@ -58,6 +59,13 @@ static char *dupf(const char *fmt, ...) {
     va_end(ap);
   }
   return s;
+}
+
+static double cpu_now(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+  return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+         1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 static double wall_now(void) {
@@ -354,9 +362,11 @@ static void progress(brun_t *r, bool last) {
   mk_batch_get_progress(r->b, &p);
   char budget[48] = "no budget";
   if (p.kv_budget) snprintf(budget, sizeof budget, "%.1f MiB budget", p.kv_budget / 1048576.0);
-  fprintf(stderr, "[morphkv] batch: %d done, %d running, %d queued; %lld tokens, %.1f tok/s; KV %.1f MiB reserved / %s\n",
+  fprintf(stderr,
+          "[morphkv] batch: %d done, %d running, %d queued; %lld tokens, %.1f tok/s; KV %.1f MiB reserved / %s "
+          "(%.1f MiB in used slots on rank 0)\n",
           p.done + r->n_errors, p.running, p.queued, p.generated, p.elapsed_s > 0 ? p.generated / p.elapsed_s : 0.0,
-          p.kv_reserved / 1048576.0, budget);
+          p.kv_reserved / 1048576.0, budget, p.kv_live / 1048576.0);
 }
 
 /* ---- the run -------------------------------------------------------------------------------- */
@@ -465,9 +475,10 @@ static int write_stats(brun_t *r) {
   if (!r->r0 || !r->o->stats_json) return 0;
   mk_batch_progress_t p;
   mk_batch_get_progress(r->b, &p);
-  json_t *o = json_pack("{s:i, s:i, s:I, s:f, s:f, s:I, s:i, s:i, s:I, s:I, s:s, s:i, s:i, s:i}", "results",
+  const double cpu = cpu_now() - r->cpu0; /* this rank's CPU seconds over the batch (contention-proof) */
+  json_t *o = json_pack("{s:i, s:i, s:I, s:f, s:f, s:f, s:I, s:i, s:i, s:I, s:I, s:s, s:i, s:i, s:i}", "results",
                         r->n_results, "errors", r->n_errors, "generated_tokens", (json_int_t)p.generated, "wall_s",
-                        p.elapsed_s, "aggregate_tok_s", p.elapsed_s > 0 ? p.generated / p.elapsed_s : 0.0,
+                        p.elapsed_s, "cpu_s", cpu, "aggregate_tok_s", p.elapsed_s > 0 ? p.generated / p.elapsed_s : 0.0,
                         "forward_passes", (json_int_t)p.steps, "max_running", p.max_running, "cache_seqs",
                         mk_batch_slots(r->b), "kv_memory", (json_int_t)r->o->kv_memory, "kv_seq_bytes",
                         (json_int_t)(r->o->kv.policy == MK_KV_FULL ? mk_batch_seq_bytes(r->b, 1, 0)
@@ -502,6 +513,7 @@ static int run_batch(brun_t *r) {
     return 0;
   }
   if (mk_cli_agree(r->ctx, "generate", make_batch(r), &r->err) != 0) return 1;
+  r->cpu0 = cpu_now();
   submit_all(r);
   for (;;) {
     int rc = mk_batch_step(r->b, on_done, r, &r->err);
