@@ -8,7 +8,8 @@
         (which the np-1 test compares with the runs alone). Malformed lines are in the input:
         each must give an error result with its line number, and the rest must run.
   batch_check.py budget MORPHKV MODEL                  --kv-memory: a budget below one sequence is
-        refused with the numbers; a budget of exactly two MorphKV sequences runs two at once; a
+        refused with the numbers; a budget of 2.5 MorphKV sequences runs two at once (--ordered:
+        results in input order, though the shorter ones finish first); a
         missing input or an unwritable output fails before any work.
   batch_check.py kill   MORPHKV MODEL                  kill -9 mid-run: every line written is
         a whole JSON result equal to the uninterrupted run's.
@@ -134,8 +135,8 @@ def kill(exe, model):
 
 def budget(exe, model):
     reqs = prompts(4, long=False)
-    for r in reqs:
-        r["max_new_tokens"] = 50  # past C + 1 = 65 with every prompt: the cache holds C + 1 slots
+    for r, n in zip(reqs, (60, 20, 45, 10)):
+        r["max_new_tokens"] = n  # 60 + any prompt > C + 1 = 65: the cache holds C + 1 slots
     with tempfile.TemporaryDirectory() as tmp:
         inp, out, sj = (os.path.join(tmp, n) for n in ("in.jsonl", "out.jsonl", "stats.json"))
         write_input(inp, reqs, bad=False)
@@ -147,9 +148,12 @@ def budget(exe, model):
         subprocess.run(base + ["--stats-json", sj], env=ENV, check=True)
         one = json.load(open(sj))["kv_seq_bytes"]
         assert one >= 30 * 3 * 65 * 2 * 64 * 4 and one < 2 * 30 * 3 * 65 * 2 * 64 * 4, one
-        subprocess.run(base + ["--kv-memory", str(2 * one + one // 2), "--stats-json", sj], env=ENV, check=True)
+        subprocess.run(base + ["--kv-memory", str(2 * one + one // 2), "--stats-json", sj, "--ordered"], env=ENV,
+                       check=True)
         st = json.load(open(sj))
         assert st["max_running"] == 2 and st["cache_seqs"] == 2 and st["results"] == len(reqs), st
+        order = [json.loads(l)["id"] for l in open(out, encoding="utf-8")]
+        assert order == [r["id"] for r in reqs], order  # --ordered: input order
         for args, what in (([ "--batch-file", os.path.join(tmp, "missing.jsonl")], "missing.jsonl"),
                            (["--out", os.path.join(tmp, "no", "such", "dir.jsonl")], "dir.jsonl")):
             cmd = list(base)
@@ -164,6 +168,8 @@ def budget(exe, model):
 
 if __name__ == "__main__":
     mode, exe, model = sys.argv[1:4]
+    if "--deterministic" in sys.argv:  # e.g. --deterministic off: is the fast path batch-invariant too?
+        COMMON[COMMON.index("--deterministic") + 1] = sys.argv[sys.argv.index("--deterministic") + 1]
     if mode == "equal":
         np_ = int(sys.argv[sys.argv.index("--np") + 1]) if "--np" in sys.argv else 1
         equal(exe, model, sys.argv[4], np_)
