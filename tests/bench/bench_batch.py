@@ -45,7 +45,12 @@ def mkv(a):
 def budget(a, tmp):
     reqs = [{"id": i, "prompt": p, "max_new_tokens": a.tokens} for i, p in enumerate(lw_prompts()[:a.prompts])]
     rows = []
-    for name, pol in (("full", ["--kv-policy", "full"]), ("morphkv C %d W %d" % (a.capacity, a.window), mkv(a))):
+    # MorphKV's slots per head are C + the prefill chunk when a prompt is longer than a chunk (the
+    # cache holds every sequence's slots alike), the longest prompt otherwise: a small chunk keeps
+    # them near C + 1
+    for name, pol in (("full", ["--kv-policy", "full"]),
+                      ("morphkv C %d W %d, chunk %d" % (a.capacity, a.window, a.mkv_chunk),
+                       mkv(a) + ["--prefill-chunk", str(a.mkv_chunk)])):
         st, res = run(a, tmp, reqs, pol + ["--max-seqs", str(a.prompts), "--kv-memory", a.kv_memory])
         rows.append((name, st))
         print("| %s | %d | %d | %.2f | %.2f | %.1f | %.1f | %d |" % (name, st["kv_seq_bytes"], st["max_running"],
@@ -70,7 +75,7 @@ def sweep(a, tmp):
 
 def itl(a, tmp):
     rows = lw_prompts()
-    long_p = "Context: " + " ".join(rows[8:60]) + "\n\nTask: " + rows[0]
+    long_p = "Context: " + " ".join(rows[8:33]) + "\n\nTask: " + rows[0]
     reqs = [{"id": i, "prompt": p, "max_new_tokens": 160} for i, p in enumerate(rows[1:9])]
     # a short filler holds the 9th slot for a few steps, so the long prompt is admitted while
     # the 8 decode (admission is first come, first served)
@@ -98,6 +103,7 @@ if __name__ == "__main__":
     ap.add_argument("--sweep", default="1,2,4,8,16,32")
     ap.add_argument("--sweep-tokens", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mkv-chunk", type=int, default=16)
     ap.add_argument("--itl", action="store_true")
     ap.add_argument("--chunks", default="4096,256,64")
     ap.add_argument("--skip-budget", action="store_true")
