@@ -87,7 +87,7 @@ def itl(a, tmp):
         dec8 = [p[0] for p in st["passes"] if p[1] == 8 and p[2] == 0]
         mixed = [p[0] for p in st["passes"] if p[1] >= 8 and p[2] > 0]
         print("| %s | %d | %.1f | %.1f | %d | %.1f |" % (chunk, n_long, 1e3 * statistics.median(dec8),
-              1e3 * max(mixed) if mixed else 0.0, len(mixed), 1e3 * max(mixed) / statistics.median(dec8) if mixed else 0),
+              1e3 * max(mixed) if mixed else 0.0, len(mixed), max(mixed) / statistics.median(dec8) if mixed else 0),
               flush=True)
 
 
