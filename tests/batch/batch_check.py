@@ -107,7 +107,7 @@ def equal(exe, model, policy, np_):
 
 
 def kill(exe, model):
-    reqs = prompts(24, long=False)
+    reqs = prompts(12, long=False)
     for r in reqs:
         r["max_new_tokens"] = 12
     with tempfile.TemporaryDirectory() as tmp:
