@@ -371,14 +371,16 @@ static void progress(brun_t *r, bool last) {
 
 /* ---- the run -------------------------------------------------------------------------------- */
 
+/* As `generate` loads (src/main.c gen_load). */
 static int load_engine(brun_t *r) {
   const mk_gen_opts_t *o = r->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp,
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm,
                            .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o->backend;
   ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(r->ctx);
   ep.backend.simd = o->simd;
-  ep.backend.device = r->ctx->local_rank;
+  ep.backend.device = -1; /* the node-local rank's GPU */
+  ep.backend.local_rank = r->ctx->local_rank;
   return mk_engine_open(&r->e, &ep, r->ctx, &r->err);
 }
 
@@ -500,7 +502,11 @@ static int write_stats(brun_t *r) {
 
 static int run_batch(brun_t *r) {
   if (mk_cli_agree(r->ctx, "generate", open_files(r), &r->err) != 0) return 1;
-  if (load_engine(r) != 0) return mk_cli_fail(r->ctx, "generate", &r->err);
+  if (load_engine(r) != 0) { /* agreed inside mk_engine_open: every rank says why, none aborts */
+    if (r->ctx->world > 1) fprintf(stderr, "morphkv generate (rank %d): %s\n", r->ctx->rank, r->err.msg);
+    else fprintf(stderr, "morphkv generate: %s\n", r->err.msg);
+    return 1;
+  }
   int status = r->r0 ? read_input(r) : 0;
   if (status == 0 && r->r0 && !(r->ready = calloc((size_t)r->n_ent + 1, sizeof *r->ready)))
     status = mk_fail(&r->err, "out of memory");
