@@ -27,6 +27,7 @@
 
 #include "parallel/ctx.h"
 #include "parallel/request.h"
+#include "src/batch_cli.h"
 #include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
@@ -59,10 +60,15 @@ static void usage_top(FILE *f) {
 static void usage_generate(FILE *f) {
   fprintf(f,
           "usage: morphkv generate --model PATH (--prompt TEXT | --prompt-file FILE) [options]\n"
+          "       morphkv generate --model PATH --batch-file IN.jsonl [--out OUT.jsonl] [options]\n"
           "\n"
           "Streams the generated text to stdout; prints load time, prefill and decode tokens/s\n"
           "and KV-cache bytes to stderr. Stops at an end-of-generation token, a --stop string,\n"
           "or --max-new-tokens.\n"
+          "\n"
+          "Batch mode (--batch-file): up to --max-seqs sequences decode together (continuous\n"
+          "batching, prompts prefilled in --prefill-chunk pieces), one JSON result a line. Every\n"
+          "sequence of a run uses the same cache policy and --kv-* settings.\n"
           "\n"
           "options:\n");
   mk_gen_opts_usage(f);
@@ -213,69 +219,11 @@ static char *read_text_file(const char *path, mk_error_t *err) {
 static int prepare_prompt(const mk_gen_opts_t *o, const mk_engine_t *e, int32_t **ids_out,
                           int *n_out, mk_error_t *err) {
   *ids_out = NULL;
-  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
   char *text = o->prompt_file ? read_text_file(o->prompt_file, err) : strdup(o->prompt);
   if (!text) return o->prompt_file ? -1 : mk_fail(err, "out of memory");
-  bool parse_special = true, add_bos = mk_tok_add_bos(tok);
-  if (o->chat) {
-    mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
-    if (o->chat_template) {
-      if (mk_chat_parse(o->chat_template, &tmpl) != 0) {
-        free(text);
-        return mk_fail(err, "--chat-template %s: unknown template", o->chat_template);
-      }
-    } else {
-      tmpl = mk_chat_detect(mk_engine_gguf(e));
-      if (tmpl == MK_CHAT_NONE) {
-        free(text);
-        return mk_fail(err, "--chat: %s has no chat template this build recognises; pass "
-                            "--chat-template chatml|llama3|llama2", o->model);
-      }
-    }
-    char *dflt = NULL;
-    if (!o->system && tmpl == MK_CHAT_CHATML) dflt = mk_chat_default_system(mk_engine_gguf(e));
-    char *rendered = mk_chat_render(tmpl, o->system ? o->system : dflt, text);
-    free(dflt);
-    free(text);
-    if (!rendered) return mk_fail(err, "--chat: rendering the template failed");
-    text = rendered;
-  }
-  /* a template (or prompt) that already starts with the BOS text gets no second BOS */
-  int32_t bos = mk_tok_bos(tok);
-  if (add_bos && bos >= 0) {
-    const char *bt = mk_tok_text(tok, bos);
-    if (bt && *bt && strncmp(text, bt, strlen(bt)) == 0) add_bos = false;
-  }
-  size_t len = strlen(text);
-  int cap = (int)(len < (size_t)INT_MAX / 2 ? len + 8 : (size_t)INT_MAX / 2);
-  int32_t *ids = malloc((size_t)cap * sizeof *ids);
-  if (!ids) {
-    free(text);
-    return mk_fail(err, "out of memory for the prompt's tokens");
-  }
-  int n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, cap, err);
-  if (n > cap) {
-    int32_t *t = realloc(ids, (size_t)n * sizeof *ids);
-    if (!t) {
-      free(ids);
-      free(text);
-      return mk_fail(err, "out of memory for the prompt's tokens");
-    }
-    ids = t;
-    n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, n, err);
-  }
+  int rc = mk_cli_encode_prompt(e, text, o->chat, o->chat_template, o->system, ids_out, n_out, err);
   free(text);
-  if (n < 0) {
-    free(ids);
-    return -1;
-  }
-  if (n == 0) {
-    free(ids);
-    return mk_fail(err, "the prompt is empty (no tokens)");
-  }
-  *ids_out = ids;
-  *n_out = n;
-  return 0;
+  return rc;
 }
 
 /* The context a run may use and the check that prompt + new tokens fit in it. */
@@ -601,6 +549,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   gen_run_t g = {.ctx = ctx, .r0 = ctx->rank == 0, .err = {{0}}};
   mk_gen_opts_default(&g.o);
   int rc = gen_options(&g, argc, argv);
+  if (rc < 0 && g.o.batch_file) rc = mk_batch_cli_run(&g.o, ctx); /* src/batch_cli.h */
   if (rc >= 0) {
     mk_gen_opts_free(&g.o);
     return rc;
