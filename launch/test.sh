@@ -46,7 +46,7 @@ stamp "sanitizer tests done"
 FUZZ_SECONDS="${MORPHKV_FUZZ_SECONDS:-20}"
 echo "== fuzz smoke (${FUZZ_SECONDS} s per target)"
 mkdir -p "${FUZZ_DIR:-$ROOT/build-fuzz}"
-for t in gguf tokenizer config request; do
+for t in gguf tokenizer config request safetensors; do
   log="${FUZZ_DIR:-$ROOT/build-fuzz}/smoke-$t.log"
   if FUZZ_DIR="${FUZZ_DIR:-$ROOT/build-fuzz}" MORPHKV_TEST_MODEL="$MODEL" \
     bash "$ROOT/launch/fuzz.sh" "$t" "$FUZZ_SECONDS" >"$log" 2>&1; then
