@@ -377,8 +377,8 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
   struct stat sb;
   errno = 0;
   int status = 0;
-  if (stat(o->model, &sb) != 0 || !S_ISREG(sb.st_mode))
-    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file");
+  if (stat(o->model, &sb) != 0 || (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)))
+    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file or a Hugging Face directory");
   return mk_cli_agree(g->ctx, "generate", status, &g->err) != 0 ? EXIT_FAIL : -1;
 }
 
