@@ -14,6 +14,7 @@ struct mk_st_writer {
   size_t data_len;
   uint64_t hdr_len_override;
   int has_override;
+  int no_pad;
 };
 
 static void *xrealloc(void *p, size_t n) {
@@ -76,7 +77,11 @@ void mk_stw_set_header_len(mk_st_writer_t *w, uint64_t n) {
   w->has_override = 1;
 }
 
+void mk_stw_set_pad(mk_st_writer_t *w, int pad) { w->no_pad = !pad; }
+
 void *mk_stw_to_buffer(mk_st_writer_t *w, size_t *size) {
+  if (!w->raw && !w->no_pad) /* pad the header with spaces to a multiple of 8, as safetensors does */
+    while ((w->json_len + 1) % 8) put(w, " ");
   size_t jl = w->json_len + (w->raw ? 0 : 1);
   size_t total = 8 + jl + w->data_len;
   uint8_t *b = xrealloc(NULL, total);

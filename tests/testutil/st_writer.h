@@ -19,6 +19,8 @@ void mk_stw_tensor(mk_st_writer_t *w, const char *name, const char *dtype, int n
 void mk_stw_raw_header(mk_st_writer_t *w, const char *json);
 /* Overrides the header length field (e.g. past the end of the file). */
 void mk_stw_set_header_len(mk_st_writer_t *w, uint64_t n);
+/* Header padding to 8 bytes (the reference writer's; default on). Off: data may be misaligned. */
+void mk_stw_set_pad(mk_st_writer_t *w, int pad);
 void *mk_stw_to_buffer(mk_st_writer_t *w, size_t *size);
 int mk_stw_write_file(mk_st_writer_t *w, const char *path);
 

@@ -29,7 +29,7 @@ enum { E = 8, H = 2, KV = 1, HD = 4, FF = 16, L = 2, V = 260 };
 
 typedef struct opts {
   const char *arch, *dtype, *torch_dtype, *extra_config; /* extra: raw JSON members appended */
-  bool tied, shards, bias;
+  bool tied, shards, bias, unpadded; /* unpadded: headers not padded to 8 bytes (data misaligned) */
   const char *wrong_index_file; /* tensor model.norm.weight listed under this file */
   const char *bad_tensor;       /* this tensor written with a wrong shape */
   int64_t q_rows;               /* 0 = right */
@@ -140,6 +140,7 @@ static void write_ckpt(const opts_t *o) {
   const char *dt = o->dtype ? o->dtype : "BF16";
   uint64_t seed = 42;
   mk_st_writer_t *w = mk_stw_new();
+  mk_stw_set_pad(w, !o->unpadded);
   add(w, "model.embed_tokens.weight", dt, V, E, &seed);
   write_layer(w, o, 0, dt, &seed);
   if (o->shards) {
@@ -235,6 +236,9 @@ static void test_valid_single_file(void **state) {
   write_ckpt(&(opts_t){0});
   check_valid_and_run();
   rm_ckpt();
+  write_ckpt(&(opts_t){.unpadded = true}); /* misaligned matrices get aligned copies */
+  check_valid_and_run();
+  rm_ckpt();
 }
 
 static void test_valid_sharded_tied_f16(void **state) {
@@ -327,11 +331,42 @@ static void test_bad_config(void **state) {
   expect_fail("tokenizer.json: tokenizer model 'Unigram' is not supported", NULL);
 }
 
+/* `morphkv inspect DIR` and `morphkv generate --model DIR` on the tiny checkpoint. */
+static void test_cli_inspect_generate(void **state) {
+  (void)state;
+  const char *bin = getenv("MORPHKV_BINARY");
+  if (!bin) skip();
+  write_ckpt(&(opts_t){.shards = true});
+  char cmd[1024], out[16384];
+  snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 '%s' inspect '%s' 2>&1", bin, dir);
+  FILE *p = popen(cmd, "r");
+  assert_non_null(p);
+  size_t n = fread(out, 1, sizeof out - 1, p);
+  out[n] = 0;
+  int rc = pclose(p);
+  if (rc != 0) print_error("%s\n", out);
+  assert_int_equal(rc, 0);
+  assert_non_null(strstr(out, "Hugging Face checkpoint: 2 safetensors files"));
+  assert_non_null(strstr(out, "n_layer 2, n_embd 8, n_head 2, n_kv_head 1, head_dim 4, n_ff 16"));
+  assert_non_null(strstr(out, "rope neox"));
+  assert_non_null(strstr(out, "<- model.layers.1.mlp.down_proj.weight (model-00002-of-00002.safetensors, BF16)"));
+  snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 '%s' generate --model '%s' --prompt hello --temperature 0 "
+           "--max-new-tokens 3 --ignore-eos --quiet 2>&1", bin, dir);
+  p = popen(cmd, "r");
+  assert_non_null(p);
+  n = fread(out, 1, sizeof out - 1, p);
+  out[n] = 0;
+  rc = pclose(p);
+  if (rc != 0) print_error("%s\n", out);
+  assert_int_equal(rc, 0);
+  rm_ckpt();
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_single_file),   cmocka_unit_test(test_valid_sharded_tied_f16),
       cmocka_unit_test(test_llama3_rope_and_qwen2_bias), cmocka_unit_test(test_bad_shards),
-      cmocka_unit_test(test_bad_config),
+      cmocka_unit_test(test_bad_config),          cmocka_unit_test(test_cli_inspect_generate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
