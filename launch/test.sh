@@ -22,8 +22,12 @@ t0=$SECONDS
 stamp() { echo "test.sh: $1 ($((SECONDS - t0)) s so far)"; }
 
 MODEL="$(bash "$ROOT/launch/fetch-model.sh")"
+# The HF checkpoint of the demo model (--model DIR tests); without it they skip, saying so.
+HF_MODEL="$(bash "$ROOT/launch/make-hf-checkpoint.sh" "$MODEL")" ||
+  { HF_MODEL="$HOME/.cache/morphkv/SmolLM2-135M-Instruct-hf"; echo "test.sh: no HF checkpoint: test_hf_model and tp_engine_hf_np* skip" >&2; }
+stamp "models ready"
 echo "== build ($BUILD_DIR)"
-BUILD_DIR="$BUILD_DIR" bash "$ROOT/launch/build.sh" -DMORPHKV_TEST_MODEL="$MODEL"
+BUILD_DIR="$BUILD_DIR" bash "$ROOT/launch/build.sh" -DMORPHKV_TEST_MODEL="$MODEL" -DMORPHKV_TEST_HF_MODEL="$HF_MODEL"
 stamp "built"
 
 echo "== ctest (labels unit, model, mpi, gpu${EXCLUDE:+; not slow})"
