@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "src/engine.h"
+#include "src/gguf_build.h"
 #include "src/hf_model.h"
 #include "src/tokenizer.h"
 #include "tests/testutil/st_writer.h"
@@ -362,11 +363,68 @@ static void test_cli_inspect_generate(void **state) {
   rm_ckpt();
 }
 
+/* tokenizer.json beyond the demo model's (tests/golden/hf/make_hf_tokenizer_golden.py): a
+ * SentencePiece-style one (Prepend/Replace normalizer, byte fallback) and a byte-level one with
+ * Llama 3's Split regex, against the ids of the `tokenizers` library. */
+static void check_tokenizer_dir(const char *name, json_t *golden) {
+  char key[64], d[512];
+  snprintf(key, sizeof key, "%s_n_vocab", name);
+  int n_vocab = (int)json_integer_value(json_object_get(golden, key));
+  snprintf(d, sizeof d, "%s", mk_test_source_path("tests/golden/hf/tok_"));
+  strncat(d, name, sizeof d - strlen(d) - 1);
+  json_t *config = json_object();
+  mk_gb_t b = {0};
+  mk_error_t err = {{0}};
+  int rc = mk_hf_tokenizer_meta(d, config, n_vocab, &b, &err);
+  if (rc) print_error("%s\n", err.msg);
+  assert_int_equal(rc, 0);
+  size_t n = 0;
+  uint8_t *buf = mk_gb_finish(&b, &n);
+  mk_gguf_t *g = NULL;
+  assert_int_equal(mk_gguf_open_memory(buf, n, name, &g, &err), 0);
+  mk_tokenizer_t *tok = NULL;
+  rc = mk_tok_load(g, &tok, &err);
+  if (rc) print_error("%s\n", err.msg);
+  assert_int_equal(rc, 0);
+  const json_t *cases = json_object_get(golden, name);
+  int bad = 0;
+  for (size_t i = 0; i < json_array_size(cases); i++) {
+    const json_t *c = json_array_get(cases, i), *want = json_object_get(c, "ids");
+    const char *text = json_string_value(json_object_get(c, "text"));
+    int32_t ids[256];
+    int got = mk_tok_encode(tok, text, strlen(text), false, true, ids, 256, &err);
+    bool same = got == (int)json_array_size(want);
+    for (int k = 0; same && k < got; k++) same = ids[k] == json_integer_value(json_array_get(want, (size_t)k));
+    if (!same) {
+      bad++;
+      fprintf(stderr, "%s: '%s': %d ids (", name, text, got);
+      for (int k = 0; k < got; k++) fprintf(stderr, "%s%d", k ? " " : "", ids[k]);
+      fprintf(stderr, "), tokenizers %zu\n", json_array_size(want));
+    }
+  }
+  assert_int_equal(bad, 0);
+  mk_tok_free(tok);
+  mk_gguf_close(g);
+  free(buf);
+  json_decref(config);
+}
+
+static void test_tokenizer_json_families(void **state) {
+  (void)state;
+  json_error_t je;
+  json_t *golden = json_load_file(mk_test_source_path("tests/golden/hf/hf_tok_cases.json"), 0, &je);
+  assert_non_null(golden);
+  check_tokenizer_dir("split", golden);
+  check_tokenizer_dir("spm", golden);
+  json_decref(golden);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_single_file),   cmocka_unit_test(test_valid_sharded_tied_f16),
       cmocka_unit_test(test_llama3_rope_and_qwen2_bias), cmocka_unit_test(test_bad_shards),
       cmocka_unit_test(test_bad_config),          cmocka_unit_test(test_cli_inspect_generate),
+      cmocka_unit_test(test_tokenizer_json_families),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
