@@ -10,7 +10,7 @@
  * are 40x and 12x the measurement. Greedy: identical, except where transformers' own top-2 margin
  * is below GREEDY_TIE (the case then stops, margin printed); GREEDY_TIE = 40x the worst logit
  * error. All 10 cases matched all 64 tokens; the smallest margin on any path was 0.0042, so every
- * case is a "robust" one and must match in full. */
+ * case is a "robust" one and must match in full.
  * Exits 77 (ctest: Skipped) with a message when the checkpoint has not been made. */
 #include <jansson.h>
 #include <math.h>
