@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds morphkv, fetches the demo model, and runs every test that can run on this machine:
 # ctest labels unit, model and mpi (gpu tests skip themselves without a GPU), then the unit tests
-# again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/), then a short smoke of
-# every fuzz target (clang, build-fuzz/).
+# again under AddressSanitizer + UndefinedBehaviorSanitizer, then a short smoke of every fuzz
+# target (one clang build, build-asan/, serves both).
 # Tests labelled `slow` are left out unless MORPHKV_TEST_SLOW=1. Both test passes always run;
 # the script fails at the end if either failed.
 set -euo pipefail
@@ -22,8 +22,12 @@ t0=$SECONDS
 stamp() { echo "test.sh: $1 ($((SECONDS - t0)) s so far)"; }
 
 MODEL="$(bash "$ROOT/launch/fetch-model.sh")"
+# The HF checkpoint of the demo model (--model DIR tests); without it they skip, saying so.
+HF_MODEL="$(bash "$ROOT/launch/make-hf-checkpoint.sh" "$MODEL")" ||
+  { HF_MODEL="$HOME/.cache/morphkv/SmolLM2-135M-Instruct-hf"; echo "test.sh: no HF checkpoint: test_hf_model and tp_engine_hf_np* skip" >&2; }
+stamp "models ready"
 echo "== build ($BUILD_DIR)"
-BUILD_DIR="$BUILD_DIR" bash "$ROOT/launch/build.sh" -DMORPHKV_TEST_MODEL="$MODEL"
+BUILD_DIR="$BUILD_DIR" bash "$ROOT/launch/build.sh" -DMORPHKV_TEST_MODEL="$MODEL" -DMORPHKV_TEST_HF_MODEL="$HF_MODEL"
 stamp "built"
 
 echo "== ctest (labels unit, model, mpi, gpu${EXCLUDE:+; not slow})"

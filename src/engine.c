@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+#include "src/hf_model.h"
 
 /* A row-parallel layer's fixed column chunks (deterministic numerics). */
 typedef struct rp_chunks {
@@ -64,7 +65,8 @@ typedef struct layer_bw {
 
 struct mk_engine {
   mk_ctx_t *ctx; /* NULL: a world of one */
-  mk_gguf_t *g;
+  mk_gguf_t *g;  /* the GGUF file, or a HF directory's translated metadata (owned by hf) */
+  mk_hf_t *hf;   /* --model DIR: a Hugging Face checkpoint (src/hf_model.h); NULL for GGUF */
   mk_tokenizer_t *tok;
   mk_model_t model;
   mk_backend_t be;
@@ -302,9 +304,14 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   if (!e) return mk_fail(err, "out of memory");
   e->ctx = ctx;
   mk_model_config_t cfg;
-  if (mk_gguf_open(p->model_path, &e->g, err) != 0) goto fail;
+  if (mk_hf_is_dir(p->model_path)) {
+    if (mk_hf_open(p->model_path, &e->hf, err) != 0) goto fail;
+    e->g = mk_hf_meta(e->hf);
+  } else if (mk_gguf_open(p->model_path, &e->g, err) != 0) {
+    goto fail;
+  }
   if (mk_model_config_read(e->g, &cfg, err) != 0) goto fail;
-  mk_tensor_source_t src = mk_gguf_tensor_source(e->g);
+  mk_tensor_source_t src = e->hf ? mk_hf_tensor_source(e->hf) : mk_gguf_tensor_source(e->g);
   if (cfg.n_vocab == 0) {
     const mk_tensor_info_t *emb = mk_tensor_find(&src, "token_embd.weight");
     if (emb) cfg.n_vocab = (int)emb->ne[1];
@@ -428,7 +435,8 @@ void mk_engine_close(mk_engine_t *e) {
   free(e->n_past);
   mk_model_free(&e->model);
   mk_tok_free(e->tok);
-  mk_gguf_close(e->g);
+  if (e->hf) mk_hf_close(e->hf);
+  else mk_gguf_close(e->g);
   free(e);
 }
 

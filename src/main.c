@@ -33,6 +33,7 @@
 #include "src/engine.h"
 #include "src/eval.h"
 #include "src/gguf.h"
+#include "src/hf_model.h"
 #include "src/model.h"
 #include "src/quant.h"
 #include "src/sampler.h"
@@ -326,8 +327,8 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
   struct stat sb;
   errno = 0;
   int status = 0;
-  if (stat(o->model, &sb) != 0 || !S_ISREG(sb.st_mode))
-    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file");
+  if (stat(o->model, &sb) != 0 || (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)))
+    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file or a Hugging Face directory");
   return mk_cli_agree(g->ctx, "generate", status, &g->err) != 0 ? EXIT_FAIL : -1;
 }
 
@@ -574,6 +575,29 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
 
 /* ---- inspect -------------------------------------------------------------------------------- */
 
+/* The tensor table (GGUF names and order; for a HF directory also the stored name, file, dtype). */
+static void print_tensors(const mk_tensor_source_t *src, const mk_hf_t *hf) {
+  size_t nt = src->count(src->impl), total = 0;
+  printf("tensors:       %zu\n", nt);
+  printf("  %-4s %-36s %-6s %-22s %12s%s\n", "#", "name", "type", "shape", "bytes",
+         hf ? "  <- stored as (file, dtype)" : "");
+  for (size_t i = 0; i < nt; i++) {
+    const mk_tensor_info_t *t = src->at(src->impl, i);
+    char shape[64] = "";
+    size_t off = 0;
+    for (int d = 0; d < t->n_dims; d++)
+      off += (size_t)snprintf(shape + off, sizeof shape - off, d ? " x %lld" : "%lld", (long long)t->ne[d]);
+    printf("  %-4zu %-36s %-6s %-22s %12zu", i, t->name, mk_type_name(t->type), shape, t->nbytes);
+    if (hf)
+      printf("  <- %s (%s, %s)", mk_hf_tensor_hf_name(hf, i), mk_hf_tensor_file(hf, i),
+             mk_type_name((mk_type_t)mk_hf_tensor_file_type(hf, i)));
+    putchar('\n');
+    total += t->nbytes;
+  }
+  char b[32];
+  printf("tensor bytes:  %zu (%s)\n", total, mk_fmt_bytes(total, b, sizeof b));
+}
+
 static void print_value(const mk_gguf_value_t *v) {
   switch (v->type) {
     case MK_GGUF_UINT8:
@@ -657,12 +681,21 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
 
   mk_error_t err = {{0}};
   mk_gguf_t *g = NULL;
-  if (mk_gguf_open(path, &g, &err) != 0) {
+  mk_hf_t *hf = NULL;
+  if (mk_hf_is_dir(path) ? mk_hf_open(path, &hf, &err) != 0 : mk_gguf_open(path, &g, &err) != 0) {
     fprintf(stderr, "morphkv inspect: %s\n", err.msg);
     return EXIT_FAIL;
   }
-  printf("file:          %s (%zu bytes, GGUF v%u, alignment %zu, %zu metadata keys)\n", path,
-         mk_gguf_file_size(g), mk_gguf_version(g), mk_gguf_alignment(g), mk_gguf_n_kv(g));
+  if (hf) {
+    g = mk_hf_meta(hf);
+    printf("directory:     %s (Hugging Face checkpoint: %zu safetensors file%s, %zu bytes; metadata translated "
+           "to %zu GGUF keys)\n", path, mk_hf_n_files(hf), mk_hf_n_files(hf) == 1 ? "" : "s", mk_hf_file_bytes(hf),
+           mk_gguf_n_kv(g));
+  } else {
+    printf("file:          %s (%zu bytes, GGUF v%u, alignment %zu, %zu metadata keys)\n", path,
+           mk_gguf_file_size(g), mk_gguf_version(g), mk_gguf_alignment(g), mk_gguf_n_kv(g));
+  }
+  mk_tensor_source_t src = hf ? mk_hf_tensor_source(hf) : mk_gguf_tensor_source(g);
   char *arch = NULL, *name = NULL;
   if (mk_gguf_get_str(g, "general.architecture", &arch, &err) != MK_GGUF_OK) arch = NULL;
   if (mk_gguf_get_str(g, "general.name", &name, &err) != MK_GGUF_OK) name = NULL;
@@ -677,7 +710,7 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
            cfg.n_vocab, cfg.n_ctx_train, cfg.rope_dim, (double)cfg.rope_theta,
            cfg.rope_neox ? "neox" : "normal", (double)cfg.norm_eps);
     printf("  qkv_bias %s, output %s\n", cfg.qkv_bias ? "yes" : "no",
-           mk_gguf_tensor_find(g, "output.weight") ? "output.weight" : "tied to token_embd");
+           mk_tensor_find(&src, "output.weight") ? "output.weight" : "tied to token_embd");
   } else {
     printf("architecture:  %s (not supported: %s)\n", arch ? arch : "(none)", err.msg);
   }
@@ -699,22 +732,7 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
   printf("chat template: %s%s\n", (unsigned)ct < 4 ? tmpl_names[ct] : "?",
          mk_gguf_find(g, "tokenizer.chat_template") ? "" : " (the model has none)");
 
-  size_t nt = mk_gguf_n_tensors(g);
-  size_t total = 0;
-  printf("tensors:       %zu\n", nt);
-  printf("  %-4s %-36s %-6s %-22s %12s\n", "#", "name", "type", "shape", "bytes");
-  for (size_t i = 0; i < nt; i++) {
-    const mk_tensor_info_t *t = mk_gguf_tensor_at(g, i);
-    char shape[64] = "";
-    size_t off = 0;
-    for (int d = 0; d < t->n_dims; d++)
-      off += (size_t)snprintf(shape + off, sizeof shape - off, d ? " x %lld" : "%lld",
-                              (long long)t->ne[d]);
-    printf("  %-4zu %-36s %-6s %-22s %12zu\n", i, t->name, mk_type_name(t->type), shape, t->nbytes);
-    total += t->nbytes;
-  }
-  char b[32];
-  printf("tensor bytes:  %zu (%s)\n", total, mk_fmt_bytes(total, b, sizeof b));
+  print_tensors(&src, hf);
   if (all) {
     printf("metadata:\n");
     for (size_t i = 0; i < mk_gguf_n_kv(g); i++) {
@@ -727,7 +745,8 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
   free(arch);
   free(name);
   free(tmodel);
-  mk_gguf_close(g);
+  if (hf) mk_hf_close(hf);
+  else mk_gguf_close(g);
   return EXIT_OK;
 }
 
