@@ -20,18 +20,9 @@
 #include "parallel/ctx.h"
 #include "parallel/plan.h"
 #include "src/cli.h" /* mk_ctx_abort */
+#include "tests/mpi/tp_common.h" /* CHECK, fails */
 
-static int g_rank = -1, g_failures = 0;
-
-#define CHECK(cond, ...)                                                    \
-  do {                                                                      \
-    if (!(cond)) {                                                          \
-      fprintf(stderr, "FAIL rank %d: %s:%d: ", g_rank, __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                                         \
-      fprintf(stderr, "\n");                                                \
-      g_failures++;                                                         \
-    }                                                                       \
-  } while (0)
+static int g_rank = -1;
 
 #define MUST(call, err)                                                                          \
   do {                                                                                           \
@@ -93,7 +84,7 @@ static int run_checks(mk_ctx_t *ctx, int tp) {
         "bad peer accepted: %s", err.msg);
   CHECK(mk_comm_recv(ctx->comm, &v, 4, ctx->rank, &err) == -1, "recv from self accepted");
   int total = 0;
-  MPI_Allreduce(&g_failures, &total, 1, MPI_INT, MPI_SUM, ctx->mpi);
+  MPI_Allreduce(&fails, &total, 1, MPI_INT, MPI_SUM, ctx->mpi);
   if (ctx->rank == 0) {
     if (total)
       printf("FAIL: %d check(s) failed over P=%d x T=%d\n", total, pp, tp);
