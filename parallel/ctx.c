@@ -65,6 +65,7 @@ void mk_ctx_free(mk_ctx_t *ctx) {
 int mk_ctx_split_stages(mk_ctx_t *ctx, int tp, mk_error_t *err) {
   if (tp < 1 || ctx->world % tp)
     return mk_fail(err, "rank %d: cannot split %d ranks into TP groups of %d", ctx->rank, ctx->world, tp);
+  if (tp == ctx->tp && (ctx->tp_comm || tp == ctx->world)) return 0; /* already split so: engines share it */
   mk_comm_free(ctx->tp_comm);
   ctx->tp_comm = NULL;
   ctx->pp = ctx->world / tp;

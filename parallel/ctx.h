@@ -51,7 +51,9 @@ int mk_ctx_use_nccl(mk_ctx_t *ctx, int device, void *cuda_stream, mk_error_t *er
 
 /* Splits the world into P = world / tp stages of tp consecutive ranks (stage-major, see
  * parallel/plan.h) and makes ctx->tp_comm, the MPI communicator of this rank's stage, under
- * ctx->wd. Collective over ctx->mpi; every rank passes the same tp, which must divide the world. */
+ * ctx->wd. Collective over ctx->mpi; every rank passes the same tp, which must divide the world.
+ * The same tp again keeps the communicator (several engines on one ctx share it); another tp
+ * replaces it, so engines opened with the old grid must be closed first. */
 int mk_ctx_split_stages(mk_ctx_t *ctx, int tp, mk_error_t *err);
 /* The communicator of this rank's TP group: tp_comm after a split into several stages, else comm. */
 mk_comm_t *mk_ctx_tp_comm(const mk_ctx_t *ctx);

@@ -34,7 +34,16 @@
  * the backend (NCCL, or MPI staged through pinned memory) on a device backend
  * (mk_ctx_comm_for_backend). Payloads that are not contiguous (the replicated heads' query sums,
  * padded vocabulary slices) are packed with ops->copy2d first, so each is one collective. The
- * deterministic query-sum gather is small and runs on host memory (mk_comm_allgather_host). */
+ * deterministic query-sum gather is small and runs on host memory (mk_comm_allgather_host).
+ *
+ * Pipeline stages (--pp P, parallel/plan.h mk_grid_t). The world is P stages of T ranks; a rank
+ * binds, prepares and caches only its stage's layers [layer_begin, layer_end) (cache layer index =
+ * l - layer_begin), the first stage embeds, the others receive x (n, n_embd) from the same TP rank
+ * of the previous stage, and every stage but the last sends x on (stage_tail). e->comm is then the
+ * stage's TP group (ctx->tp_comm); the point-to-point messages and the broadcasts of the last
+ * stage's logits / sampled token run on the world (ctx->comm), so every rank calls forward() with
+ * the same batches in the same order and keeps the same token stream. Pure PP changes no
+ * arithmetic: each layer runs exactly as it would in one process. CPU backend only for now. */
 #include "src/engine.h"
 
 #include "kvcache/driver.h"
