@@ -52,6 +52,7 @@
 #include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
+#include "src/eval_metrics.h"
 #include "src/tokenizer.h"
 
 extern char **environ;
@@ -445,6 +446,17 @@ static int prompt_tokenize(const eval_opts_t *o, const mk_engine_t *e, const cha
 
 /* ---- runs ----------------------------------------------------------------------------------- */
 
+/* Sums of one stratum of positions. */
+typedef struct ev_acc {
+  double kl, agree, ll;
+  long n;
+} ev_acc_t;
+enum { EV_NOLOOP = 3, EV_N_ACC = 4 };
+
+static void acc_add(ev_acc_t *a, double kl, int agree, double ll) {
+  a->kl += kl, a->agree += agree, a->ll += ll, a->n++;
+}
+
 /* One (policy, budget) replay: an engine, its settings for the current prompt, its figures. */
 typedef struct eval_run {
   mk_kv_policy_kind_t policy;
@@ -464,6 +476,9 @@ typedef struct eval_run {
   int n_prompts;
   size_t peak, state; /* max over prompts of peak K/V bytes and policy state bytes */
   double max_kl;
+  /* distance strata (src/eval_metrics.h): [MK_EV_NOVEL], [MK_EV_LOCAL], [MK_EV_LONG], and
+   * [EV_NOLOOP] = the positions outside a repeated-n-gram loop; p_acc this prompt, acc all */
+  ev_acc_t p_acc[EV_N_ACC], acc[EV_N_ACC];
 } eval_run_t;
 
 static double now_s(void) { return MPI_Wtime(); }
@@ -717,14 +732,16 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
     eval_run_t *run = &s->runs[r];
     snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
     if (!(run->csv = open_out(o->out, name, err))) return -1;
-    fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
+    fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes,distance,ngram,long_range,in_loop\n");
   }
   return 0;
 }
 
 /* One prompt's positions: the reference's tokens and figures, and per-run scratch. */
 typedef struct prompt_pos {
-  int32_t *gen; /* (N) the reference's tokens */
+  int32_t *seq; /* (n_prompt + N) the prompt's tokens, then the reference's */
+  int32_t *gen; /* = seq + n_prompt */
+  int n_prompt;
   double *kl, *ll;
   int *ag;      /* (n_runs) this position's figures per run */
   int n_pos;
@@ -744,6 +761,9 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   pp->ref_ll += s->ref_lp[y];
   pp->gen[t] = y;
   pp->n_pos++;
+  int ng = 0;
+  const int dist = mk_ev_ngram_distance(pp->seq, pp->n_prompt + t, &ng);
+  const int in_loop = ng >= MK_EV_LOOP_NGRAM;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
   for (int r = 0; r < s->n_runs; r++) {
@@ -755,8 +775,12 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
     run->p_ll += pp->ll[r];
     run->p_n++;
     if (pp->kl[r] > run->max_kl) run->max_kl = pp->kl[r];
+    const int cls = mk_ev_distance_class(dist, run->budget < 0 ? INT_MAX : run->kv.capacity);
+    acc_add(&run->p_acc[cls], pp->kl[r], pp->ag[r], pp->ll[r]);
+    if (!in_loop) acc_add(&run->p_acc[EV_NOLOOP], pp->kl[r], pp->ag[r], pp->ll[r]);
     if (run->csv)
-      fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu\n", t, pp->kl[r], pp->ag[r], pp->ll[r], es.kv_live_bytes);
+      fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu,%d,%d,%d,%d\n", t, pp->kl[r], pp->ag[r], pp->ll[r],
+              es.kv_live_bytes, dist, ng, cls == MK_EV_LONG, in_loop);
   }
   return y;
 }
@@ -785,6 +809,21 @@ static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
   return 0;
 }
 
+/* The strata columns of summary.csv (see SUMMARY_STRATA), and the end of the line; acc NULL:
+ * empty fields (the reference's row). */
+static const char *const STRATA[EV_N_ACC] = {"novel", "local", "long", "noloop"};
+static void write_acc_cols(FILE *f, const ev_acc_t *acc) {
+  for (int a = 0; a < EV_N_ACC; a++) {
+    if (!acc) {
+      fputs(",,,,", f);
+      continue;
+    }
+    const double n = acc[a].n ? (double)acc[a].n : 1.0;
+    fprintf(f, ",%ld,%.9g,%.6f,%.9g", acc[a].n, acc[a].kl / n, acc[a].agree / n, acc[a].ll / n);
+  }
+  fputc('\n', f);
+}
+
 /* This prompt's figures into the totals and (rank 0) summary.csv. 1 if a CSV file failed. */
 static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp, int n_prompt) {
   const int total = n_prompt + s->o->new_tokens;
@@ -797,10 +836,12 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
   s->ref_prefill_s += pp->ref_prefill;
   if (es.kv_peak_bytes > s->ref_peak) s->ref_peak = es.kv_peak_bytes;
   int fail = 0;
-  if (s->r0)
-    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f\n", pr->line,
+  if (s->r0) {
+    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f", pr->line,
             n_prompt, pp->n_pos, total, pp->ref_ll / pp->n_pos, es.kv_peak_bytes,
             pp->ref_steps / (pp->ref_step > 0 ? pp->ref_step : 1e-9));
+    write_acc_cols(s->summary_csv, NULL);
+  }
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
     mk_engine_get_stats(run->e, &es);
@@ -811,16 +852,21 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
     run->step_s += run->p_step_s;
     run->steps += run->p_steps;
     run->prefill_s += run->p_prefill_s;
+    for (int a = 0; a < EV_N_ACC; a++) {
+      run->acc[a].kl += run->p_acc[a].kl, run->acc[a].agree += run->p_acc[a].agree;
+      run->acc[a].ll += run->p_acc[a].ll, run->acc[a].n += run->p_acc[a].n;
+    }
     const int cap = run->budget < 0 ? total : run->kv.capacity;
     run->cap_sum += cap;
     run->n_prompts++;
     if (es.kv_peak_bytes > run->peak) run->peak = es.kv_peak_bytes;
     if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
     if (!s->r0) continue;
-    fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f\n", pr->line,
+    fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f", pr->line,
             mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
             run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes, es.policy_state_bytes,
             run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
+    write_acc_cols(s->summary_csv, run->p_acc);
     if (fclose(run->csv) != 0) fail = 1;
     run->csv = NULL;
     if (!s->o->quiet)
@@ -856,7 +902,7 @@ static int write_reference(eval_state_t *s, const eval_prompt_t *pr, const promp
 }
 
 static void prompt_pos_free(prompt_pos_t *pp) {
-  free(pp->gen), free(pp->kl), free(pp->ll), free(pp->ag);
+  free(pp->seq), free(pp->kl), free(pp->ll), free(pp->ag);
 }
 
 /* One prompt: begin every engine, prefill, then N positions in lockstep. */
@@ -875,20 +921,22 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     eval_run_t *run = &s->runs[r];
     run->p_kl = run->p_agree = run->p_ll = run->p_step_s = run->p_prefill_s = 0.0;
     run->p_n = run->p_steps = 0;
+    memset(run->p_acc, 0, sizeof run->p_acc);
   }
   if (!o->quiet && s->r0)
     fprintf(stderr, "[eval] prompt %d/%d (line %d): %d prompt tokens + %d new, %d runs\n", pi + 1,
             n_pr, pr->line, n_prompt, N, s->n_runs);
 
-  prompt_pos_t pp = {0};
+  prompt_pos_t pp = {.n_prompt = n_prompt};
   status = step_all(s, ids, n_prompt, true, &pp.ref_prefill, err); /* prefill */
-  free(ids);
+  pp.seq = status == 0 ? realloc(ids, sizeof *ids * ((size_t)n_prompt + (size_t)N)) : NULL;
+  if (!pp.seq) free(ids);
   if (status != 0) return mk_cli_fail(s->ctx, "eval", err);
-  pp.gen = malloc(sizeof *pp.gen * (size_t)N);
+  pp.gen = pp.seq ? pp.seq + n_prompt : NULL;
   pp.kl = malloc(sizeof *pp.kl * (size_t)s->n_runs);
   pp.ll = malloc(sizeof *pp.ll * (size_t)s->n_runs);
   pp.ag = malloc(sizeof *pp.ag * (size_t)s->n_runs);
-  if (!pp.gen || !pp.kl || !pp.ll || !pp.ag) {
+  if (!pp.seq || !pp.kl || !pp.ll || !pp.ag) {
     prompt_pos_free(&pp);
     mk_fail(err, "out of memory");
     return mk_cli_fail(s->ctx, "eval", err);
@@ -904,6 +952,47 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   if (mk_cli_agree(s->ctx, "eval", fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
     return EV_FAIL;
   return EV_OK;
+}
+
+static const char *budget_name(const eval_opts_t *o, const eval_run_t *run, char *buf, size_t cap) {
+  if (run->budget < 0) snprintf(buf, cap, "all");
+  else if (o->n_fracs) snprintf(buf, cap, "%g%%", o->fracs[run->budget] * 100.0);
+  else snprintf(buf, cap, "C=%d", o->caps[run->budget]);
+  return buf;
+}
+
+/* summary.md: the distance-stratified table and the table without loop positions. */
+static void write_strata_md(const eval_state_t *s, FILE *f) {
+  fprintf(f, "\nBy distance (src/eval_metrics.h): a position's distance is how far back the longest "
+             "repeated n-gram (n >= 2) ending at the reference token last occurred; long-range = "
+             "distance > the run's capacity C, local = distance <= C, novel = no earlier bigram.\n\n");
+  fprintf(f, "| policy | budget | n long | KL long | agree long | log-lik long | n local | KL local "
+             "| agree local | log-lik local | n novel | KL novel | agree novel | log-lik novel |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  char b[32];
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    fprintf(f, "| %s | %s |", mk_kv_policy_name(run->policy), budget_name(s->o, run, b, sizeof b));
+    static const int order[3] = {MK_EV_LONG, MK_EV_LOCAL, MK_EV_NOVEL};
+    for (int k = 0; k < 3; k++) {
+      const ev_acc_t *a = &run->acc[order[k]];
+      const double n = a->n ? (double)a->n : 1.0;
+      if (a->n) fprintf(f, " %ld | %.4f | %.4f | %.4f |", a->n, a->kl / n, a->agree / n, a->ll / n);
+      else fprintf(f, " 0 | - | - | - |");
+    }
+    fputc('\n', f);
+  }
+  fprintf(f, "\nWithout loop positions (n-gram length >= %d: inside a verbatim repetition of at "
+             "least %d tokens):\n\n", MK_EV_LOOP_NGRAM, MK_EV_LOOP_NGRAM);
+  fprintf(f, "| policy | budget | loop positions | kept | mean KL | top-1 agreement | mean log-lik |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|\n");
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    const ev_acc_t *a = &run->acc[EV_NOLOOP];
+    const double n = a->n ? (double)a->n : 1.0;
+    fprintf(f, "| %s | %s | %ld | %ld | %.4f | %.4f | %.4f |\n", mk_kv_policy_name(run->policy),
+            budget_name(s->o, run, b, sizeof b), run->n - a->n, a->n, a->kl / n, a->agree / n, a->ll / n);
+  }
 }
 
 static void write_summary_md(const eval_state_t *s, int argc, char **argv, const eval_prompt_t *ps,
@@ -945,15 +1034,14 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
     const eval_run_t *run = &s->runs[r];
     double n = run->n ? (double)run->n : 1.0;
     char budget[32];
-    if (run->budget < 0) snprintf(budget, sizeof budget, "all");
-    else if (o->n_fracs) snprintf(budget, sizeof budget, "%g%%", o->fracs[run->budget] * 100.0);
-    else snprintf(budget, sizeof budget, "C=%d", o->caps[run->budget]);
+    budget_name(o, run, budget, sizeof budget);
     fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %.1f |\n",
             mk_kv_policy_name(run->policy), budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
             run->kl / n, run->max_kl, run->agree / n, run->ll / n, fmt_mib(run->peak, b1, sizeof b1),
             fmt_mib(run->state, b2, sizeof b2),
             run->steps / (run->step_s > 0 ? run->step_s : 1e-9));
   }
+  write_strata_md(s, f);
   fprintf(f, "\nPer prompt: `summary.csv`. Per position: `p<line>_<policy>_<budget>.csv`. "
              "Reference texts: `p<line>_reference.txt`.\n");
 }
@@ -996,7 +1084,10 @@ static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_
     s->summary_csv = open_out(o->out, "summary.csv", err);
     if (!s->summary_csv) return -1;
     fprintf(s->summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
-                            "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
+                            "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s");
+    for (int a = 0; a < EV_N_ACC; a++)
+      fprintf(s->summary_csv, ",n_%s,kl_%s,agree_%s,loglik_%s", STRATA[a], STRATA[a], STRATA[a], STRATA[a]);
+    fputc('\n', s->summary_csv);
   }
   return status;
 }

@@ -36,7 +36,7 @@ ORDER = ["full", "morphkv", "streaming", "h2o", "snapkv"]
 # equal KV curves (morphkv, streaming, h2o hold the same budget) stay visible through style
 STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "h2o": (":", 2.2),
           "snapkv": ("-.", 1.4)}
-NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.]+)\.csv$")
+NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.-]+)\.csv$")
 
 
 def read_summary(d):
@@ -63,14 +63,17 @@ def read_runs(d):
         if not m:
             continue
         prompt, policy, budget = m.groups()
-        kl, kv, ag, ll = [], [], [], []
+        kl, kv, ag, ll, dist, loop = [], [], [], [], [], []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 kl.append(float(row["kl"]))
                 kv.append(float(row["kv_bytes"]))
                 ag.append(float(row["top1_agree"]))
                 ll.append(float(row["loglik"]))
-        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag, "ll": ll}
+                dist.append(int(row.get("distance", -1)))  # older runs have no distance columns
+                loop.append(int(row.get("in_loop", 0)))
+        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag, "ll": ll,
+                                                         "dist": dist, "loop": loop}
     return runs
 
 
@@ -114,6 +117,45 @@ def budget_title(b):
     return b
 
 
+# distance buckets (src/eval_metrics.h): upper bounds in tokens; -1 = novel (no earlier bigram)
+BUCKETS = [(1, 16), (17, 64), (65, 256), (257, 1024), (1025, 1 << 30)]
+
+
+def bucket_label(lo, hi):
+    return ">%d" % (lo - 1) if hi >= 1 << 30 else "%d-%d" % (lo, hi)
+
+
+def plot_kl_by_distance(a, runs, b, pols, written):
+    """DIR/kl_dist_<budget>.png: mean KL per distance bucket (and novel), one line per policy."""
+    if not any(d >= 0 for p in pols for r in runs[(p, b)].values() for d in r["dist"]):
+        return
+    labels = ["novel"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for p in pols:
+        sums, counts = [0.0] * len(labels), [0] * len(labels)
+        for r in runs[(p, b)].values():
+            for kl, d in zip(r["kl"], r["dist"]):
+                k = 0 if d < 0 else 1 + next(i for i, (lo, hi) in enumerate(BUCKETS) if d <= hi)
+                sums[k] += kl
+                counts[k] += 1
+        ys = [max(s_ / c, 1e-7) if c else float("nan") for s_, c in zip(sums, counts)]
+        ls, lw = STYLES.get(p, ("-", 1.2))
+        ax.plot(range(len(labels)), ys, marker="o", label=p, color=COLORS.get(p), linestyle=ls, linewidth=lw)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance to the last occurrence of the longest repeated n-gram (tokens)")
+    ax.set_ylabel("mean KL(full || policy), nats")
+    ax.set_title("%s: KL by distance" % budget_title(b), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = os.path.join(a.dir, "kl_dist_%s.png" % b)
+    fig.savefig(out, dpi=a.dpi)
+    plt.close(fig)
+    written.append(out)
+
+
 def policies_sorted(ps):
     return sorted(ps, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
 
@@ -152,6 +194,7 @@ def main():
         fig.savefig(out, dpi=a.dpi)
         plt.close(fig)
         written.append(out)
+        plot_kl_by_distance(a, runs, b, pols, written)
         # KV bytes
         fig, ax = plt.subplots(figsize=(7, 3.8))
         series = [(p, runs[(p, b)]) for p in pols]
