@@ -300,7 +300,7 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
     int n_check = o->pol[i] == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
     for (int b = 0; b < n_check; b++) {
       /* fraction budgets: only the settings other than the capacity can be checked here */
-      kv.capacity = o->n_caps ? o->caps[b] : (kv.window > kv.sinks ? kv.window : kv.sinks) + 1;
+      kv.capacity = o->n_caps ? o->caps[b] : kv.window + mk_kv_sinks(&kv) + 1;
       if (ops->validate && ops->validate(&kv, err) != 0) {
         mk_error_prefix(err, "--policies %s", mk_kv_policy_name(o->pol[i]));
         return -1;
@@ -1011,8 +1011,10 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
           o->new_tokens,
           o->stop_at_eos ? "ending at the first end-of-generation token"
                          : "end-of-generation tokens never chosen");
-  fprintf(f, "- window W = %d, sinks S = %d, fusion %s, GQA rule %s, cache dtype %s\n",
-          o->g.kv.window, o->g.kv.sinks, o->g.kv.fusion == MK_KV_FUSION_SUM ? "sum" : "max",
+  mk_kv_config_t kst = o->g.kv, kmk = o->g.kv;
+  kst.policy = MK_KV_STREAMING, kmk.policy = MK_KV_MORPHKV;
+  fprintf(f, "- window W = %d, sinks S = %d (streaming), %d (morphkv), fusion %s, GQA rule %s, cache dtype %s\n",
+          o->g.kv.window, mk_kv_sinks(&kst), mk_kv_sinks(&kmk), o->g.kv.fusion == MK_KV_FUSION_SUM ? "sum" : "max",
           o->g.kv.gqa == MK_KV_GQA_LOGIT_SUM ? "logit_sum" : "prob_max",
           o->g.kv.dtype == MK_KV_F16 ? "f16" : "f32");
   if (o->n_fracs)

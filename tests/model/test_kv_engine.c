@@ -361,13 +361,16 @@ static void test_eval_tiny(void **state) {
   int rows = 0;
   save = NULL;
   line = strtok_r(pos, "\n", &save);
-  assert_string_equal(line, "position,kl,top1_agree,loglik,kv_bytes");
+  assert_string_equal(line, "position,kl,top1_agree,loglik,kv_bytes,distance,ngram,long_range,in_loop");
   while ((line = strtok_r(NULL, "\n", &save))) {
-    int p, ag;
+    int p, ag, dist, ng, lr, lp;
     double kl, ll;
     unsigned long long kvb;
-    assert_int_equal(sscanf(line, "%d,%lf,%d,%lf,%llu", &p, &kl, &ag, &ll, &kvb), 5);
+    assert_int_equal(sscanf(line, "%d,%lf,%d,%lf,%llu,%d,%d,%d,%d", &p, &kl, &ag, &ll, &kvb, &dist, &ng,
+                            &lr, &lp), 9);
     assert_int_equal(p, rows);
+    assert_int_equal(lr, 0); /* the full cache holds every distance */
+    assert_true(dist == -1 ? ng == 0 : dist >= 1 && ng >= 2);
     assert_true(kl == 0.0);
     assert_int_equal(ag, 1);
     rows++;
