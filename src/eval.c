@@ -59,6 +59,17 @@ extern char **environ;
 
 enum { EV_OK = 0, EV_FAIL = 1, EV_USAGE = 2 };
 #define EV_MAX_BUDGETS 16
+#define EV_MAX_POL 32
+
+/* One --policies item: a policy, optionally with its own settings ("morphkv:w8:s4:fmax"): w<N>
+ * window, s<N> sinks, fsum / fmax fusion. A variant whose settings do not fit a prompt's budget
+ * (e.g. W >= C) skips that prompt and says so, where a plain policy is an error. */
+typedef struct eval_pol {
+  mk_kv_policy_kind_t kind;
+  char name[32]; /* "morphkv", "morphkv-w8-s4" (file names, tables) */
+  int window, sinks, fusion; /* -1: as --window / --kv-sinks / --kv-fusion */
+  bool variant;
+} eval_pol_t;
 
 /* ---- options -------------------------------------------------------------------------------- */
 
@@ -66,7 +77,7 @@ typedef struct eval_opts {
   mk_gen_opts_t g; /* model, threads, chat template, system, kv-* settings, backend, simd, tp */
   char *prompts, *out, *plot_script;
   int new_tokens, n_prompts, min_words, skip;
-  mk_kv_policy_kind_t pol[MK_KV_POLICY_COUNT];
+  eval_pol_t pol[EV_MAX_POL];
   int n_pol;
   int caps[EV_MAX_BUDGETS];
   int n_caps;
@@ -170,9 +181,49 @@ static int set_str(char **dst, const char *v, mk_error_t *err) {
   return 0;
 }
 
+/* "policy[:opt...]" into *p (see eval_pol_t). */
+static int parse_pol(char *item, eval_pol_t *p, mk_error_t *err) {
+  memset(p, 0, sizeof *p);
+  p->window = p->sinks = p->fusion = -1;
+  char *colon = strchr(item, ':');
+  if (colon) *colon = 0;
+  if (mk_kv_policy_parse(item, &p->kind) != 0)
+    return mk_fail(err, "--policies: unknown policy '%s' (full|morphkv|streaming|h2o|snapkv)", item);
+  if (!mk_kv_policy_get(p->kind))
+    return mk_fail(err, "--policies: %s is not available in this build", item);
+  snprintf(p->name, sizeof p->name, "%s", item);
+  for (char *opt = colon ? colon + 1 : NULL; opt;) {
+    char *next = strchr(opt, ':');
+    if (next) *next++ = 0;
+    char *end = NULL;
+    long x = (opt[0] == 'w' || opt[0] == 's') && opt[1] ? strtol(opt + 1, &end, 10) : -1;
+    if (!strcmp(opt, "fmax") || !strcmp(opt, "fsum")) p->fusion = opt[1] == 'm' ? MK_KV_FUSION_MAX : MK_KV_FUSION_SUM;
+    else if (end && !*end && x >= 0 && x <= 1 << 20 && opt[0] == 'w') p->window = (int)x;
+    else if (end && !*end && x >= 0 && x <= 1 << 20) p->sinks = (int)x;
+    else return mk_fail(err, "--policies %s: unknown setting '%s' (w<N>, s<N>, fsum, fmax)", p->name, opt);
+    size_t l = strlen(p->name);
+    if (p->kind == MK_KV_FULL || l + strlen(opt) + 2 > sizeof p->name)
+      return mk_fail(err, "--policies %s: settings only for budgeted policies, and short names", p->name);
+    snprintf(p->name + l, sizeof p->name - l, "-%s", opt);
+    p->variant = true;
+    opt = next;
+  }
+  return 0;
+}
+
+/* The settings of one policy item: --kv-* and --window, then the item's own. */
+static mk_kv_config_t pol_kv(const mk_kv_config_t *base, const eval_pol_t *p) {
+  mk_kv_config_t kv = *base;
+  kv.policy = p->kind;
+  if (p->window >= 0) kv.window = p->window;
+  if (p->sinks >= 0) kv.sinks = p->sinks;
+  if (p->fusion >= 0) kv.fusion = (mk_kv_fusion_t)p->fusion;
+  return kv;
+}
+
 static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_t *err) {
   char buf[1024];
-  char *items[EV_MAX_BUDGETS > MK_KV_POLICY_COUNT ? EV_MAX_BUDGETS : MK_KV_POLICY_COUNT];
+  char *items[EV_MAX_BUDGETS > EV_MAX_POL ? EV_MAX_BUDGETS : EV_MAX_POL];
   if (!strcmp(name, "prompts")) return set_str(&o->prompts, v, err);
   if (!strcmp(name, "out")) return set_str(&o->out, v, err);
   if (!strcmp(name, "plot-script")) return set_str(&o->plot_script, v, err);
@@ -182,18 +233,13 @@ static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_
   if (!strcmp(name, "skip")) return parse_int_arg(name, v, 0, INT_MAX, &o->skip, err);
   if (!strcmp(name, "window")) return parse_int_arg(name, v, 0, INT_MAX / 4, &o->g.kv.window, err);
   if (!strcmp(name, "policies")) {
-    int n = split_list(name, v, buf, sizeof buf, items, MK_KV_POLICY_COUNT, err);
+    int n = split_list(name, v, buf, sizeof buf, items, EV_MAX_POL, err);
     if (n < 0) return -1;
     for (int i = 0; i < n; i++) {
-      mk_kv_policy_kind_t k;
-      if (mk_kv_policy_parse(items[i], &k) != 0)
-        return mk_fail(err, "--policies: unknown policy '%s' (full|morphkv|streaming|h2o|snapkv)",
-                       items[i]);
+      if (parse_pol(items[i], &o->pol[i], err) != 0) return -1;
       for (int j = 0; j < i; j++)
-        if (o->pol[j] == k) return mk_fail(err, "--policies: '%s' given twice", items[i]);
-      if (!mk_kv_policy_get(k))
-        return mk_fail(err, "--policies: %s is not available in this build", items[i]);
-      o->pol[i] = k;
+        if (!strcmp(o->pol[j].name, o->pol[i].name))
+          return mk_fail(err, "--policies: '%s' given twice", items[i]);
     }
     o->n_pol = n;
     return 0;
@@ -288,21 +334,21 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
   if (o->g.system && !o->chat) return mk_fail(err, "--system needs --chat");
   if (o->concurrent && o->g.tp > 1) return mk_fail(err, "--concurrent needs a world of one (no --tp)");
   bool budgeted = false;
-  for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i] != MK_KV_FULL;
+  for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i].kind != MK_KV_FULL;
   if (o->n_caps && o->n_fracs) return mk_fail(err, "--capacity and --budget-frac both given: pass one");
   if (budgeted && !o->n_caps && !o->n_fracs)
     return mk_fail(err, "no budgets: pass --capacity C1,C2,... or --budget-frac F1,F2,...");
   /* settings checked by each policy (fraction budgets are checked per prompt) */
   for (int i = 0; i < o->n_pol; i++) {
-    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->pol[i]);
-    mk_kv_config_t kv = o->g.kv;
-    kv.policy = o->pol[i];
-    int n_check = o->pol[i] == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
+    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->pol[i].kind);
+    mk_kv_config_t kv = pol_kv(&o->g.kv, &o->pol[i]);
+    int n_check = o->pol[i].kind == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
     for (int b = 0; b < n_check; b++) {
       /* fraction budgets: only the settings other than the capacity can be checked here */
       kv.capacity = o->n_caps ? o->caps[b] : kv.window + mk_kv_sinks(&kv) + 1;
+      if (o->pol[i].variant && o->n_caps) continue; /* checked per budget: skipped if it fails */
       if (ops->validate && ops->validate(&kv, err) != 0) {
-        mk_error_prefix(err, "--policies %s", mk_kv_policy_name(o->pol[i]));
+        mk_error_prefix(err, "--policies %s", o->pol[i].name);
         return -1;
       }
     }
@@ -460,6 +506,10 @@ static void acc_add(ev_acc_t *a, double kl, int agree, double ll) {
 /* One (policy, budget) replay: an engine, its settings for the current prompt, its figures. */
 typedef struct eval_run {
   mk_kv_policy_kind_t policy;
+  const char *name;  /* the --policies item, e.g. "morphkv-w8" (in the options) */
+  bool variant;      /* an item with its own settings: skips prompts whose budget it does not fit */
+  bool skip;         /* this prompt: not run (a variant whose settings do not fit the budget) */
+  int n_skipped;     /* prompts skipped so */
   int budget;        /* index into caps/fracs; -1: no budget (full) */
   char label[32];    /* budget label in file names: "c256", "10pct", "all" */
   mk_engine_t *e;
@@ -672,6 +722,7 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s->o->g.threads) if (s->o->concurrent)
   for (int k = 0; k < n_eng; k++) {
     eval_run_t *run = k < s->n_runs ? &s->runs[k] : NULL;
+    if (run && run->skip) continue;
     mk_engine_t *e = run ? run->e : s->ref;
     float *logits = run ? run->logits : s->ref_logits;
     double t0 = now_s();
@@ -693,7 +744,7 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
   if (failed < 0) return 0;
   *err = s->errs[failed];
   if (failed < s->n_runs)
-    mk_error_prefix(err, "%s/%s", mk_kv_policy_name(s->runs[failed].policy), s->runs[failed].label);
+    mk_error_prefix(err, "%s/%s", s->runs[failed].name, s->runs[failed].label);
   else
     mk_error_prefix(err, "reference");
   return -1;
@@ -706,15 +757,19 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
   const int N = o->new_tokens, total = n_prompt + N;
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    run->skip = false;
     if (run->budget < 0) continue;
-    if (!o->n_fracs) {
-      run->kv.capacity = o->caps[run->budget];
-      continue;
-    }
-    double f = o->fracs[run->budget];
-    run->kv.capacity = (int)lround(f * total);
+    const double f = o->n_fracs ? o->fracs[run->budget] : 0.0;
+    run->kv.capacity = o->n_fracs ? (int)lround(f * total) : o->caps[run->budget];
     const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
-    if (ops->validate(&run->kv, err) != 0) {
+    if ((o->n_fracs || run->variant) && ops->validate(&run->kv, err) != 0) {
+      if (run->variant) { /* e.g. W >= C: this variant sits this prompt out */
+        run->skip = true;
+        run->n_skipped++;
+        if (!o->quiet && s->r0)
+          fprintf(stderr, "[eval] prompt line %d: %s/%s skipped: %s\n", pr->line, run->name, run->label, err->msg);
+        continue;
+      }
       mk_error_prefix(err, "prompt line %d: budget %g x (%d prompt + %d new tokens) = capacity %d",
                       pr->line, f, n_prompt, N, run->kv.capacity);
       return -1;
@@ -725,12 +780,14 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
   ref_kv.dtype = o->g.kv.dtype;
   if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err) != 0) return -1;
   for (int r = 0; r < s->n_runs; r++)
-    if (mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err) != 0) return -1;
+    if (!s->runs[r].skip && mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err) != 0)
+      return -1;
   if (!s->r0) return 0;
   char name[256];
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
-    snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
+    if (run->skip) continue;
+    snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, run->name, run->label);
     if (!(run->csv = open_out(o->out, name, err))) return -1;
     fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes,distance,ngram,long_range,in_loop\n");
   }
@@ -765,9 +822,11 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   const int dist = mk_ev_ngram_distance(pp->seq, pp->n_prompt + t, &ng);
   const int in_loop = ng >= MK_EV_LOOP_NGRAM;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
+  for (int r = 0; r < s->n_runs; r++)
+    if (!s->runs[r].skip) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
     mk_engine_stats_t es;
     mk_engine_get_stats(run->e, &es);
     run->p_kl += pp->kl[r];
@@ -844,6 +903,7 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
   }
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
     mk_engine_get_stats(run->e, &es);
     run->kl += run->p_kl;
     run->agree += run->p_agree;
@@ -863,7 +923,7 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
     if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
     if (!s->r0) continue;
     fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f", pr->line,
-            mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
+            run->name, run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
             run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes, es.policy_state_bytes,
             run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
     write_acc_cols(s->summary_csv, run->p_acc);
@@ -871,7 +931,7 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
     run->csv = NULL;
     if (!s->o->quiet)
       fprintf(stderr, "[eval]   %-9s %-6s C=%-5d mean KL %.4f  agree %.3f  loglik %.3f\n",
-              mk_kv_policy_name(run->policy), run->label, cap, run->p_kl / run->p_n,
+              run->name, run->label, cap, run->p_kl / run->p_n,
               run->p_agree / run->p_n, run->p_ll / run->p_n);
   }
   return fail;
@@ -972,7 +1032,7 @@ static void write_strata_md(const eval_state_t *s, FILE *f) {
   char b[32];
   for (int r = 0; r < s->n_runs; r++) {
     const eval_run_t *run = &s->runs[r];
-    fprintf(f, "| %s | %s |", mk_kv_policy_name(run->policy), budget_name(s->o, run, b, sizeof b));
+    fprintf(f, "| %s | %s |", run->name, budget_name(s->o, run, b, sizeof b));
     static const int order[3] = {MK_EV_LONG, MK_EV_LOCAL, MK_EV_NOVEL};
     for (int k = 0; k < 3; k++) {
       const ev_acc_t *a = &run->acc[order[k]];
@@ -990,7 +1050,7 @@ static void write_strata_md(const eval_state_t *s, FILE *f) {
     const eval_run_t *run = &s->runs[r];
     const ev_acc_t *a = &run->acc[EV_NOLOOP];
     const double n = a->n ? (double)a->n : 1.0;
-    fprintf(f, "| %s | %s | %ld | %ld | %.4f | %.4f | %.4f |\n", mk_kv_policy_name(run->policy),
+    fprintf(f, "| %s | %s | %ld | %ld | %.4f | %.4f | %.4f |\n", run->name,
             budget_name(s->o, run, b, sizeof b), run->n - a->n, a->n, a->kl / n, a->agree / n, a->ll / n);
   }
 }
@@ -1037,12 +1097,20 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
     double n = run->n ? (double)run->n : 1.0;
     char budget[32];
     budget_name(o, run, budget, sizeof budget);
+    if (!run->n) {
+      fprintf(f, "| %s | %s | skipped: does not fit the budget |\n", run->name, budget);
+      continue;
+    }
     fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %.1f |\n",
-            mk_kv_policy_name(run->policy), budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
+            run->name, budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
             run->kl / n, run->max_kl, run->agree / n, run->ll / n, fmt_mib(run->peak, b1, sizeof b1),
             fmt_mib(run->state, b2, sizeof b2),
             run->steps / (run->step_s > 0 ? run->step_s : 1e-9));
   }
+  for (int r = 0; r < s->n_runs; r++)
+    if (s->runs[r].n_skipped)
+      fprintf(f, "\n%s at budget %s skipped %d prompt(s): its settings do not fit the capacity "
+                 "(e.g. W >= C).\n", s->runs[r].name, s->runs[r].label, s->runs[r].n_skipped);
   write_strata_md(s, f);
   fprintf(f, "\nPer prompt: `summary.csv`. Per position: `p<line>_<policy>_<budget>.csv`. "
              "Reference texts: `p<line>_reference.txt`.\n");
@@ -1102,13 +1170,14 @@ static int eval_plan_runs(eval_state_t *s, mk_error_t *err) {
   s->errs = calloc((size_t)o->n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s->errs);
   if (!s->runs || !s->errs) return mk_fail(err, "out of memory");
   for (int p = 0; p < o->n_pol; p++) {
-    int nb = o->pol[p] == MK_KV_FULL ? 1 : n_budgets;
+    int nb = o->pol[p].kind == MK_KV_FULL ? 1 : n_budgets;
     for (int b = 0; b < nb; b++) {
       eval_run_t *run = &s->runs[s->n_runs++];
-      run->policy = o->pol[p];
-      run->kv = o->g.kv;
-      run->kv.policy = o->pol[p];
-      run->budget = o->pol[p] == MK_KV_FULL ? -1 : b;
+      run->policy = o->pol[p].kind;
+      run->name = o->pol[p].name;
+      run->variant = o->pol[p].variant;
+      run->kv = pol_kv(&o->g.kv, &o->pol[p]);
+      run->budget = o->pol[p].kind == MK_KV_FULL ? -1 : b;
       if (run->budget < 0) snprintf(run->label, sizeof run->label, "all");
       else if (o->n_fracs) snprintf(run->label, sizeof run->label, "%gpct", o->fracs[b] * 100.0);
       else snprintf(run->label, sizeof run->label, "c%d", o->caps[b]);
