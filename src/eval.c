@@ -53,6 +53,7 @@
 #include "src/config.h"
 #include "src/engine.h"
 #include "src/eval_metrics.h"
+#include "src/sampler.h"
 #include "src/tokenizer.h"
 
 extern char **environ;
@@ -60,6 +61,7 @@ extern char **environ;
 enum { EV_OK = 0, EV_FAIL = 1, EV_USAGE = 2 };
 #define EV_MAX_BUDGETS 16
 #define EV_MAX_POL 32
+#define EV_MAX_Q 8 /* questions per prompt (--task recall) */
 
 /* One --policies item: a policy, optionally with its own settings ("morphkv:w8:s4:fmax"): w<N>
  * window, s<N> sinks, fsum / fmax fusion. A variant whose settings do not fit a prompt's budget
@@ -84,7 +86,12 @@ typedef struct eval_opts {
   double fracs[EV_MAX_BUDGETS];
   int n_fracs;
   bool chat, stop_at_eos, plot, quiet, concurrent;
+  int task; /* EV_TASK_* */
 } eval_opts_t;
+
+/* --task: replay (the reference's tokens, teacher-forced), recall (replay, then questions about
+ * facts stated in the prompt), free (every engine writes its own tokens). */
+enum { EV_TASK_REPLAY = 0, EV_TASK_RECALL, EV_TASK_FREE };
 
 static void usage_eval(FILE *f) {
   fprintf(f,
@@ -107,7 +114,20 @@ static void usage_eval(FILE *f) {
           "                          (and optionally \"length\", the requested words)\n"
           "  --new-tokens N          tokens generated per prompt\n"
           "  --policies LIST         comma-separated: full,morphkv,streaming,h2o,snapkv\n"
-          "                          (full = a second full-cache engine; its KL must be 0)\n"
+          "                          (full = a second full-cache engine; its KL must be 0);\n"
+          "                          an item may carry its own settings, e.g. morphkv:w8,\n"
+          "                          morphkv:s4, morphkv:fmax (w<N> window, s<N> sinks,\n"
+          "                          fsum|fmax fusion); such a variant skips the prompts whose\n"
+          "                          budget it does not fit (W + S >= C)\n"
+          "  --task replay|recall|free\n"
+          "                          replay (default): the policies replay the reference's\n"
+          "                          tokens. recall: replay, then each of the prompt's\n"
+          "                          \"questions\" ({question, answer_prefix, answer}) is\n"
+          "                          appended as a new user turn and the answer is scored\n"
+          "                          (teacher-forced log-lik, greedy exact match) -> recall.csv.\n"
+          "                          free: every engine writes its own N tokens (EOS ends it)\n"
+          "                          -> free.csv (length, repeated 4-grams, distinct-2, first\n"
+          "                          divergence from the full cache)\n"
           "  --capacity LIST         cache budgets C in tokens, e.g. 256,512\n"
           "  --budget-frac LIST      budgets as fractions of prompt + N, e.g. 0.1,0.25,0.5\n"
           "  --window W              recent window W (morphkv, h2o; snapkv's observation\n"
@@ -124,6 +144,14 @@ static void usage_eval(FILE *f) {
           "  --threads N             CPU threads (default: cores / ranks per node)\n"
           "  --concurrent            step the engines at the same time, one thread each (a\n"
           "                          world of one only); decode tok/s is then per thread\n"
+          "  --temperature T, --top-k K, --top-p P, --min-p P, --repeat-penalty R,\n"
+          "  --repeat-last-n N, --seed S\n"
+          "                          how the reference (and, with --task free, every engine)\n"
+          "                          picks tokens, as in `morphkv generate`; default greedy\n"
+          "                          (T = 0), no penalty. Agreement is then the policy's\n"
+          "                          greedy choice after the same penalty vs the full cache's\n"
+          "  --config FILE           JSON keys of `morphkv generate` (e.g. repeat_penalty,\n"
+          "                          kv_sinks); the flags win\n"
           "  --kv-fusion sum|max, --kv-gqa logit_sum|prob_max, --kv-sinks S,\n"
           "  --kv-evict-after F, --kv-dtype f32|f16, --kv-h2o-mode group|per_head,\n"
           "  --kv-snapkv-pool N, --kv-snapkv-pooling avg|max\n"
@@ -141,6 +169,7 @@ static const char *const SHARED_FLAGS[] = {
     "model",      "threads",         "chat-template",  "system",   "kv-fusion",
     "kv-gqa",     "kv-sinks",        "kv-evict-after", "kv-dtype", "kv-h2o-mode",
     "kv-snapkv-pool", "kv-snapkv-pooling", "backend",  "simd",     "tp",
+    "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed",
 };
 
 static int parse_int_arg(const char *flag, const char *v, long lo, long hi, int *out,
@@ -232,6 +261,13 @@ static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_
   if (!strcmp(name, "min-words")) return parse_int_arg(name, v, 0, INT_MAX, &o->min_words, err);
   if (!strcmp(name, "skip")) return parse_int_arg(name, v, 0, INT_MAX, &o->skip, err);
   if (!strcmp(name, "window")) return parse_int_arg(name, v, 0, INT_MAX / 4, &o->g.kv.window, err);
+  if (!strcmp(name, "config")) return 0; /* loaded first, in opts_parse */
+  if (!strcmp(name, "task")) {
+    static const char *const tasks[] = {"replay", "recall", "free"};
+    for (int i = 0; i < 3; i++)
+      if (!strcmp(v, tasks[i])) return o->task = i, 0;
+    return mk_fail(err, "--task: '%s' is not replay, recall or free", v);
+  }
   if (!strcmp(name, "policies")) {
     int n = split_list(name, v, buf, sizeof buf, items, EV_MAX_POL, err);
     if (n < 0) return -1;
@@ -288,6 +324,7 @@ static void opts_free(eval_opts_t *o) {
 static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_error_t *err) {
   memset(o, 0, sizeof *o);
   mk_gen_opts_default(&o->g);
+  o->g.sampling.temperature = 0.0f; /* the reference is greedy unless --temperature / the config */
   o->chat = true;
   o->plot = true;
   *help = false;
@@ -296,6 +333,11 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
       *help = true;
       return 0;
     }
+  for (int i = 1; i < argc; i++) { /* --config FILE first: the flags win over its keys */
+    const char *a = argv[i];
+    const char *path = !strncmp(a, "--config=", 9) ? a + 9 : !strcmp(a, "--config") && i + 1 < argc ? argv[i + 1] : NULL;
+    if (path && mk_gen_opts_load_json(&o->g, path, err) != 0) return -1;
+  }
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || a[1] != '-' || !a[2])
@@ -361,11 +403,39 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
 typedef struct eval_prompt {
   int line;    /* 0-based line in the file (names the output files) */
   char *text;  /* the "prompt" string */
+  /* --task recall: "questions": [{"question", "answer_prefix", "answer"}, ...] */
+  int n_q;
+  char *q[EV_MAX_Q], *q_prefix[EV_MAX_Q], *q_answer[EV_MAX_Q];
 } eval_prompt_t;
 
 static void prompts_free(eval_prompt_t *p, int n) {
-  for (int i = 0; i < n; i++) free(p[i].text);
+  for (int i = 0; i < n; i++) {
+    free(p[i].text);
+    for (int k = 0; k < p[i].n_q; k++) free(p[i].q[k]), free(p[i].q_prefix[k]), free(p[i].q_answer[k]);
+  }
   free(p);
+}
+
+/* The "questions" of one prompt line (--task recall). */
+static int prompt_questions(const eval_opts_t *o, json_t *obj, int ln, eval_prompt_t *p, mk_error_t *err) {
+  json_t *qs = json_object_get(obj, "questions");
+  if (!json_is_array(qs) || json_array_size(qs) == 0 || json_array_size(qs) > EV_MAX_Q)
+    return mk_fail(err, "--prompts %s:%d: --task recall needs \"questions\": an array of 1 to %d objects",
+                   o->prompts, ln + 1, EV_MAX_Q);
+  size_t i;
+  json_t *q;
+  json_array_foreach(qs, i, q) {
+    const char *f[3] = {"question", "answer_prefix", "answer"};
+    char **dst[3] = {&p->q[i], &p->q_prefix[i], &p->q_answer[i]};
+    for (int k = 0; k < 3; k++) {
+      json_t *v = json_object_get(q, f[k]);
+      if (!json_is_string(v) || (k != 1 && !*json_string_value(v)))
+        return mk_fail(err, "--prompts %s:%d: questions[%zu] has no \"%s\" string", o->prompts, ln + 1, i, f[k]);
+      if (!(*dst[k] = strdup(json_string_value(v)))) return mk_fail(err, "out of memory");
+    }
+    p->n_q = (int)i + 1;
+  }
+  return 0;
 }
 
 /* Reads the JSON-lines file; keeps prompts with length >= min_words, skips `skip`, keeps at most
@@ -411,14 +481,16 @@ static int prompts_read(const eval_opts_t *o, eval_prompt_t **out, int *n_out, m
         }
         ps = t;
       }
+      memset(&ps[n], 0, sizeof ps[n]);
       ps[n].line = ln;
       ps[n].text = strdup(json_string_value(pt));
-      if (!ps[n].text) {
-        rc = mk_fail(err, "out of memory");
+      n++;
+      if (!ps[n - 1].text) rc = mk_fail(err, "out of memory");
+      else if (o->task == EV_TASK_RECALL) rc = prompt_questions(o, obj, ln, &ps[n - 1], err);
+      if (rc != 0) {
         json_decref(obj);
         break;
       }
-      n++;
     }
     json_decref(obj);
   }
@@ -529,6 +601,18 @@ typedef struct eval_run {
   /* distance strata (src/eval_metrics.h): [MK_EV_NOVEL], [MK_EV_LOCAL], [MK_EV_LONG], and
    * [EV_NOLOOP] = the positions outside a repeated-n-gram loop; p_acc this prompt, acc all */
   ev_acc_t p_acc[EV_N_ACC], acc[EV_N_ACC];
+  float *scratch;         /* (n_vocab) penalised logits for the greedy choice */
+  /* --task recall: this question's answer; over all questions, and those the full cache got */
+  mk_ev_answer_t ans;
+  long rq_all, rq_exact_all, rq_kept, rq_exact_kept;
+  double rq_ll_all, rq_ll_kept;
+  /* --task free: its own tokens (prompt + generated), sampler, and the figures summed over prompts */
+  mk_sampler_t *sampler;
+  int32_t *fseq;
+  int f_n;
+  bool f_done, f_eos;
+  double f_len, f_ratio, f_rep4, f_d2, f_div, f_loop;
+  int f_cnt, f_n_eos;
 } eval_run_t;
 
 static double now_s(void) { return MPI_Wtime(); }
@@ -696,19 +780,54 @@ typedef struct eval_state {
   double ref_ll, ref_step_s, ref_prefill_s;
   long ref_n, ref_steps;
   size_t ref_peak;
-  FILE *summary_csv;
+  FILE *summary_csv, *recall_csv, *free_csv;
   mk_error_t *errs; /* (n_runs + 1) per-engine errors of step_all */
+  float *ref_scratch;      /* (n_vocab) */
+  mk_sampler_t *ref_sampler; /* picks the reference's tokens (--temperature, --repeat-penalty) */
+  eval_run_t ref_run;      /* --task recall / free: the reference's answer and free-running state */
 } eval_state_t;
 
+/* The greedy choice under the repetition penalty (--repeat-penalty, llama.cpp semantics: each
+ * distinct token among the last n of hist once, logit > 0 ? logit / R : logit * R), end-of-
+ * generation ids masked unless --stop-at-eos. */
+static int32_t greedy_choice(const eval_state_t *s, const float *logits, float *scratch,
+                             const int32_t *hist, int n_hist) {
+  const mk_sampler_params_t *sp = &s->o->g.sampling;
+  const unsigned char *mask = s->o->stop_at_eos || s->o->task == EV_TASK_FREE ? NULL : s->eog;
+  if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0 || n_hist <= 0)
+    return argmax_masked(logits, s->n_vocab, mask);
+  memcpy(scratch, logits, sizeof(float) * (size_t)s->n_vocab);
+  const int n = sp->repeat_last_n < 0 || sp->repeat_last_n > n_hist ? n_hist : sp->repeat_last_n;
+  const float pen = sp->repeat_penalty;
+  for (int i = n_hist - n; i < n_hist; i++) {
+    const int32_t id = hist[i];
+    if (id < 0 || id >= s->n_vocab || scratch[id] != logits[id]) continue; /* once per token */
+    scratch[id] = logits[id] > 0.0f ? logits[id] / pen : logits[id] * pen;
+  }
+  return argmax_masked(scratch, s->n_vocab, mask);
+}
+
+/* The reference's next token: greedy (as greedy_choice), or drawn by its sampler when
+ * --temperature > 0; end-of-generation ids are never drawn unless --stop-at-eos. */
+static int32_t ref_token(eval_state_t *s, const int32_t *hist, int n_hist) {
+  if (s->o->g.sampling.temperature <= 0.0f)
+    return greedy_choice(s, s->ref_logits, s->ref_scratch, hist, n_hist);
+  memcpy(s->ref_scratch, s->ref_logits, sizeof(float) * (size_t)s->n_vocab);
+  if (!s->o->stop_at_eos)
+    for (int i = 0; i < s->n_vocab; i++)
+      if (s->eog[i]) s->ref_scratch[i] = -INFINITY;
+  return mk_sampler_sample(s->ref_sampler, s->ref_scratch, hist, n_hist);
+}
+
 /* Scores one run's logits against the reference at one position. */
-static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, double *kl, int *agree_out,
-                      double *ll) {
+static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, int32_t g, const int32_t *hist,
+                      int n_hist, double *kl, int *agree_out, double *ll) {
   const int V = s->n_vocab;
   const float *q = r->logits;
   double lse = lse_f64(q, V), acc = 0.0;
   for (int i = 0; i < V; i++) acc += s->ref_p[i] * (s->ref_lp[i] - ((double)q[i] - lse));
   *kl = acc > 0.0 ? acc : 0.0;
-  *agree_out = argmax_masked(q, V, s->o->stop_at_eos ? NULL : s->eog) == y;
+  *agree_out = greedy_choice(s, q, r->scratch, hist, n_hist) == g;
   *ll = (double)q[y] - lse;
 }
 
@@ -723,10 +842,14 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
   for (int k = 0; k < n_eng; k++) {
     eval_run_t *run = k < s->n_runs ? &s->runs[k] : NULL;
     if (run && run->skip) continue;
+    /* --task free: each engine its own next token (ids == NULL), finished ones stand still */
+    eval_run_t *fr = run ? run : &s->ref_run;
+    if (!ids && fr->f_done) continue;
+    const int32_t *tok = ids ? ids : &fr->fseq[fr->f_n - 1];
     mk_engine_t *e = run ? run->e : s->ref;
     float *logits = run ? run->logits : s->ref_logits;
     double t0 = now_s();
-    if (mk_engine_step(e, 0, ids, n, false, logits, &s->errs[k]) != 0) {
+    if (mk_engine_step(e, 0, tok, n, false, logits, &s->errs[k]) != 0) {
 #pragma omp critical(eval_fail)
       if (failed < 0 || k < failed) failed = k;
       continue;
@@ -752,9 +875,9 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
 
 /* This prompt's capacities (--budget-frac: a fraction of prompt + N), every engine begun, and
  * (rank 0) the per-run CSV files. Status only: the caller agrees. */
-static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, mk_error_t *err) {
+static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, int extra, mk_error_t *err) {
   const eval_opts_t *o = s->o;
-  const int N = o->new_tokens, total = n_prompt + N;
+  const int N = o->new_tokens, total = n_prompt + N; /* the budget's base; extra: questions */
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
     run->skip = false;
@@ -778,11 +901,11 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
   mk_kv_config_t ref_kv;
   mk_kv_config_default(&ref_kv);
   ref_kv.dtype = o->g.kv.dtype;
-  if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err) != 0) return -1;
+  if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total + extra, err) != 0) return -1;
   for (int r = 0; r < s->n_runs; r++)
-    if (!s->runs[r].skip && mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err) != 0)
+    if (!s->runs[r].skip && mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total + extra, err) != 0)
       return -1;
-  if (!s->r0) return 0;
+  if (!s->r0 || o->task == EV_TASK_FREE) return 0;
   char name[256];
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
@@ -809,7 +932,9 @@ typedef struct prompt_pos {
 /* Position t: the reference's token y and distribution, every run scored against it. */
 static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   const int V = s->n_vocab;
-  int32_t y = argmax_masked(s->ref_logits, V, s->o->stop_at_eos ? NULL : s->eog);
+  const int32_t y = ref_token(s, pp->seq, pp->n_prompt + t);
+  const int32_t g = s->o->g.sampling.temperature <= 0.0f
+                        ? y : greedy_choice(s, s->ref_logits, s->ref_scratch, pp->seq, pp->n_prompt + t);
   double lse = lse_f64(s->ref_logits, V);
   for (int i = 0; i < V; i++) {
     s->ref_lp[i] = (double)s->ref_logits[i] - lse;
@@ -821,9 +946,11 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   int ng = 0;
   const int dist = mk_ev_ngram_distance(pp->seq, pp->n_prompt + t, &ng);
   const int in_loop = ng >= MK_EV_LOOP_NGRAM;
+  const int n_hist = pp->n_prompt + t;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int r = 0; r < s->n_runs; r++)
-    if (!s->runs[r].skip) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
+    if (!s->runs[r].skip)
+      score_run(s, &s->runs[r], y, g, pp->seq, n_hist, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
     if (run->skip) continue;
@@ -852,7 +979,7 @@ static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
   for (int t = 0; t < N; t++) {
     int32_t y = score_position(s, pp, t);
     if (o->stop_at_eos && s->eog[y]) break;
-    if (t == N - 1) break; /* the last token needs no forward pass */
+    if (t == N - 1 && o->task != EV_TASK_RECALL) break; /* the last token needs no forward pass */
     double ts = 0.0;
     if (step_all(s, &y, 1, false, &ts, err) != 0) return -1;
     pp->ref_step += ts;
@@ -866,6 +993,227 @@ static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
     }
   }
   return 0;
+}
+
+/* ---- --task recall -------------------------------------------------------------------------- */
+
+/* text -> ids (malloc'd), no BOS, special tokens parsed. */
+static int encode_plain(const mk_engine_t *e, const char *text, int32_t **ids_out, int *n_out, mk_error_t *err) {
+  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
+  size_t len = strlen(text);
+  int cap = (int)len + 8;
+  int32_t *ids = malloc(sizeof *ids * (size_t)cap);
+  if (!ids) return mk_fail(err, "out of memory");
+  int n = mk_tok_encode(tok, text, len, false, true, ids, cap, err);
+  if (n > cap) n = mk_fail(err, "tokenizer: %d tokens for %zu bytes", n, len);
+  if (n < 0) {
+    free(ids);
+    return -1;
+  }
+  *ids_out = ids;
+  *n_out = n;
+  return 0;
+}
+
+/* Question k of a prompt as tokens: the turn that asks it and the answer prefix (*q), then the
+ * answer (*a). With the ChatML template the question is a new user turn after the reference's
+ * assistant turn; otherwise plain text after a blank line. */
+static int question_tokens(const eval_state_t *s, const eval_prompt_t *pr, int k, int32_t **q, int *nq,
+                           int32_t **a, int *na, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
+  if (o->chat && (!o->g.chat_template || mk_chat_parse(o->g.chat_template, &tmpl) != 0))
+    tmpl = mk_chat_detect(mk_engine_gguf(s->ref));
+  const char *fmt = o->chat && tmpl == MK_CHAT_CHATML
+                        ? "<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n%s"
+                        : "\n\n%s\n%s";
+  size_t len = strlen(fmt) + strlen(pr->q[k]) + strlen(pr->q_prefix[k]) + 1;
+  char *text = malloc(len);
+  if (!text) return mk_fail(err, "out of memory");
+  snprintf(text, len, fmt, pr->q[k], pr->q_prefix[k]);
+  int rc = encode_plain(s->ref, text, q, nq, err);
+  free(text);
+  if (rc == 0 && encode_plain(s->ref, pr->q_answer[k], a, na, err) != 0) rc = -1;
+  if (rc == 0 && *na == 0) rc = mk_fail(err, "prompt line %d: question %d: the answer has no tokens", pr->line, k);
+  return rc;
+}
+
+/* How many tokens the questions add to the sequence (engines are begun with room for them). */
+static int questions_len(const eval_state_t *s, const eval_prompt_t *pr, int *extra, mk_error_t *err) {
+  *extra = 0;
+  for (int k = 0; k < pr->n_q; k++) {
+    int32_t *q = NULL, *a = NULL;
+    int nq = 0, na = 0;
+    int rc = question_tokens(s, pr, k, &q, &nq, &a, &na, err);
+    free(q), free(a);
+    if (rc != 0) return -1;
+    *extra += nq + na;
+  }
+  return 0;
+}
+
+/* The last position in seq[0..n) where the answer's tokens start, or -1. */
+static int find_last(const int32_t *seq, int n, const int32_t *a, int na) {
+  for (int i = n - na; i >= 0; i--)
+    if (!memcmp(seq + i, a, sizeof *a * (size_t)na)) return i;
+  return -1;
+}
+
+/* Teacher-forces a token list into every engine; scores the answer tokens (score = true). */
+static int feed_tokens(eval_state_t *s, const int32_t *ids, int n, bool score, mk_error_t *err) {
+  for (int i = 0; i < n; i++) {
+    if (score) {
+      mk_ev_answer_push(&s->ref_run.ans, s->ref_logits, s->n_vocab, ids[i]);
+      for (int r = 0; r < s->n_runs; r++)
+        if (!s->runs[r].skip) mk_ev_answer_push(&s->runs[r].ans, s->runs[r].logits, s->n_vocab, ids[i]);
+    }
+    double ts = 0.0;
+    if ((score && i == n - 1) == false && step_all(s, &ids[i], 1, false, &ts, err) != 0) return -1;
+  }
+  return 0;
+}
+
+/* One question's figures into every run and (rank 0) recall.csv. */
+static void account_question(eval_state_t *s, const eval_prompt_t *pr, int k, int dist, int na) {
+  const mk_ev_answer_t *ra = &s->ref_run.ans;
+  const int ref_ok = mk_ev_answer_exact(ra);
+  s->ref_run.rq_all++, s->ref_run.rq_exact_all += ref_ok, s->ref_run.rq_ll_all += ra->ll;
+  if (ref_ok) s->ref_run.rq_kept++, s->ref_run.rq_exact_kept++, s->ref_run.rq_ll_kept += ra->ll;
+  if (s->r0)
+    fprintf(s->recall_csv, "p%02d,%d,full,reference,0,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, dist, na,
+            ra->ll, ref_ok, ra->ll, ref_ok);
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
+    const int ok = mk_ev_answer_exact(&run->ans);
+    run->rq_all++, run->rq_exact_all += ok, run->rq_ll_all += run->ans.ll;
+    if (ref_ok) run->rq_kept++, run->rq_exact_kept += ok, run->rq_ll_kept += run->ans.ll;
+    if (s->r0)
+      fprintf(s->recall_csv, "p%02d,%d,%s,%s,%d,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, run->name, run->label,
+              run->budget < 0 ? 0 : run->kv.capacity, dist, na, run->ans.ll, ok, ra->ll, ref_ok);
+  }
+}
+
+/* After the replay: each question in turn, its answer scored (teacher-forced; the previous
+ * questions and answers stay in the context). Collective. */
+static int run_recall(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp, mk_error_t *err) {
+  int pos = pp->n_prompt + pp->n_pos; /* the sequence so far: prompt + reference */
+  for (int k = 0; k < pr->n_q; k++) {
+    int32_t *q = NULL, *a = NULL;
+    int nq = 0, na = 0;
+    int rc = question_tokens(s, pr, k, &q, &nq, &a, &na, err);
+    const int fact = rc == 0 ? find_last(pp->seq, pp->n_prompt, a, na) : -1;
+    const int dist = fact < 0 ? -1 : pos - fact;
+    s->ref_run.ans = (mk_ev_answer_t){0};
+    for (int r = 0; r < s->n_runs; r++) s->runs[r].ans = (mk_ev_answer_t){0};
+    if (rc == 0) rc = feed_tokens(s, q, nq, false, err);
+    if (rc == 0) rc = feed_tokens(s, a, na, true, err);
+    if (rc == 0) account_question(s, pr, k, dist, na);
+    if (rc == 0 && k + 1 < pr->n_q) { /* the last answer token goes in before the next question */
+      double ts = 0.0;
+      rc = step_all(s, &a[na - 1], 1, false, &ts, err);
+    }
+    pos += nq + na;
+    free(q), free(a);
+    if (rc != 0) return -1;
+  }
+  return 0;
+}
+
+/* ---- --task free ---------------------------------------------------------------------------- */
+
+static int free_begin(eval_state_t *s, eval_run_t *fr, const int32_t *ids, int n_prompt, mk_error_t *err) {
+  mk_sampler_free(fr->sampler);
+  fr->sampler = NULL;
+  free(fr->fseq);
+  fr->fseq = malloc(sizeof *ids * ((size_t)n_prompt + (size_t)s->o->new_tokens));
+  if (!fr->fseq) return mk_fail(err, "out of memory");
+  memcpy(fr->fseq, ids, sizeof *ids * (size_t)n_prompt);
+  fr->f_n = n_prompt;
+  fr->f_done = fr->f_eos = false;
+  return mk_sampler_new(&s->o->g.sampling, s->n_vocab, &fr->sampler, err);
+}
+
+/* One engine's next token from its own logits (consumed); EOS ends it, as does the N-th token. */
+static void free_pick(eval_state_t *s, eval_run_t *fr, float *logits, int n_prompt) {
+  if (fr->f_done) return;
+  int32_t y = mk_sampler_sample(fr->sampler, logits, fr->fseq, fr->f_n);
+  if (s->eog[y]) {
+    fr->f_done = fr->f_eos = true;
+    return;
+  }
+  fr->fseq[fr->f_n++] = y;
+  if (fr->f_n - n_prompt >= s->o->new_tokens) fr->f_done = true;
+}
+
+/* Rank 0: an engine's free-running text, DIR/p<line>_<name>_<budget>_free.txt. */
+static int write_free_text(const eval_state_t *s, const eval_prompt_t *pr, const eval_run_t *fr,
+                           const char *name, const char *label, int n_prompt, mk_error_t *err) {
+  char fn[256];
+  snprintf(fn, sizeof fn, "p%02d_%s_%s_free.txt", pr->line, name, label);
+  FILE *f = open_out(s->o->out, fn, err);
+  if (!f) return 1;
+  mk_tok_stream_t st = {{0}, 0};
+  char piece[512];
+  for (int t = n_prompt; t < fr->f_n; t++) {
+    int nb = mk_tok_stream_push(mk_engine_tokenizer(s->ref), &st, fr->fseq[t], piece, (int)sizeof piece);
+    if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  }
+  int nb = mk_tok_stream_flush(&st, piece, (int)sizeof piece);
+  if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  fprintf(f, "\n%s\n", fr->f_eos ? "[end of generation]" : "[token limit]");
+  return fclose(f) != 0;
+}
+
+/* An engine's figures into its sums and (rank 0) free.csv; 1 if a file failed. */
+static int account_free(eval_state_t *s, const eval_prompt_t *pr, eval_run_t *fr, const char *name,
+                        const char *label, int cap, int n_prompt, mk_error_t *err) {
+  const eval_run_t *ref = &s->ref_run;
+  const int32_t *gen = fr->fseq + n_prompt, *rgen = ref->fseq + n_prompt;
+  const int len = fr->f_n - n_prompt, rlen = ref->f_n - n_prompt;
+  int loops = 0;
+  for (int t = n_prompt; t < fr->f_n; t++) {
+    int ng = 0;
+    mk_ev_ngram_distance(fr->fseq, t, &ng);
+    loops += ng >= MK_EV_LOOP_NGRAM;
+  }
+  const double rep4 = mk_ev_repeated_4gram_frac(gen, len), d2 = mk_ev_distinct2(gen, len);
+  const double loop = len ? (double)loops / len : 0.0, ratio = rlen ? (double)len / rlen : 0.0;
+  const int div = mk_ev_first_divergence(gen, len, rgen, rlen);
+  fr->f_len += len, fr->f_ratio += ratio, fr->f_rep4 += rep4, fr->f_d2 += d2, fr->f_div += div;
+  fr->f_loop += loop, fr->f_cnt++, fr->f_n_eos += fr->f_eos;
+  if (!s->r0) return 0;
+  fprintf(s->free_csv, "p%02d,%s,%s,%d,%d,%d,%d,%.6f,%.6f,%d,%.6f\n", pr->line, name, label, cap, len, rlen,
+          fr->f_eos, rep4, d2, div, loop);
+  return write_free_text(s, pr, fr, name, label, n_prompt, err);
+}
+
+/* Every engine writes its own tokens from the prompt (after the prefill), in lockstep. */
+static int run_free(eval_state_t *s, const eval_prompt_t *pr, const int32_t *ids, int n_prompt, mk_error_t *err) {
+  int rc = free_begin(s, &s->ref_run, ids, n_prompt, err);
+  for (int r = 0; rc == 0 && r < s->n_runs; r++) rc = free_begin(s, &s->runs[r], ids, n_prompt, err);
+  if (rc != 0) return -1;
+  for (int t = 0; t < s->o->new_tokens; t++) {
+    free_pick(s, &s->ref_run, s->ref_logits, n_prompt);
+    bool any = !s->ref_run.f_done;
+    for (int r = 0; r < s->n_runs; r++) {
+      if (s->runs[r].skip) continue;
+      free_pick(s, &s->runs[r], s->runs[r].logits, n_prompt);
+      any |= !s->runs[r].f_done;
+    }
+    double ts = 0.0;
+    if (!any) break;
+    if (step_all(s, NULL, 1, false, &ts, err) != 0) return -1;
+  }
+  const int total = n_prompt + s->o->new_tokens;
+  int fail = account_free(s, pr, &s->ref_run, "full", "reference", total, n_prompt, err);
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    if (!run->skip)
+      fail |= account_free(s, pr, run, run->name, run->label, run->budget < 0 ? total : run->kv.capacity,
+                           n_prompt, err);
+  }
+  return fail;
 }
 
 /* The strata columns of summary.csv (see SUMMARY_STRATA), and the end of the line; acc NULL:
@@ -971,8 +1319,10 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   const int N = o->new_tokens;
   int32_t *ids = NULL;
   int n_prompt = 0;
+  int extra = 0;
   int status = prompt_tokenize(o, s->ref, pr->text, &ids, &n_prompt, err);
-  if (status == 0) status = prompt_begin(s, pr, n_prompt, err);
+  if (status == 0 && o->task == EV_TASK_RECALL) status = questions_len(s, pr, &extra, err);
+  if (status == 0) status = prompt_begin(s, pr, n_prompt, extra, err);
   if (mk_cli_agree(s->ctx, "eval", status, err) != 0) {
     free(ids);
     return EV_FAIL;
@@ -1001,13 +1351,23 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     mk_fail(err, "out of memory");
     return mk_cli_fail(s->ctx, "eval", err);
   }
-  if (run_positions(s, &pp, err) != 0) {
+  int fail = 0;
+  if (o->task == EV_TASK_FREE) {
+    fail = run_free(s, pr, pp.seq, n_prompt, err);
+  } else if (run_positions(s, &pp, err) != 0 || (o->task == EV_TASK_RECALL && run_recall(s, pr, &pp, err) != 0)) {
+    fail = -1;
+  }
+  if (fail < 0) {
     prompt_pos_free(&pp);
     return mk_cli_fail(s->ctx, "eval", err);
   }
-  int fail = account_prompt(s, pr, &pp, n_prompt);
-  if (s->r0 && write_reference(s, pr, &pp, n_prompt, err)) fail = 1;
+  if (o->task != EV_TASK_FREE) {
+    fail |= account_prompt(s, pr, &pp, n_prompt);
+    if (s->r0 && write_reference(s, pr, &pp, n_prompt, err)) fail = 1;
+  }
   if (s->r0) fflush(s->summary_csv);
+  if (s->r0 && s->recall_csv) fflush(s->recall_csv);
+  if (s->r0 && s->free_csv) fflush(s->free_csv);
   prompt_pos_free(&pp);
   if (mk_cli_agree(s->ctx, "eval", fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
     return EV_FAIL;
@@ -1055,6 +1415,47 @@ static void write_strata_md(const eval_state_t *s, FILE *f) {
   }
 }
 
+/* summary.md, --task recall: exact match and answer log-lik per run, over the questions the
+ * full cache answered exactly (the others are filtered out and counted). */
+static void write_recall_md(const eval_state_t *s, FILE *f) {
+  const eval_run_t *ref = &s->ref_run;
+  fprintf(f, "\nRecall (`recall.csv`): %ld questions; the full cache answered %ld exactly, so %ld are "
+             "filtered out (the model cannot recall them even with the full cache). Exact = every answer "
+             "token is the greedy choice; log-lik = of the whole answer, teacher-forced.\n\n",
+          ref->rq_all, ref->rq_exact_all, ref->rq_all - ref->rq_exact_all);
+  fprintf(f, "| policy | budget | kept questions | exact match (kept) | answer log-lik (kept) | exact match (all) "
+             "| answer log-lik (all) |\n|---|---|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| full (reference) | - | %ld | %.3f | %.3f | %.3f | %.3f |\n", ref->rq_kept,
+          ref->rq_kept ? 1.0 : 0.0, ref->rq_kept ? ref->rq_ll_kept / ref->rq_kept : 0.0,
+          ref->rq_all ? (double)ref->rq_exact_all / ref->rq_all : 0.0, ref->rq_all ? ref->rq_ll_all / ref->rq_all : 0.0);
+  char b[32];
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    const double nk = run->rq_kept ? (double)run->rq_kept : 1.0, na = run->rq_all ? (double)run->rq_all : 1.0;
+    fprintf(f, "| %s | %s | %ld | %.3f | %.3f | %.3f | %.3f |\n", run->name, budget_name(s->o, run, b, sizeof b),
+            run->rq_kept, run->rq_exact_kept / nk, run->rq_ll_kept / nk, run->rq_exact_all / na, run->rq_ll_all / na);
+  }
+}
+
+/* summary.md, --task free: the degeneration table. */
+static void write_free_md(const eval_state_t *s, FILE *f) {
+  fprintf(f, "\nFree-running (`free.csv`, texts in `p<line>_<policy>_<budget>_free.txt`): every engine "
+             "writes its own tokens, EOS allowed. Length relative to the full cache's on the same prompt; "
+             "rep-4 = fraction of 4-grams seen before in the same output; distinct-2 = distinct bigrams / "
+             "bigrams; first divergence = first token that differs from the full cache's output; loop = "
+             "fraction of tokens inside a repeated %d-gram. Means over prompts.\n\n", MK_EV_LOOP_NGRAM);
+  fprintf(f, "| policy | budget | prompts | mean length | length / full | ended by EOS | rep-4 | distinct-2 "
+             "| first divergence | loop |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  char b[32];
+  for (int r = -1; r < s->n_runs; r++) {
+    const eval_run_t *run = r < 0 ? &s->ref_run : &s->runs[r];
+    const double n = run->f_cnt ? (double)run->f_cnt : 1.0;
+    fprintf(f, "| %s | %s | %d | %.1f | %.3f | %d | %.4f | %.4f | %.1f | %.4f |\n", r < 0 ? "full" : run->name,
+            r < 0 ? "reference" : budget_name(s->o, run, b, sizeof b), run->f_cnt, run->f_len / n, run->f_ratio / n,
+            run->f_n_eos, run->f_rep4 / n, run->f_d2 / n, run->f_div / n, run->f_loop / n);
+  }
+}
+
 static void write_summary_md(const eval_state_t *s, int argc, char **argv, const eval_prompt_t *ps,
                              int n_ps, FILE *f) {
   const eval_opts_t *o = s->o;
@@ -1067,10 +1468,21 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
   fprintf(f, "- prompts: %d from `%s` (lines", n_ps, o->prompts);
   for (int i = 0; i < n_ps; i++) fprintf(f, " %d", ps[i].line);
   fprintf(f, "), chat template %s\n", o->chat ? "on" : "off");
-  fprintf(f, "- reference: greedy continuation with the full cache, %d new tokens per prompt, %s\n",
-          o->new_tokens,
-          o->stop_at_eos ? "ending at the first end-of-generation token"
-                         : "end-of-generation tokens never chosen");
+  const mk_sampler_params_t *sp = &o->g.sampling;
+  if (sp->temperature > 0.0f)
+    fprintf(f, "- tokens drawn by sampling: temperature %g, top-k %d, top-p %g, min-p %g, seed %llu\n",
+            (double)sp->temperature, sp->top_k, (double)sp->top_p, (double)sp->min_p, (unsigned long long)sp->seed);
+  if (sp->repeat_penalty != 1.0f)
+    fprintf(f, "- repetition penalty %g over the last %d tokens (agreement: greedy choices after the penalty)\n",
+            (double)sp->repeat_penalty, sp->repeat_last_n);
+  if (o->task == EV_TASK_FREE)
+    fprintf(f, "- task free: every engine writes its own %d tokens at most, from the same prompt; EOS allowed\n",
+            o->new_tokens);
+  else
+    fprintf(f, "- reference: %s continuation with the full cache, %d new tokens per prompt, %s%s\n",
+            sp->temperature > 0.0f ? "sampled" : "greedy", o->new_tokens,
+            o->stop_at_eos ? "ending at the first end-of-generation token" : "end-of-generation tokens never chosen",
+            o->task == EV_TASK_RECALL ? "; then the prompt's questions (--task recall)" : "");
   mk_kv_config_t kst = o->g.kv, kmk = o->g.kv;
   kst.policy = MK_KV_STREAMING, kmk.policy = MK_KV_MORPHKV;
   fprintf(f, "- window W = %d, sinks S = %d (streaming), %d (morphkv), fusion %s, GQA rule %s, cache dtype %s\n",
@@ -1081,17 +1493,22 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
     fprintf(f, "- budgets: capacity = round(fraction x (prompt + %d)) per prompt\n", o->new_tokens);
   fprintf(f, "- threads: %d, ranks: %d%s\n\n", o->g.threads, s->ctx->world,
           o->concurrent ? "; engines stepped concurrently, one thread each (--concurrent)" : "");
+  if (o->task == EV_TASK_FREE) {
+    write_free_md(s, f);
+    return;
+  }
   fprintf(f, "Means over all positions of all prompts. KL = KL(full || policy) in nats; agreement = "
              "the policy's greedy token equals the reference token; log-lik = the policy's "
              "log-probability of the reference token (the reference's own is in the first row). "
              "Peak KV = the largest K/V bytes held at once (max over prompts); state = the "
-             "policy's scoring state. tok/s = decode steps per second of that engine alone.\n\n");
+             "policy's scoring state; total = peak KV + state. tok/s = decode steps per second of "
+             "that engine alone.\n\n");
   fprintf(f, "| policy | budget | capacity (mean) | mean KL | max KL | top-1 agreement | mean log-lik "
-             "| peak KV | policy state | decode tok/s |\n");
-  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  fprintf(f, "| full (reference) | - | - | 0 | 0 | 1 | %.4f | %s | 0 | %.1f |\n",
+             "| peak KV | policy state | total | decode tok/s |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| full (reference) | - | - | 0 | 0 | 1 | %.4f | %s | 0 | %s | %.1f |\n",
           s->ref_n ? s->ref_ll / s->ref_n : 0.0, fmt_mib(s->ref_peak, b1, sizeof b1),
-          s->ref_steps / (s->ref_step_s > 0 ? s->ref_step_s : 1e-9));
+          fmt_mib(s->ref_peak, b2, sizeof b2), s->ref_steps / (s->ref_step_s > 0 ? s->ref_step_s : 1e-9));
   for (int r = 0; r < s->n_runs; r++) {
     const eval_run_t *run = &s->runs[r];
     double n = run->n ? (double)run->n : 1.0;
@@ -1101,10 +1518,11 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
       fprintf(f, "| %s | %s | skipped: does not fit the budget |\n", run->name, budget);
       continue;
     }
-    fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %.1f |\n",
+    char b3[64];
+    fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %s | %.1f |\n",
             run->name, budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
             run->kl / n, run->max_kl, run->agree / n, run->ll / n, fmt_mib(run->peak, b1, sizeof b1),
-            fmt_mib(run->state, b2, sizeof b2),
+            fmt_mib(run->state, b2, sizeof b2), fmt_mib(run->peak + run->state, b3, sizeof b3),
             run->steps / (run->step_s > 0 ? run->step_s : 1e-9));
   }
   for (int r = 0; r < s->n_runs; r++)
@@ -1112,6 +1530,7 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
       fprintf(f, "\n%s at budget %s skipped %d prompt(s): its settings do not fit the capacity "
                  "(e.g. W >= C).\n", s->runs[r].name, s->runs[r].label, s->runs[r].n_skipped);
   write_strata_md(s, f);
+  if (o->task == EV_TASK_RECALL) write_recall_md(s, f);
   fprintf(f, "\nPer prompt: `summary.csv`. Per position: `p<line>_<policy>_<budget>.csv`. "
              "Reference texts: `p<line>_reference.txt`.\n");
 }
@@ -1158,6 +1577,16 @@ static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_
     for (int a = 0; a < EV_N_ACC; a++)
       fprintf(s->summary_csv, ",n_%s,kl_%s,agree_%s,loglik_%s", STRATA[a], STRATA[a], STRATA[a], STRATA[a]);
     fputc('\n', s->summary_csv);
+    if (o->task == EV_TASK_RECALL) {
+      if (!(s->recall_csv = open_out(o->out, "recall.csv", err))) return -1;
+      fprintf(s->recall_csv, "prompt,question,policy,budget,capacity,distance,answer_tokens,answer_loglik,"
+                             "exact,full_answer_loglik,full_exact\n");
+    }
+    if (o->task == EV_TASK_FREE) {
+      if (!(s->free_csv = open_out(o->out, "free.csv", err))) return -1;
+      fprintf(s->free_csv, "prompt,policy,budget,capacity,length,full_length,ended_eos,rep4_frac,distinct2,"
+                           "first_divergence,loop_frac\n");
+    }
   }
   return status;
 }
@@ -1208,7 +1637,11 @@ static int eval_open_engines(eval_state_t *s, int n_ps, mk_error_t *err) {
   s->eog = calloc((size_t)V, 1);
   int status = (s->ref_logits && s->ref_lp && s->ref_p && s->eog) ? 0 : mk_fail(err, "out of memory");
   for (int r = 0; status == 0 && r < s->n_runs; r++)
-    if (!(s->runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(err, "out of memory");
+    if (!(s->runs[r].logits = malloc(sizeof(float) * (size_t)V)) ||
+        !(s->runs[r].scratch = malloc(sizeof(float) * (size_t)V)))
+      status = mk_fail(err, "out of memory");
+  if (status == 0 && !(s->ref_scratch = malloc(sizeof(float) * (size_t)V))) status = mk_fail(err, "out of memory");
+  if (status == 0) status = mk_sampler_new(&o->g.sampling, V, &s->ref_sampler, err);
   if (mk_cli_agree(s->ctx, "eval", status, err) != 0) return EV_FAIL;
   for (int i = 0; i < V; i++) s->eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s->ref), i) ? 1 : 0;
   if (!o->quiet && s->r0)
@@ -1235,6 +1668,9 @@ static int eval_finish(eval_state_t *s, int argc, char **argv, const eval_prompt
   }
   if (fclose(s->summary_csv) != 0) rc = EV_FAIL;
   s->summary_csv = NULL;
+  if (s->recall_csv && fclose(s->recall_csv) != 0) rc = EV_FAIL;
+  if (s->free_csv && fclose(s->free_csv) != 0) rc = EV_FAIL;
+  s->recall_csv = s->free_csv = NULL;
   if (rc == EV_OK && !o->quiet) {
     fprintf(stderr, "[eval] summary: %s/summary.md\n", o->out);
     write_summary_md(s, argc, argv, ps, n_ps, stderr);
@@ -1266,11 +1702,20 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   rc = s.r0 ? eval_finish(&s, argc, argv, ps, n_ps, &err) : EV_OK;
 done:
   if (s.summary_csv) fclose(s.summary_csv);
+  if (s.recall_csv) fclose(s.recall_csv);
+  if (s.free_csv) fclose(s.free_csv);
   for (int r = 0; r < s.n_runs; r++) {
     if (s.runs[r].csv) fclose(s.runs[r].csv);
     free(s.runs[r].logits);
+    free(s.runs[r].scratch);
+    free(s.runs[r].fseq);
+    mk_sampler_free(s.runs[r].sampler);
     mk_engine_close(s.runs[r].e);
   }
+  free(s.ref_scratch);
+  free(s.ref_run.fseq);
+  mk_sampler_free(s.ref_run.sampler);
+  mk_sampler_free(s.ref_sampler);
   free(s.runs);
   free(s.errs);
   mk_engine_close(s.ref);
