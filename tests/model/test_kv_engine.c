@@ -268,30 +268,7 @@ static void test_baselines_end_to_end(void **state) {
 
 /* ---- (d) the eval harness through the binary ------------------------------------------------ */
 
-static int run_binary(const char *const *args, const char *log_path) {
-  const char *bin = getenv("MORPHKV_BINARY");
-  if (!bin) fail_msg("MORPHKV_BINARY is not set (run through ctest)");
-  const char *argv[64];
-  int n = 0;
-  argv[n++] = bin;
-  for (int i = 0; args[i]; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    FILE *lf = freopen(log_path, "w", stderr);
-    (void)lf;
-    if (!freopen("/dev/null", "w", stdout)) _exit(126);
-    setenv("OMP_WAIT_POLICY", "passive", 1); /* read by the child's OpenMP runtime at start */
-    execv(argv[0], (char *const *)argv);
-    _exit(127);
-  }
-  int status = 0;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-#define RUN(log, ...) run_binary((const char *const[]){__VA_ARGS__, NULL}, log)
+#define RUN(log, ...) mk_test_run_binary((const char *const[]){__VA_ARGS__, NULL}, log)
 
 typedef struct csv_row {
   char prompt[16], policy[16], budget[16];
