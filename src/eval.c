@@ -64,12 +64,14 @@ enum { EV_OK = 0, EV_FAIL = 1, EV_USAGE = 2 };
 #define EV_MAX_Q 8 /* questions per prompt (--task recall) */
 
 /* One --policies item: a policy, optionally with its own settings ("morphkv:w8:s4:fmax"): w<N>
- * window, s<N> sinks, fsum / fmax fusion. A variant whose settings do not fit a prompt's budget
+ * window, s<N> sinks, fsum / fmax fusion, x<F> capacity scale (capacity = F x the budget's, e.g.
+ * streaming:x1.3 to give StreamingLLM the bytes MorphKV spends on its scoring state). A variant whose settings do not fit a prompt's budget
  * (e.g. W >= C) skips that prompt and says so, where a plain policy is an error. */
 typedef struct eval_pol {
   mk_kv_policy_kind_t kind;
   char name[32]; /* "morphkv", "morphkv-w8-s4" (file names, tables) */
   int window, sinks, fusion; /* -1: as --window / --kv-sinks / --kv-fusion */
+  double scale;              /* capacity scale (1) */
   bool variant;
 } eval_pol_t;
 
@@ -117,8 +119,8 @@ static void usage_eval(FILE *f) {
           "                          (full = a second full-cache engine; its KL must be 0);\n"
           "                          an item may carry its own settings, e.g. morphkv:w8,\n"
           "                          morphkv:s4, morphkv:fmax (w<N> window, s<N> sinks,\n"
-          "                          fsum|fmax fusion); such a variant skips the prompts whose\n"
-          "                          budget it does not fit (W + S >= C)\n"
+          "                          fsum|fmax fusion, x<F> capacity x F); such a variant skips\n"
+          "                          the prompts whose budget it does not fit (W + S >= C)\n"
           "  --task replay|recall|free\n"
           "                          replay (default): the policies replay the reference's\n"
           "                          tokens. recall: replay, then each of the prompt's\n"
@@ -214,6 +216,7 @@ static int set_str(char **dst, const char *v, mk_error_t *err) {
 static int parse_pol(char *item, eval_pol_t *p, mk_error_t *err) {
   memset(p, 0, sizeof *p);
   p->window = p->sinks = p->fusion = -1;
+  p->scale = 1.0;
   char *colon = strchr(item, ':');
   if (colon) *colon = 0;
   if (mk_kv_policy_parse(item, &p->kind) != 0)
@@ -226,10 +229,13 @@ static int parse_pol(char *item, eval_pol_t *p, mk_error_t *err) {
     if (next) *next++ = 0;
     char *end = NULL;
     long x = (opt[0] == 'w' || opt[0] == 's') && opt[1] ? strtol(opt + 1, &end, 10) : -1;
-    if (!strcmp(opt, "fmax") || !strcmp(opt, "fsum")) p->fusion = opt[1] == 'm' ? MK_KV_FUSION_MAX : MK_KV_FUSION_SUM;
+    char *xend = NULL;
+    double xs = opt[0] == 'x' && opt[1] ? strtod(opt + 1, &xend) : 0.0;
+    if (xend && !*xend && xs >= 0.01 && xs <= 100.0) p->scale = xs;
+    else if (!strcmp(opt, "fmax") || !strcmp(opt, "fsum")) p->fusion = opt[1] == 'm' ? MK_KV_FUSION_MAX : MK_KV_FUSION_SUM;
     else if (end && !*end && x >= 0 && x <= 1 << 20 && opt[0] == 'w') p->window = (int)x;
     else if (end && !*end && x >= 0 && x <= 1 << 20) p->sinks = (int)x;
-    else return mk_fail(err, "--policies %s: unknown setting '%s' (w<N>, s<N>, fsum, fmax)", p->name, opt);
+    else return mk_fail(err, "--policies %s: unknown setting '%s' (w<N>, s<N>, fsum, fmax, x<F>)", p->name, opt);
     size_t l = strlen(p->name);
     if (p->kind == MK_KV_FULL || l + strlen(opt) + 2 > sizeof p->name)
       return mk_fail(err, "--policies %s: settings only for budgeted policies, and short names", p->name);
@@ -579,6 +585,7 @@ static void acc_add(ev_acc_t *a, double kl, int agree, double ll) {
 typedef struct eval_run {
   mk_kv_policy_kind_t policy;
   const char *name;  /* the --policies item, e.g. "morphkv-w8" (in the options) */
+  double scale;      /* capacity = scale x the budget's */
   bool variant;      /* an item with its own settings: skips prompts whose budget it does not fit */
   bool skip;         /* this prompt: not run (a variant whose settings do not fit the budget) */
   int n_skipped;     /* prompts skipped so */
@@ -883,7 +890,7 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
     run->skip = false;
     if (run->budget < 0) continue;
     const double f = o->n_fracs ? o->fracs[run->budget] : 0.0;
-    run->kv.capacity = o->n_fracs ? (int)lround(f * total) : o->caps[run->budget];
+    run->kv.capacity = (int)lround(run->scale * (o->n_fracs ? f * total : (double)o->caps[run->budget]));
     const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
     if ((o->n_fracs || run->variant) && ops->validate(&run->kv, err) != 0) {
       if (run->variant) { /* e.g. W >= C: this variant sits this prompt out */
@@ -1605,6 +1612,7 @@ static int eval_plan_runs(eval_state_t *s, mk_error_t *err) {
       run->policy = o->pol[p].kind;
       run->name = o->pol[p].name;
       run->variant = o->pol[p].variant;
+      run->scale = o->pol[p].scale;
       run->kv = pol_kv(&o->g.kv, &o->pol[p]);
       run->budget = o->pol[p].kind == MK_KV_FULL ? -1 : b;
       if (run->budget < 0) snprintf(run->label, sizeof run->label, "all");
