@@ -47,17 +47,7 @@ NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.-]+)\.csv$")
 def read_summary(d):
     """rows of DIR/summary.csv (several runs' files may be concatenated: repeated headers are
     skipped)"""
-    path = os.path.join(d, "summary.csv")
-    if not os.path.exists(path):
-        return []
-    rows, header = [], None
-    with open(path, newline="") as f:
-        for rec in csv.reader(f):
-            if header is None or rec == header:
-                header = rec
-                continue
-            rows.append(dict(zip(header, rec)))
-    return rows
+    return _read_csv(os.path.join(d, "summary.csv"))
 
 
 def read_runs(d):
