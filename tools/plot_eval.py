@@ -41,7 +41,7 @@ ORDER = ["full", "morphkv", "streaming", "h2o", "snapkv"]
 # equal KV curves (morphkv, streaming, h2o hold the same budget) stay visible through style
 STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "h2o": (":", 2.2),
           "snapkv": ("-.", 1.4)}
-NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.-]+)\.csv$")
+NAME_RE = re.compile(r"^(p\d+)_([a-z0-9.-]+)_([A-Za-z0-9.-]+)\.csv$")  # policy: "morphkv", "morphkv-w8"
 
 
 def read_summary(d):
@@ -173,7 +173,7 @@ def main():
     full = runs.get(("full", "all"))
     written = []
     for b in budgets:
-        pols = policies_sorted([p for (p, bb) in runs if bb == b])
+        pols = policies_sorted([p for (p, bb) in runs if bb == b and "-" not in p])  # variants: tables only
         n_prompts = max(len(runs[(p, b)]) for p in pols)
         # KL
         fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -215,7 +215,7 @@ def main():
         written.append(out)
     if len(budgets) > 1:
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        pols = policies_sorted({p for (p, b) in runs if p != "full"})
+        pols = policies_sorted({p for (p, b) in runs if p != "full" and "-" not in p})
         xs = list(range(len(budgets)))
         for p in pols:
             ys = []
