@@ -28,7 +28,8 @@ extern "C" {
 /* Device mirror of one host KV cache. */
 typedef struct cuda_mirror {
   const mk_kv_cache_t *cache;
-  const mk_kv_head_t *heads; /* identity check: a freed and re-created cache gets a new arena */
+  uint64_t serial; /* the cache's mk_kv_cache_t.serial: identity, not the address */
+  const mk_kv_head_t *heads; /* with the shape below: a cache re-created with other geometry */
   int n_seq, n_layer, n_heads, d, n_slots, window;
   bool fast_mkv;    /* MorphKV scored on the device */
   bool host_rows;   /* a host policy reads rows: K/V are also kept in the host cache */

@@ -38,7 +38,7 @@ void cb_mirror_free(cuda_mirror_t *m) {
 }
 
 static bool mirror_matches(const cuda_mirror_t *m, const mk_kv_cache_t *c) {
-  return m->cache == c && m->heads == c->heads && m->n_seq == c->n_seq && m->n_layer == c->n_layer &&
+  return m->cache == c && m->serial == c->serial && m->heads == c->heads && m->n_seq == c->n_seq && m->n_layer == c->n_layer &&
          m->n_heads == c->n_heads && m->d == c->head_dim && m->n_slots == c->n_slots &&
          m->window == c->cfg.window;
 }
@@ -47,6 +47,7 @@ static int mirror_create(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t 
   cuda_mirror_t *m = (cuda_mirror_t *)calloc(1, sizeof *m);
   if (!m) return mk_fail(err, "cuda backend: out of memory");
   m->cache = kc;
+  m->serial = kc->serial;
   m->heads = kc->heads;
   m->n_seq = kc->n_seq;
   m->n_layer = kc->n_layer;

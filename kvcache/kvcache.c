@@ -1,5 +1,6 @@
 /* KV-cache storage: one arena for K/V of every head, one for positions, one for policy state.
  * Allocated once in mk_kv_cache_init; the decode path only flips pos[] entries and writes rows. */
+#include <stdatomic.h>
 #include "kvcache/kvcache.h"
 
 #include <limits.h>
@@ -45,7 +46,9 @@ size_t mk_kv_elem_bytes(mk_kv_dtype_t dt) { return dt == MK_KV_F16 ? 2 : 4; }
 
 int mk_kv_cache_init(mk_kv_cache_t *c, const mk_kv_config_t *cfg, const mk_kv_cache_params_t *p,
                      mk_error_t *err) {
+  static _Atomic uint64_t next_serial = 1;
   memset(c, 0, sizeof *c);
+  c->serial = atomic_fetch_add(&next_serial, 1);
   c->cfg = *cfg;
   c->ops = mk_kv_policy_get(cfg->policy);
   if (!c->ops) return mk_fail(err, "kv cache: policy '%s' is not available", mk_kv_policy_name(cfg->policy));

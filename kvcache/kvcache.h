@@ -148,6 +148,10 @@ typedef struct mk_kv_cache {
   size_t kv_bytes_alloc, state_bytes_alloc;
   size_t peak_used_slots; /* max over the run of the total used slots across heads */
   struct mk_kv_driver_scratch *drv; /* kvcache/driver.c: per-call buffers, grown, freed with the cache */
+  /* Unique per mk_kv_cache_init in the process (never 0). A backend that mirrors the cache (CUDA)
+   * keys its mirror on it: a cache freed and initialised again at the same address, even with
+   * arenas at the same addresses, is another cache. */
+  uint64_t serial;
   /* Test hook: another slot choice for the driver (NULL: mk_kv_acquire, lowest free). The
    * policy tests pick random free slots to show that kept sets do not depend on slot order. */
   int (*acquire)(mk_kv_head_t *h, int64_t pos, void *ctx);
