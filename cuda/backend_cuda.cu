@@ -180,6 +180,31 @@ static int cuda_sync(mk_backend_t *b, mk_error_t *err) {
   return cb_mirror_apply_all(c, err);
 }
 
+/* Device-to-device rows, async on the stream (collective payload packing). */
+static int cuda_copy2d(mk_backend_t *b, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                       size_t height, mk_error_t *err) {
+  cuda_impl_t *c = impl_of(b);
+  if (cb_sticky(c, err)) return -1;
+  if (!width || !height) return 0;
+  cudaCheck(err, c->dev, cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice,
+                                           c->stream));
+  return 0;
+}
+
+/* Pinned host memory (the MPI communicator stages device buffers through it). */
+static void *cuda_host_alloc(mk_backend_t *b, size_t bytes) {
+  void *p = NULL;
+  if (cudaMallocHost(&p, bytes ? bytes : 16) != cudaSuccess) {
+    cudaGetLastError();
+    return NULL;
+  }
+  return p;
+}
+
+static void cuda_host_free(mk_backend_t *b, void *p) {
+  if (p) cudaFreeHost(p);
+}
+
 /* ---- weights ------------------------------------------------------------------------------ */
 
 /* Which copies weight_prepare keeps (MORPHKV_CUDA_WEIGHTS, read at each call; docs/cuda.md):
@@ -198,6 +223,12 @@ static int weights_mode(void) {
   return MK_WEIGHTS_QUANT;
 }
 
+/* Bytes of one row of w's blocks on the device. A column slice of a tensor-parallel rank has host
+ * rows longer than its cols (row_bytes is the file's row): uploads pack the slice's blocks. */
+static size_t dev_row_bytes(const mk_qmat_t *w) {
+  return (size_t)(w->cols / mk_dq_block_elems((int)w->type)) * (size_t)mk_dq_block_bytes((int)w->type);
+}
+
 /* (rows, cols) bf16 copy of w, dequantized on the device chunk by chunk. */
 static int upload_bf16(cuda_impl_t *c, const mk_qmat_t *w, int64_t bpr, __nv_bfloat16 **out, mk_error_t *err) {
   __nv_bfloat16 *dst = NULL;
@@ -209,15 +240,16 @@ static int upload_bf16(cuda_impl_t *c, const mk_qmat_t *w, int64_t bpr, __nv_bfl
       return mk_fail(err, "CUDA call cudaMalloc(weight upload buffer) failed: %s (device %d)", cudaGetErrorString(e), c->dev);
     }
   }
-  int64_t rows_per = (int64_t)(MK_WTMP_BYTES / w->row_bytes);
+  const size_t packed = dev_row_bytes(w);
+  int64_t rows_per = (int64_t)(MK_WTMP_BYTES / packed);
   if (rows_per < 1) { /* one row larger than the chunk */
     cudaFree(dst);
-    return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", w->row_bytes);
+    return mk_fail(err, "cuda backend: weight row of %zu bytes exceeds the upload chunk", packed);
   }
   for (int64_t r0 = 0; r0 < w->rows; r0 += rows_per) {
     int64_t nr = w->rows - r0 < rows_per ? w->rows - r0 : rows_per;
-    cudaError_t e = cudaMemcpyAsync(c->wtmp, (const char *)w->data + (size_t)r0 * w->row_bytes,
-                                    (size_t)nr * w->row_bytes, cudaMemcpyHostToDevice, c->stream);
+    cudaError_t e = cudaMemcpy2DAsync(c->wtmp, packed, (const char *)w->data + (size_t)r0 * w->row_bytes,
+                                      w->row_bytes, packed, (size_t)nr, cudaMemcpyHostToDevice, c->stream);
     if (e == cudaSuccess) {
       mk_cuda_dequant_bf16((int)w->type, c->wtmp, nr * bpr, dst + (size_t)r0 * w->cols, c->stream);
       e = cudaGetLastError();
@@ -234,12 +266,13 @@ static int upload_bf16(cuda_impl_t *c, const mk_qmat_t *w, int64_t bpr, __nv_bfl
   return 0;
 }
 
-/* The file-format blocks of w, copied to the device as they are. */
+/* The file-format blocks of w, copied to the device as they are (rows packed, dev_row_bytes). */
 static int upload_quant(cuda_impl_t *c, const mk_qmat_t *w, void **out, mk_error_t *err) {
-  const size_t bytes = (size_t)w->rows * w->row_bytes;
+  const size_t packed = dev_row_bytes(w), bytes = (size_t)w->rows * packed;
   void *dst = NULL;
   cudaCheck(err, c->dev, cudaMalloc(&dst, bytes));
-  cudaError_t e = cudaMemcpyAsync(dst, w->data, bytes, cudaMemcpyHostToDevice, c->stream);
+  cudaError_t e = cudaMemcpy2DAsync(dst, packed, w->data, w->row_bytes, packed, (size_t)w->rows,
+                                    cudaMemcpyHostToDevice, c->stream);
   if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
   if (e != cudaSuccess) {
     cudaFree(dst);
@@ -266,17 +299,17 @@ static int cuda_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t
     return mk_fail(err, "cuda backend: weight of %lld x %lld is not whole %s blocks", (long long)w->rows,
                    (long long)w->cols, mk_type_name(w->type));
   const int64_t bpr = w->cols / be;
-  if (w->row_bytes != (size_t)(bpr * bb))
-    return mk_fail(err, "cuda backend: %s rows of %zu bytes, expected %lld (padded rows are not supported)",
-                   mk_type_name(w->type), w->row_bytes, (long long)(bpr * bb));
+  if (w->row_bytes < (size_t)(bpr * bb))
+    return mk_fail(err, "cuda backend: %s rows of %zu bytes, shorter than %lld", mk_type_name(w->type), w->row_bytes,
+                   (long long)(bpr * bb));
   const int mode = weights_mode();
   const bool q = mode != MK_WEIGHTS_BF16 && mk_cuda_gemv_quant_supported((int)w->type);
   const bool bf = mode != MK_WEIGHTS_QUANT || !q;
   if (q) {
     if (upload_quant(c, w, &out->dev_q, err) != 0) return -1;
     out->dev_type |= MK_CUDA_WTYPE_QUANT;
-    out->dev_bytes += (size_t)w->rows * w->row_bytes;
-    c->resident_q += (size_t)w->rows * w->row_bytes;
+    out->dev_bytes += (size_t)w->rows * dev_row_bytes(w);
+    c->resident_q += (size_t)w->rows * dev_row_bytes(w);
   }
   if (bf) {
     __nv_bfloat16 *dst = NULL;
@@ -304,7 +337,7 @@ static void cuda_weight_release(mk_backend_t *b, mk_bweight_t *w) {
   }
   if (w->dev_q) {
     cudaFree(w->dev_q);
-    c->resident_q -= (size_t)w->host.rows * w->host.row_bytes;
+    c->resident_q -= (size_t)w->host.rows * dev_row_bytes(&w->host);
   }
   w->dev = w->dev_q = NULL;
   w->dev_type = 0;
@@ -332,7 +365,7 @@ static int cuda_embed(mk_backend_t *b, const mk_bweight_t *table, const int32_t 
   if (table->dev)
     mk_cuda_embed((const __nv_bfloat16 *)table->dev, table->host.cols, dids, n, x, c->stream);
   else
-    mk_cuda_embed_quant((int)table->host.type, table->dev_q, table->host.row_bytes, table->host.cols, dids, n, x,
+    mk_cuda_embed_quant((int)table->host.type, table->dev_q, dev_row_bytes(&table->host), table->host.cols, dids, n, x,
                         c->stream);
   return op_done(c, "embed", err);
 }
@@ -355,7 +388,7 @@ static void matmul_tiles(cuda_impl_t *c, const mk_bweight_t *w, int n, float *y)
     return note_msg(c, e.msg);
   for (int64_t r0 = 0; r0 < rows && !c->failed; r0 += tile) {
     const int64_t nr = rows - r0 < tile ? rows - r0 : tile;
-    mk_cuda_dequant_bf16((int)w->host.type, (const char *)w->dev_q + (size_t)r0 * w->host.row_bytes, nr * bpr, c->wtile,
+    mk_cuda_dequant_bf16((int)w->host.type, (const char *)w->dev_q + (size_t)r0 * dev_row_bytes(&w->host), nr * bpr, c->wtile,
                          c->stream);
     check_launch(c, "dequant tile");
     note_cublas(c, mk_cuda_gemm_bf16_tile(c->cublas, c->wtile, nr, cols, c->xb, n, y + r0, rows), nr, cols, n);
@@ -369,7 +402,7 @@ static int cuda_matmul(mk_backend_t *b, const mk_bweight_t *w, const float *x, i
   const __nv_bfloat16 *W = (const __nv_bfloat16 *)w->dev;
   const int64_t rows = w->host.rows, cols = w->host.cols;
   if (n <= MK_GEMV_MAX_N && w->dev_q) {
-    mk_cuda_gemv_quant((int)w->host.type, w->dev_q, rows, cols, w->host.row_bytes, x, n, y, c->stream);
+    mk_cuda_gemv_quant((int)w->host.type, w->dev_q, rows, cols, dev_row_bytes(&w->host), x, n, y, c->stream);
     return op_done(c, "gemv_quant", err);
   }
   if (n <= MK_GEMV_MAX_N) {
@@ -534,6 +567,9 @@ static mk_backend_ops_t cuda_ops_make(void) {
   o.mkv_begin = cb_mkv_begin;
   o.mkv_select = cb_mkv_select;
   o.sync = cuda_sync;
+  o.copy2d = cuda_copy2d;
+  o.host_alloc = cuda_host_alloc;
+  o.host_free = cuda_host_free;
   return o;
 }
 
@@ -549,12 +585,13 @@ extern "C" int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *
     return mk_fail(err, "no CUDA device (%s; CUDA_VISIBLE_DEVICES=%s)",
                    e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", vis ? vis : "unset");
   }
-  if (p->device < 0 || p->device >= count)
+  if (p->device >= count)
     return mk_fail(err, "CUDA device %d requested, but %d device%s visible (CUDA_VISIBLE_DEVICES=%s)", p->device,
                    count, count == 1 ? " is" : "s are", vis ? vis : "unset");
   cuda_impl_t *c = (cuda_impl_t *)calloc(1, sizeof *c);
   if (!c) return mk_fail(err, "cuda backend: out of memory");
-  c->dev = p->device;
+  /* device < 0: by node-local rank, ranks beyond the devices sharing them round-robin */
+  c->dev = p->device >= 0 ? p->device : (p->local_rank > 0 ? p->local_rank : 0) % count;
   b->impl = c;
   b->ops = &cuda_ops;
   b->n_threads = p->n_threads;
@@ -572,6 +609,10 @@ extern "C" int mk_backend_cuda_init(mk_backend_t *b, const mk_backend_params_t *
   MK_INIT_CHECK(cudaSetDevice(c->dev));
   MK_INIT_CHECK(cudaDeviceGetAttribute(&c->n_sm, cudaDevAttrMultiProcessorCount, c->dev));
   MK_INIT_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  MK_INIT_CHECK(cudaDeviceGetPCIBusId(b->comm.device_id, (int)sizeof b->comm.device_id, c->dev));
+  b->comm.device_memory = true;
+  b->comm.stream = (void *)c->stream;
+  b->comm.device = c->dev;
   for (int r = 0; r < MK_STAGE_REGIONS; r++)
     MK_INIT_CHECK(cudaEventCreateWithFlags(&c->stage_ev[r], cudaEventDisableTiming));
 #undef MK_INIT_CHECK

@@ -8,6 +8,8 @@ static uint64_t *counter(mk_comm_t *c, mk_comm_tag_t tag) {
       return &c->bytes_model;
     case MK_COMM_SCORE:
       return &c->bytes_score;
+    case MK_COMM_SAMPLE:
+      return &c->bytes_sample;
     default:
       return &c->bytes_other;
   }
@@ -40,6 +42,12 @@ int mk_comm_allgather(mk_comm_t *c, mk_comm_tag_t tag, const void *send, void *r
                       size_t bytes_each, mk_error_t *err) {
   count(c, tag, (uint64_t)bytes_each * (uint64_t)c->size);
   return c->ops->allgather(c, send, recv, bytes_each, err);
+}
+
+int mk_comm_allgather_host(mk_comm_t *c, mk_comm_tag_t tag, const void *send, void *recv,
+                           size_t bytes_each, mk_error_t *err) {
+  count(c, tag, (uint64_t)bytes_each * (uint64_t)c->size);
+  return c->ops->allgather_host(c, send, recv, bytes_each, err);
 }
 
 int mk_comm_barrier(mk_comm_t *c, mk_error_t *err) {

@@ -108,6 +108,7 @@ static const mk_comm_ops_t mpi_ops = {
     .allreduce_max_f32 = mpi_allreduce_max_f32,
     .bcast = mpi_bcast,
     .allgather = mpi_allgather,
+    .allgather_host = mpi_allgather,
     .barrier = mpi_barrier,
     .free = mpi_free,
 };

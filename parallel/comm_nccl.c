@@ -1,5 +1,6 @@
 /* mk_comm_t over NCCL (device buffers, GPU path). Compiled only with MORPHKV_HAVE_NCCL; otherwise
- * this is an empty translation unit.
+ * this is an empty translation unit. tests/gpu compiles it a second time against the emulated
+ * NCCL (tests/gpu/emu/nccl/nccl.h), whose collectives run over MPI on the emulator's device memory.
  *
  * Bootstrap: every rank selects its device, rank 0 makes the ncclUniqueId, the ranks agree that
  * all of that worked (one MPI all-reduce, so a failing rank 0 cannot leave the others waiting in
@@ -101,6 +102,19 @@ static int nccl_allgather(mk_comm_t *c, const void *send, void *recv, size_t byt
   return check_async(c, err);
 }
 
+/* Host buffers: over the MPI side channel (NCCL itself only moves device memory). */
+static int nccl_allgather_host(mk_comm_t *c, const void *send, void *recv, size_t bytes_each,
+                               mk_error_t *err) {
+  nccl_impl_t *m = c->impl;
+  if (bytes_each > (size_t)INT_MAX)
+    return mk_fail(err, "MPI_Allgather on rank %d: %zu bytes per rank is more than %d", c->rank,
+                   bytes_each, INT_MAX);
+  MK_MPI_CHECK(MPI_Allgather(send, (int)bytes_each, MPI_BYTE, recv, (int)bytes_each, MPI_BYTE,
+                             m->mpi),
+               c->rank, err);
+  return 0;
+}
+
 /* One poll of the stream for the watchdog's bounded wait (parallel/watchdog.h): 1 when the
  * stream is idle, 0 while work is pending, -1 on a CUDA error or an NCCL async error. */
 static int nccl_poll(void *arg, mk_error_t *err) {
@@ -153,6 +167,7 @@ static const mk_comm_ops_t nccl_ops = {
     .allreduce_max_f32 = nccl_allreduce_max_f32,
     .bcast = nccl_bcast,
     .allgather = nccl_allgather,
+    .allgather_host = nccl_allgather_host,
     .barrier = nccl_barrier,
     .free = nccl_free,
 };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "parallel/mpi_check.h"
+#include "src/backend.h"
 
 static int ctx_build(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
   int wrank = -1;
@@ -61,6 +62,7 @@ static void ctx_swap_comm(mk_ctx_t *ctx, mk_comm_t *c) {
   if (ctx->comm) {
     c->bytes_model = ctx->comm->bytes_model;
     c->bytes_score = ctx->comm->bytes_score;
+    c->bytes_sample = ctx->comm->bytes_sample;
     c->bytes_other = ctx->comm->bytes_other;
   }
   mk_comm_free(ctx->comm);
@@ -75,14 +77,98 @@ int mk_ctx_use_mpi(mk_ctx_t *ctx, mk_comm_mpi_mode_t mode, mk_error_t *err) {
   return 0;
 }
 
-#ifdef MORPHKV_HAVE_NCCL
 int mk_ctx_use_nccl(mk_ctx_t *ctx, int device, void *cuda_stream, mk_error_t *err) {
   mk_comm_t *c;
+  if (!mk_comm_nccl_create)
+    return mk_fail(err, "rank %d: this morphkv was built without NCCL (use --comm mpi)", ctx->rank);
   if (mk_comm_nccl_create(ctx->mpi, device, cuda_stream, &c, err)) return -1;
   ctx_swap_comm(ctx, c);
   return 0;
 }
-#endif
+
+/* Whether two ranks of this node report the same physical GPU; fills `why` for the first pair.
+ * Collective over ctx->mpi (the node communicator is split from it). Returns -1 on MPI errors. */
+static int node_shares_gpu(mk_ctx_t *ctx, const mk_backend_t *be, bool *shared, mk_error_t *why,
+                           mk_error_t *err) {
+  *shared = false;
+  MPI_Comm node = MPI_COMM_NULL;
+  MK_MPI_CHECK(MPI_Comm_split_type(ctx->mpi, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL, &node),
+               ctx->rank, err);
+  enum { ID = sizeof be->comm.device_id };
+  char *ids = calloc((size_t)ctx->local_size, ID);
+  int rc = ids ? MPI_Allgather(be->comm.device_id, ID, MPI_CHAR, ids, ID, MPI_CHAR, node) : MPI_ERR_NO_MEM;
+  MPI_Comm_free(&node);
+  if (rc != MPI_SUCCESS) {
+    free(ids);
+    return mk_mpi_fail(err, rc, "MPI_Allgather(GPU ids of this node)", ctx->rank, __FILE__, __LINE__);
+  }
+  for (int i = 0; i < ctx->local_size && !*shared; i++)
+    for (int j = i + 1; j < ctx->local_size && !*shared; j++) {
+      if (strncmp(ids + (size_t)i * ID, ids + (size_t)j * ID, ID) != 0) continue;
+      char host[MPI_MAX_PROCESSOR_NAME] = "?";
+      int len = 0;
+      MPI_Get_processor_name(host, &len);
+      const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+      *shared = true;
+      mk_fail(why,
+              "--comm nccl: local ranks %d and %d of node %s both use GPU %.32s (CUDA_VISIBLE_DEVICES=%s), "
+              "and NCCL needs one GPU per rank; give each rank its own GPU (e.g. CUDA_VISIBLE_DEVICES per "
+              "local rank) or use --comm mpi, which stages through host memory",
+              i, j, host, ids + (size_t)i * ID, vis ? vis : "unset");
+    }
+  free(ids);
+  return 0;
+}
+
+/* mk_ctx_agree on `mine`, then the agreed message into err. */
+static int agree_into(mk_ctx_t *ctx, int st, mk_error_t *mine, mk_error_t *err) {
+  if (mk_ctx_agree(ctx, st, mine) == 0) return 0;
+  memcpy(err->msg, mine->msg, sizeof err->msg);
+  return -1;
+}
+
+int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, mk_backend_t *be, mk_comm_t **out,
+                            mk_error_t *err) {
+  *out = NULL;
+  mk_error_t mine = {{0}};
+  int st = 0;
+  if (!be->comm.device_memory) {
+    if (want == MK_COMM_KIND_NCCL)
+      st = mk_fail(&mine, "--comm nccl needs the CUDA backend (NCCL moves device memory); backend %s "
+                          "keeps host memory: use --comm mpi or auto", be->ops->name);
+    return agree_into(ctx, st, &mine, err); /* the caller uses ctx->comm, the host MPI communicator */
+  }
+  bool shared = false;
+  if (node_shares_gpu(ctx, be, &shared, &mine, err) != 0) return -1;
+  int flag = shared, anyshared = 0;
+  MK_MPI_CHECK(MPI_Allreduce(&flag, &anyshared, 1, MPI_INT, MPI_MAX, ctx->mpi), ctx->rank, err);
+  bool nccl = false;
+  if (want == MK_COMM_KIND_NCCL) {
+    nccl = true;
+    if (!mk_comm_nccl_create)
+      st = mk_fail(&mine, "--comm nccl: this morphkv was built without NCCL; use --comm mpi");
+    else if (shared)
+      st = -1; /* node_shares_gpu wrote the message */
+  } else if (want == MK_COMM_KIND_AUTO) {
+    nccl = mk_comm_nccl_create && ctx->world > 1 && !anyshared;
+  }
+  if (agree_into(ctx, st, &mine, err) != 0) return -1;
+  mk_comm_t *c = NULL;
+  if (nccl) {
+    st = mk_comm_nccl_create(ctx->mpi, be->comm.device, be->comm.stream, &c, &mine);
+  } else {
+    mk_comm_t *inner = NULL;
+    st = mk_comm_mpi_create(ctx->mpi, MK_COMM_MPI_ALLREDUCE, &inner, &mine);
+    if (st == 0) st = mk_comm_staged_create(inner, be, &c, &mine);
+  }
+  if (agree_into(ctx, st, &mine, err) != 0) {
+    mk_comm_free(c);
+    return -1;
+  }
+  c->wd = ctx->wd; /* bounded waits, as on ctx->comm */
+  *out = c;
+  return 0;
+}
 
 int mk_ctx_agree(const mk_ctx_t *ctx, int status, mk_error_t *err) {
   int mine = status ? ctx->rank : INT_MAX, first = INT_MAX;

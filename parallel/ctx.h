@@ -2,8 +2,9 @@
  * Passed explicitly everywhere (no globals), so two contexts could live in one test process.
  *
  * Two channels: ctx->mpi (host memory, control messages such as the request, failure agreement)
- * and ctx->comm (the forward pass's collectives: MPI on the CPU path, NCCL on the GPU path after
- * mk_ctx_use_nccl). Both are private duplicates of the run's communicator with
+ * and ctx->comm (the forward pass's collectives on host buffers: MPI). An engine on a device
+ * backend gets its own communicator on device buffers (NCCL, or MPI staged through pinned host
+ * memory) from mk_ctx_comm_for_backend. Both are private duplicates of the run's communicator with
  * MPI_ERRORS_RETURN, so MPI failures come back as mk_error_t messages naming call and rank.
  *
  * Failure rule: a rank that cannot go on calls mk_ctx_abort, which takes every rank down (no rank
@@ -16,6 +17,7 @@
 #include <mpi.h>
 
 #include "parallel/comm.h"
+#include "parallel/comm_kind.h"
 #include "src/mk_error.h"
 
 typedef struct mk_ctx {
@@ -37,11 +39,25 @@ void mk_ctx_free(mk_ctx_t *ctx);
 /* Replaces ctx->comm with an MPI communicator of the given mode (collective). Counters carry
  * over. */
 int mk_ctx_use_mpi(mk_ctx_t *ctx, mk_comm_mpi_mode_t mode, mk_error_t *err);
-#ifdef MORPHKV_HAVE_NCCL
 /* Replaces ctx->comm with an NCCL communicator on `device` and `cuda_stream` (a cudaStream_t;
- * see mk_comm_nccl_create). Collective. Counters carry over. */
+ * see mk_comm_nccl_create). Collective. Counters carry over. Fails in a build without NCCL. */
 int mk_ctx_use_nccl(mk_ctx_t *ctx, int device, void *cuda_stream, mk_error_t *err);
-#endif
+
+struct mk_backend;
+/* The communicator for the forward pass of an engine on backend `be` (src/backend.h: be->comm says
+ * whether its buffers are device memory, and which stream and GPU it uses). Collective over
+ * ctx->mpi; every rank passes the same `want`.
+ *   host memory (CPU backend): *out = NULL, meaning ctx->comm (MPI); `nccl` is an error.
+ *   device memory (CUDA):      a new communicator, owned by the caller, bound to be:
+ *                              `nccl`: NCCL on be's stream, in place on device buffers;
+ *                              `mpi`:  MPI staged through pinned host buffers (comm_staged.c);
+ *                              `auto`: NCCL where the build has it, world > 1 and no two ranks of
+ *                                      a node share a GPU; staged MPI otherwise.
+ * `nccl` with two ranks of a node on one GPU (NCCL does not support it) is refused before any NCCL
+ * call, with a message naming the node, the local ranks, the GPU, CUDA_VISIBLE_DEVICES and
+ * --comm mpi. Every rank returns the same status, with the first failing rank's message. */
+int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, struct mk_backend *be, mk_comm_t **out,
+                            mk_error_t *err);
 
 /* Collective over ctx->mpi: every rank passes its own status (0 or -1, with *err filled when -1).
  * Returns 0 when every rank passed 0. Otherwise returns -1 on every rank, with err set everywhere

@@ -155,12 +155,29 @@ typedef struct mk_backend_ops {
   int (*mkv_select)(mk_backend_t *b, mk_kv_cache_t *c, int layer, const mk_kv_mkv_job_t *jobs, int n_jobs,
                     float *scores, mk_error_t *err);
   int (*sync)(mk_backend_t *b, mk_error_t *err);
+  /* height rows of width bytes from src (row pitch spitch) to dst (pitch dpitch), both backend
+   * memory, in order with the other ops (the forward pass packs collective payloads with it). */
+  int (*copy2d)(mk_backend_t *b, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                size_t height, mk_error_t *err);
+  /* Host memory for staging transfers (CUDA: pinned, cudaMallocHost; CPU: malloc). NULL on failure. */
+  void *(*host_alloc)(mk_backend_t *b, size_t bytes);
+  void (*host_free)(mk_backend_t *b, void *p);
 } mk_backend_ops_t;
+
+/* What a communicator needs to know of the backend (parallel/ctx.c picks one with it), so that
+ * the engine never needs to know which backend it drives. */
+typedef struct mk_backend_comm_info {
+  bool device_memory; /* activations are device memory: host code must never dereference them */
+  void *stream;       /* the queue every op runs on (a cudaStream_t); NULL on the CPU */
+  int device;         /* device ordinal in this process; -1 on the CPU */
+  char device_id[32]; /* the physical device, equal across processes (PCI bus id); "" on the CPU */
+} mk_backend_comm_info_t;
 
 struct mk_backend {
   const mk_backend_ops_t *ops;
   void *impl;
   int n_threads;
+  mk_backend_comm_info_t comm; /* zero (host memory, no stream) unless the backend sets it */
 };
 
 typedef enum mk_backend_kind { MK_BACKEND_CPU = 0, MK_BACKEND_CUDA = 1 } mk_backend_kind_t;
@@ -169,7 +186,9 @@ typedef struct mk_backend_params {
   mk_backend_kind_t kind;
   int n_threads;        /* CPU threads (OpenMP) */
   int simd;             /* -1: best available; else mk_simd_t to force */
-  int device;           /* CUDA: device ordinal (from the node-local rank) */
+  int device;           /* CUDA: device ordinal; < 0: local_rank modulo the visible devices, so
+                         * several ranks of a node may share one GPU (--comm mpi) */
+  int local_rank;       /* CUDA with device < 0: this rank's index on its node */
 } mk_backend_params_t;
 
 /* CPU backend: always available. */

@@ -37,6 +37,17 @@ static int cpu_copy(mk_backend_t *b, void *dst, const void *src, size_t bytes, m
   return 0;
 }
 
+static int cpu_copy2d(mk_backend_t *b, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                      size_t height, mk_error_t *err) {
+  for (size_t r = 0; r < height; r++)
+    memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+  return 0;
+}
+
+static void *cpu_host_alloc(mk_backend_t *b, size_t bytes) { return malloc(bytes ? bytes : 1); }
+
+static void cpu_host_free(mk_backend_t *b, void *p) { free(p); }
+
 static int cpu_weight_prepare(mk_backend_t *b, const mk_qmat_t *w, mk_bweight_t *out, mk_error_t *err) {
   memset(out, 0, sizeof *out);
   out->host = *w;
@@ -323,6 +334,9 @@ static const mk_backend_ops_t cpu_ops = {
     .kv_write = cpu_kv_write,
     .attention = cpu_attention,
     .sync = cpu_sync,
+    .copy2d = cpu_copy2d,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
 };
 
 int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_t *err) {
@@ -339,6 +353,7 @@ int mk_backend_cpu_init(mk_backend_t *b, const mk_backend_params_t *p, mk_error_
   b->ops = &cpu_ops;
   b->impl = c;
   b->n_threads = p->n_threads > 0 ? p->n_threads : omp_get_max_threads();
+  b->comm.device = -1; /* host memory, no stream */
   return 0;
 }
 

@@ -23,7 +23,7 @@ typedef enum opt_id {
   O_THREADS, O_CONFIG, O_STATS_JSON, O_STATS_EVERY, O_STOP,
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
-  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_DETERMINISTIC, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
+  O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_DETERMINISTIC, O_COMM, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -90,6 +90,10 @@ static const opt_def_t OPTS[] = {
      false},
     {O_DETERMINISTIC, "deterministic", K_ENUM, "on|off",
      "on: the same bits for every rank count and batch; off: all-reduce rank partials (default off)",
+     false},
+    {O_COMM, "comm", K_ENUM, "auto|nccl|mpi",
+     "collectives: auto (CPU: mpi; CUDA: nccl with one GPU per rank, else mpi), nccl (CUDA, in place "
+     "on device buffers), mpi (CUDA: staged through pinned host memory; ranks may share a GPU)",
      false},
     {O_COMM_TIMEOUT, "comm-timeout", K_FLOAT, "SECONDS",
      "abort every rank when a collective waits longer than SECONDS for a wedged rank, naming "
@@ -385,6 +389,10 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
     case O_DETERMINISTIC:
       if ((e = parse_enum(d, v, err)) < 0) return -1;
       o->deterministic = e == 0;
+      return 0;
+    case O_COMM:
+      if ((e = parse_enum(d, v, err)) < 0) return -1;
+      o->comm = e == 1 ? MK_COMM_KIND_NCCL : e == 2 ? MK_COMM_KIND_MPI : MK_COMM_KIND_AUTO;
       return 0;
     case O_COMM_TIMEOUT: return parse_float(d, v, 0.0, 1e6, &o->comm_timeout, err);
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);

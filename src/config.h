@@ -13,6 +13,7 @@
 #include <stdio.h>
 
 #include "kvcache/kvcache.h"
+#include "parallel/comm_kind.h"
 #include "src/backend.h"
 #include "src/mk_error.h"
 #include "src/sampler.h"
@@ -40,6 +41,7 @@ typedef struct mk_gen_opts {
   int simd;            /* -1: best available, else mk_simd_t */
   int tp;              /* 0: the world size */
   bool deterministic;   /* --deterministic on: MK_NUMERICS_DETERMINISTIC (default off) */
+  mk_comm_kind_t comm; /* --comm (auto) */
   float comm_timeout;  /* seconds a collective may wait before the job is aborted; 0 = off */
   bool ignore_eos;     /* keep generating past end-of-generation tokens (benchmarks) */
   bool quiet, progress;

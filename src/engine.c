@@ -7,11 +7,13 @@
  *     rope(q), rope(k)                         keys are cached post-RoPE
  *     qsum  = per-KV-head sum of q             only if the cache policy scores by logit sums;
  *                                              all-reduced when some KV head is replicated
- *     att   = attention(q, cache)              kvcache/driver.c: slots, K/V write, attention, policy
- *     x    += rowpar(att Wo)                   row-parallel
+ *     att   = attention(q, cache)              writes K/V to slots, runs the cache policy
+ *     x    += rowpar(att Wo)                   row-parallel (all-reduce, or the ordered chunk sum)
  *     x    += rowpar(swiglu(rmsnorm(x) Wgate, rmsnorm(x) Wup) Wdown)
- *   logits = rmsnorm(x) Wout                   vocab-parallel rows, all-gathered
- * Every rank ends with the same full logits, so the same sampler picks the same token.
+ *   logits = rmsnorm(x) Wout                   vocab-parallel rows: all-gathered (one collective
+ *                                              per step for all output rows), or sampled where
+ *                                              they lie (mk_engine_step_sample)
+ * Every rank ends with the same full logits, or the same sampled token.
  *
  * Invariance (MK_NUMERICS_DETERMINISTIC, --deterministic on; README "Numerics"). The logits do not
  * depend on the rank count T nor on the batch:
@@ -24,8 +26,15 @@
  * - the replicated-KV query sum: every rank all-gathers the query vectors of the replicated heads
  *   (not partial sums) and adds them in head order, the order group_qsum uses for the others.
  * - RMSNorm, RoPE, attention and softmax are per row and per head, in slot order.
- * MK_NUMERICS_FAST keeps the old path: one matmul per layer and an MPI all-reduce of the rank
- * partials (their grouping depends on T). */
+ * MK_NUMERICS_FAST keeps the old path: one matmul per layer and an all-reduce of the rank
+ * partials (their grouping depends on T).
+ *
+ * Collectives. Every payload handed to the communicator is backend memory (device memory on
+ * CUDA): e->comm is ctx->comm (MPI, host memory) on the CPU backend and a communicator bound to
+ * the backend (NCCL, or MPI staged through pinned memory) on a device backend
+ * (mk_ctx_comm_for_backend). Payloads that are not contiguous (the replicated heads' query sums,
+ * padded vocabulary slices) are packed with ops->copy2d first, so each is one collective. The
+ * deterministic query-sum gather is small and runs on host memory (mk_comm_allgather_host). */
 #include "src/engine.h"
 
 #include "kvcache/driver.h"
@@ -71,19 +80,29 @@ struct mk_engine {
   /* Replicated-head score sync: the KV heads held by more than one rank (same list on every
    * rank), and for each the local index here or -1. Only their query sums are all-reduced. */
   int n_rep, *rep_local;
-  float *qsum_glob;   /* host (n, n_rep, d) */
+  float *qsum_glob;   /* host (d): one ordered query sum */
   /* deterministic numerics */
   bool fast;                 /* MK_NUMERICS_FAST */
   rp_chunks_t rp_o, rp_down; /* attn_output, ffn_down */
   float *parts, *gath;       /* backend: (max_loc, slab, n_embd), (tp, max_loc, slab, n_embd) */
-  float *h_parts, *h_gath;   /* host staging of the same, for the host communicator */
   /* Ordered query sum of replicated heads: this rank sends the vectors of its query heads that
    * read a replicated KV head (qs_send_u: local query heads, qs_n of them; qs_m = the most any
    * rank sends); qs_src[i*g + k] = where query head k of replicated head i sits in the gather. */
   int qs_n, qs_m, *qs_send_u, *qs_src;
   float *qs_send, *qs_recv;  /* host (n, qs_m, d), (tp, n, qs_m, d) */
-  float *logits_pad;  /* host (n, tp * vocab_slice_max), all-gather target */
-  float *logits_host; /* host (n, vocab_slice_max) */
+  float *qsum_pack;   /* backend (n, n_rep, d): the all-reduced payload */
+  float *zeros;       /* backend (n, d), never written: the slots of heads this rank lacks */
+  /* LM-head exchange, grow-only, sized by output rows (cap_out) */
+  int cap_out;
+  float *logits_pack; /* backend (rows, vocab_slice_max): this rank's slice, padded */
+  float *logits_all;  /* backend (tp, rows, vocab_slice_max): all-gather target */
+  float *logits_pad;  /* host copy of logits_all */
+  float *logits_host; /* host (vocab_slice_max): the sampled row's slice */
+  float *logits_whole; /* host (n_vocab): the sampled row, where the sampler needs all of it */
+  mk_sample_cand_t *cand_mine, *cand_all; /* host: the distributed sampler's exchange */
+  int cap_cand;
+  mk_comm_t *comm;    /* the forward pass's collectives; NULL in a world of one */
+  bool own_comm;      /* device backends: made for this engine */
   int32_t *pos_buf;
   int *prow; /* (cap_tok) policy rows of the batch */
   mk_kv_cache_t cache;
@@ -227,6 +246,18 @@ static int numerics_init(mk_engine_t *e, const mk_tensor_source_t *src, int worl
   return rc;
 }
 
+/* The end of mk_engine_open on every rank: all ranks learn whether any failed (so that none waits
+ * in a collective for a rank that gave up, and every rank can say why), then the communicator for
+ * this backend. status: this rank's so far (0, or -1 with err). */
+static int open_comm(mk_engine_t *e, int status, mk_comm_kind_t want, mk_error_t *err) {
+  if (e->ctx->world > 1 ? mk_ctx_agree(e->ctx, status, err) != 0 : status != 0) return -1;
+  mk_comm_t *c = NULL;
+  if (mk_ctx_comm_for_backend(e->ctx, want, &e->be, &c, err) != 0) return -1;
+  e->own_comm = c != NULL;
+  e->comm = c ? c : e->ctx->comm;
+  return 0;
+}
+
 /* This rank's plan (planp NULL for a world of one: the model owns everything). */
 static int plan_rank(const mk_model_config_t *cfg, const mk_tensor_source_t *src, int world, int rank,
                      mk_plan_t *plan, const mk_plan_t **planp, mk_error_t *err) {
@@ -317,9 +348,12 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
     goto fail;
   }
   if (prepare_weights(e, err) != 0) goto fail;
+  if (ctx && open_comm(e, 0, p->comm, err) != 0) goto fail_agreed;
   *out = e;
   return 0;
 fail:
+  if (ctx) open_comm(e, -1, p->comm, err);
+fail_agreed:
   mk_engine_close(e);
   return -1;
 }
@@ -334,25 +368,35 @@ static void free_acts(mk_engine_t *e) {
   if (e->parts) e->be.ops->dealloc(&e->be, e->parts);
   if (e->gath) e->be.ops->dealloc(&e->be, e->gath);
   e->parts = e->gath = NULL;
-  free(e->h_parts);
-  free(e->h_gath);
   free(e->qs_send);
   free(e->qs_recv);
-  e->h_parts = e->h_gath = e->qs_send = e->qs_recv = NULL;
   free(e->qsum_glob);
-  free(e->logits_pad);
-  free(e->logits_host);
-  free(e->pos_buf);
   free(e->prow);
+  e->qs_send = e->qs_recv = e->qsum_glob = NULL;
   e->prow = NULL;
-  e->qsum_glob = e->logits_pad = e->logits_host = NULL;
+  float **more[] = {&e->qsum_pack, &e->zeros, &e->logits_pack, &e->logits_all};
+  for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+    if (*more[i]) e->be.ops->dealloc(&e->be, *more[i]);
+    *more[i] = NULL;
+  }
+  if (e->logits_pad) e->be.ops->host_free(&e->be, e->logits_pad);
+  if (e->logits_host) e->be.ops->host_free(&e->be, e->logits_host);
+  free(e->logits_whole);
+  free(e->cand_mine);
+  free(e->cand_all);
+  e->logits_whole = NULL;
+  free(e->pos_buf);
+  e->logits_pad = e->logits_host = NULL;
+  e->cand_mine = e->cand_all = NULL;
   e->pos_buf = NULL;
-  e->cap_tok = 0;
+  e->cap_tok = e->cap_out = e->cap_cand = 0;
 }
 
 void mk_engine_close(mk_engine_t *e) {
   if (!e) return;
   free_acts(e);
+  if (e->own_comm) mk_comm_free(e->comm);
+  e->comm = NULL;
   if (e->have_cache) mk_kv_cache_free(&e->cache);
   if (e->be.ops) {
     const mk_backend_ops_t *o = e->be.ops;
@@ -405,28 +449,46 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!(*want[i].p = o->alloc(&e->be, want[i].n * sizeof(float))))
       return mk_fail(err, "out of memory for activations of %d tokens", n);
-  int tp = tp_of(e);
-  e->qsum_glob = calloc(N * (size_t)(e->n_rep ? e->n_rep : 1) * D, sizeof(float));
-  e->logits_pad = malloc((size_t)(tp + 1) * e->vocab_slice_max * sizeof(float));
-  e->logits_host = malloc(N * (size_t)e->vocab_slice_max * sizeof(float));
+  if (e->n_rep > 0 && (!(e->qsum_pack = o->alloc(&e->be, N * (size_t)e->n_rep * D * sizeof(float))) ||
+                       !(e->zeros = o->alloc(&e->be, N * D * sizeof(float)))))
+    return mk_fail(err, "out of memory for the score sync of %d tokens", n);
+  e->logits_host = o->host_alloc(&e->be, (size_t)e->vocab_slice_max * sizeof(float));
   e->pos_buf = malloc(N * sizeof(int32_t));
   e->prow = malloc(N * sizeof(int));
-  if (!e->qsum_glob || !e->logits_pad || !e->logits_host || !e->pos_buf || !e->prow)
-    return mk_fail(err, "out of memory for %d tokens", n);
+  e->qsum_glob = malloc(D * sizeof(float));
+  if (!e->logits_host || !e->pos_buf || !e->prow || !e->qsum_glob) return mk_fail(err, "out of memory for %d tokens", n);
+  const int tp = tp_of(e);
   if (!e->fast && tp > 1) {
     int ml = e->rp_o.max_loc > e->rp_down.max_loc ? e->rp_o.max_loc : e->rp_down.max_loc;
     size_t part = (size_t)ml * (size_t)(n < MK_RP_SLAB ? n : MK_RP_SLAB) * c->n_embd;
-    e->parts = o->alloc(&e->be, part * sizeof(float));
+    e->parts = o->alloc(&e->be, part * sizeof(float)); /* the padding of the all-gather slot is sent too */
     e->gath = o->alloc(&e->be, part * (size_t)tp * sizeof(float));
-    e->h_parts = calloc(part, sizeof(float)); /* the padding of the all-gather slot is sent too */
-    e->h_gath = malloc(part * (size_t)tp * sizeof(float));
     size_t qs = N * (size_t)(e->qs_m ? e->qs_m : 1) * D;
     e->qs_send = calloc(qs, sizeof(float));
     e->qs_recv = malloc(qs * (size_t)tp * sizeof(float));
-    if (!e->parts || !e->gath || !e->h_parts || !e->h_gath || !e->qs_send || !e->qs_recv)
+    if (!e->parts || !e->gath || !e->qs_send || !e->qs_recv)
       return mk_fail(err, "out of memory for the chunk partials of %d tokens", n);
   }
   e->cap_tok = n;
+  return 0;
+}
+
+/* The LM-head all-gather buffers for n_out rows (grow-only; only for tp > 1). */
+static int ensure_gather(mk_engine_t *e, int n_out, mk_error_t *err) {
+  if (n_out <= e->cap_out) return 0;
+  const mk_backend_ops_t *o = e->be.ops;
+  float **dev[] = {&e->logits_pack, &e->logits_all};
+  for (int i = 0; i < 2; i++)
+    if (*dev[i]) o->dealloc(&e->be, *dev[i]), *dev[i] = NULL;
+  if (e->logits_pad) o->host_free(&e->be, e->logits_pad);
+  const size_t row = (size_t)n_out * e->vocab_slice_max * sizeof(float);
+  e->cap_out = 0;
+  e->logits_pack = o->alloc(&e->be, row);
+  e->logits_all = o->alloc(&e->be, row * (size_t)tp_of(e));
+  e->logits_pad = o->host_alloc(&e->be, row * (size_t)tp_of(e));
+  if (!e->logits_pack || !e->logits_all || !e->logits_pad)
+    return mk_fail(err, "out of memory for the logits of %d rows", n_out);
+  e->cap_out = n_out;
   return 0;
 }
 
@@ -481,50 +543,39 @@ void mk_engine_reset_seq(mk_engine_t *e, int seq) {
 }
 
 static int comm_allreduce(mk_engine_t *e, float *buf, size_t n, bool score, mk_error_t *err) {
-  return mk_comm_allreduce_sum_f32(e->ctx->comm, score ? MK_COMM_SCORE : MK_COMM_MODEL, buf, n, err);
+  return mk_comm_allreduce_sum_f32(e->comm, score ? MK_COMM_SCORE : MK_COMM_MODEL, buf, n, err);
 }
 
 /* Score sync for replicated KV heads (kvcache/kvcache.h): logits are linear in q, so the group's
  * summed logit row is K . (sum of the group's queries). Every replica all-reduces its partial query
  * sum of each replicated head and then scores with the identical total, so all replicas make the
  * same eviction decisions. Only the rows the policy will read are sent: every decode row, and the
- * last prefill_rows rows of a prefill. Returns the number of rows synced, or -1. */
-static int sync_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk_error_t *err) {
+ * last prefill_rows rows of a prefill. They are packed on the backend into qsum_pack (rows, n_rep,
+ * d), zeros where this rank lacks the head, so the layer's sync is one all-reduce on backend memory.
+ * Returns the number of rows synced, or -1. */
+static int pack_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, bool unpack, mk_error_t *err) {
   const mk_backend_ops_t *o = e->be.ops;
-  const int d = e->d, nr = e->n_rep;
-  const size_t loc = (size_t)e->n_kv * d;
+  const size_t d = (size_t)e->d, nr = (size_t)e->n_rep, loc = (size_t)e->n_kv * d, f = sizeof(float);
   const int pre = e->cache.ops->prefill_rows(&e->cache.cfg);
   int rows = 0;
-  for (int s = 0; s < n_spans; s++) {
+  for (int s = 0; s < n_spans;) {
+    /* a run of adjacent rows: consecutive spans whose read rows touch */
     int first = spans[s].prefill && spans[s].n > pre ? spans[s].n - pre : 0;
-    for (int t = spans[s].row + first; t < spans[s].row + spans[s].n; t++) {
-      float *dst = e->qsum_glob + (size_t)rows * nr * d;
-      for (int i = 0; i < nr; i++) {
-        float *slot = dst + (size_t)i * d;
-        if (e->rep_local[i] < 0)
-          memset(slot, 0, sizeof(float) * (size_t)d);
-        else if (o->download(&e->be, slot, e->qsum + (size_t)t * loc + (size_t)e->rep_local[i] * d,
-                             sizeof(float) * (size_t)d, err))
-          return -1;
+    int t0 = spans[s].row + first, t1 = spans[s].row + spans[s].n;
+    for (s++; s < n_spans && !spans[s].prefill && spans[s].row == t1; s++) t1 += spans[s].n;
+    for (size_t i = 0; i < nr; i++) {
+      float *pk = e->qsum_pack + ((size_t)rows * nr + i) * d;
+      int rc;
+      if (e->rep_local[i] < 0)
+        rc = unpack ? 0 : o->copy2d(&e->be, pk, nr * d * f, e->zeros, d * f, d * f, (size_t)(t1 - t0), err);
+      else {
+        float *q = e->qsum + (size_t)t0 * loc + (size_t)e->rep_local[i] * d;
+        rc = unpack ? o->copy2d(&e->be, q, loc * f, pk, nr * d * f, d * f, (size_t)(t1 - t0), err)
+                    : o->copy2d(&e->be, pk, nr * d * f, q, loc * f, d * f, (size_t)(t1 - t0), err);
       }
-      rows++;
+      if (rc) return -1;
     }
-  }
-  if (rows == 0) return 0;
-  if (mk_comm_allreduce_sum_f32(e->ctx->comm, MK_COMM_SCORE, e->qsum_glob, (size_t)rows * nr * d, err) != 0)
-    return -1;
-  rows = 0;
-  for (int s = 0; s < n_spans; s++) {
-    int first = spans[s].prefill && spans[s].n > pre ? spans[s].n - pre : 0;
-    for (int t = spans[s].row + first; t < spans[s].row + spans[s].n; t++) {
-      const float *src = e->qsum_glob + (size_t)rows * nr * d;
-      for (int i = 0; i < nr; i++)
-        if (e->rep_local[i] >= 0 &&
-            o->upload(&e->be, e->qsum + (size_t)t * loc + (size_t)e->rep_local[i] * d, src + (size_t)i * d,
-                      sizeof(float) * (size_t)d, err))
-          return -1;
-      rows++;
-    }
+    rows += t1 - t0;
   }
   return rows;
 }
@@ -556,7 +607,7 @@ static int sync_rows_ordered(mk_engine_t *e, const mk_seq_span_t *spans, int n_s
                       e->q + ((size_t)rows[i] * e->n_q + e->qs_send_u[j]) * d, sizeof(float) * (size_t)d, err))
         return -1;
   const size_t each = (size_t)n * m * d; /* floats per rank */
-  if (mk_comm_allgather(e->ctx->comm, MK_COMM_SCORE, e->qs_send, e->qs_recv, each * sizeof(float), err) != 0)
+  if (mk_comm_allgather_host(e->comm, MK_COMM_SCORE, e->qs_send, e->qs_recv, each * sizeof(float), err) != 0)
     return -1;
   float *sum = e->qsum_glob;
   for (int i = 0; i < n; i++)
@@ -586,17 +637,44 @@ static int row_parallel(mk_engine_t *e, const mk_bweight_t *w, const rp_chunks_t
     return tp > 1 ? comm_allreduce(e, out, (size_t)n * ne, false, err) : 0;
   }
   if (tp == 1) return o->matmul_chunks(b, w, in, n, rc->chunk_cols, NULL, out, err);
-  const int n_loc = (int)mk_matmul_n_chunks(&w->host, rc->chunk_cols);
   for (int t0 = 0; t0 < n; t0 += MK_RP_SLAB) {
     const int m = n - t0 < MK_RP_SLAB ? n - t0 : MK_RP_SLAB;
     const size_t part = (size_t)m * ne, each = part * (size_t)rc->max_loc;
     if (o->matmul_chunks(b, w, in + (size_t)t0 * w->host.cols, m, rc->chunk_cols, e->parts, NULL, err)) return -1;
-    if (o->download(b, e->h_parts, e->parts, sizeof(float) * part * (size_t)n_loc, err)) return -1;
-    if (mk_comm_allgather(e->ctx->comm, MK_COMM_MODEL, e->h_parts, e->h_gath, sizeof(float) * each, err) != 0)
+    if (mk_comm_allgather(e->comm, MK_COMM_MODEL, e->parts, e->gath, sizeof(float) * each, err) != 0)
       return -1;
-    if (o->upload(b, e->gath, e->h_gath, sizeof(float) * each * (size_t)tp, err)) return -1;
     if (o->sum_parts(b, out + (size_t)t0 * ne, e->gath, rc->idx, rc->n_chunks, part, err)) return -1;
   }
+  return 0;
+}
+
+static int sync_rows(mk_engine_t *e, const mk_seq_span_t *spans, int n_spans, mk_error_t *err) {
+  int rows = pack_rows(e, spans, n_spans, false, err);
+  if (rows <= 0) return rows;
+  if (mk_comm_allreduce_sum_f32(e->comm, MK_COMM_SCORE, e->qsum_pack, (size_t)rows * e->n_rep * e->d, err) != 0)
+    return -1;
+  return pack_rows(e, spans, n_spans, true, err);
+}
+
+/* The LM-head exchange for full logits: every rank's vocabulary slice of n_out rows, padded to the
+ * widest slice, in one all-gather; then the host puts the slices in place. */
+static int gather_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *err) {
+  const mk_backend_ops_t *o = e->be.ops;
+  mk_backend_t *b = &e->be;
+  const int V = e->model.cfg.n_vocab, vl = e->n_vocab_loc, vm = e->vocab_slice_max, tp = tp_of(e);
+  const size_t f = sizeof(float);
+  if (ensure_gather(e, n_out, err) != 0) return -1;
+  const float *send = e->logits_loc;
+  if (vl != vm) {
+    if (o->copy2d(b, e->logits_pack, vm * f, e->logits_loc, vl * f, vl * f, (size_t)n_out, err)) return -1;
+    send = e->logits_pack;
+  }
+  if (mk_comm_allgather(e->comm, MK_COMM_SAMPLE, send, e->logits_all, (size_t)n_out * vm * f, err) != 0) return -1;
+  if (o->download(b, e->logits_pad, e->logits_all, (size_t)tp * n_out * vm * f, err)) return -1;
+  for (int r = 0; r < tp; r++)
+    for (int i = 0; i < n_out; i++)
+      memcpy(logits + (size_t)i * V + e->vocab_begin_r[r], e->logits_pad + ((size_t)r * n_out + i) * vm,
+             f * (size_t)e->vocab_len_r[r]);
   return 0;
 }
 
@@ -606,7 +684,8 @@ static int layer_failed(mk_error_t *err, int l) {
   return -1;
 }
 
-/* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host). */
+/* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host), or,
+ * with logits NULL, leaves this rank's slice of them in e->logits_loc (mk_engine_step_sample). */
 static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
                    const int *out_rows, int n_out, float *logits, mk_error_t *err) {
   const mk_model_config_t *c = &e->model.cfg;
@@ -667,29 +746,18 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     mk_error_prefix(err, "LM head");
     return -1;
   }
-  const int V = c->n_vocab, vl = e->n_vocab_loc, vm = e->vocab_slice_max;
+  if (!logits) return 0; /* the sampler reads e->logits_loc */
   if (tp == 1) {
-    if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * V, err)) return -1;
+    if (o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)) return -1;
     return o->sync(b, err);
   }
-  /* all-gather the vocabulary slices, one output row at a time, each padded to the widest slice */
-  if (o->download(b, e->logits_host, e->logits_loc, sizeof(float) * (size_t)n_out * vl, err)) return -1;
-  mk_comm_t *cm = e->ctx->comm;
-  float *stage = e->logits_pad, *gathered = e->logits_pad + vm; /* (vm), (tp, vm) */
-  for (int i = 0; i < n_out; i++) {
-    memcpy(stage, e->logits_host + (size_t)i * vl, sizeof(float) * (size_t)vl);
-    for (int j = vl; j < vm; j++) stage[j] = 0.0f;
-    if (mk_comm_allgather(cm, MK_COMM_MODEL, stage, gathered, sizeof(float) * (size_t)vm, err) != 0) return -1;
-    for (int r = 0; r < tp; r++)
-      memcpy(logits + (size_t)i * V + e->vocab_begin_r[r], gathered + (size_t)r * vm,
-             sizeof(float) * (size_t)e->vocab_len_r[r]);
-  }
+  if (gather_logits(e, n_out, logits, err) != 0) return -1;
   return o->sync(b, err);
 }
 
-int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits, float *logits,
-                   mk_error_t *err) {
-  if (!e->have_cache) return mk_fail(err, "mk_engine_step before mk_engine_begin");
+/* The arguments of a step: a begun run, a valid sequence, tokens in the vocabulary, room left. */
+static int check_step(const mk_engine_t *e, const char *fn, int seq, const int32_t *ids, int n, mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "%s before mk_engine_begin", fn);
   if (seq < 0 || seq >= e->n_seq) return mk_fail(err, "sequence %d out of range (%d)", seq, e->n_seq);
   if (n <= 0) return mk_fail(err, "no tokens to feed");
   const int V = e->model.cfg.n_vocab;
@@ -698,6 +766,13 @@ int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_
   if (e->n_past[seq] + n > e->model.cfg.n_ctx_train)
     return mk_fail(err, "sequence %d would reach %d tokens, past the model's context of %d", seq,
                    e->n_past[seq] + n, e->model.cfg.n_ctx_train);
+  return 0;
+}
+
+int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits, float *logits,
+                   mk_error_t *err) {
+  if (check_step(e, "mk_engine_step", seq, ids, n, err) != 0) return -1;
+  const int V = e->model.cfg.n_vocab;
   if (e->n_past[seq] == 0) {
     mk_seq_span_t sp = {.seq = seq, .row = 0, .n = n, .pos0 = 0, .prefill = true};
     int last = n - 1;
@@ -723,6 +798,54 @@ int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_
     e->n_past[seq]++;
   }
   return 0;
+}
+
+/* The next token from the last forward's output row (e->logits_loc holds this rank's slice). */
+static int sample_token(mk_engine_t *e, mk_sampler_t *smp, const int32_t *hist, int n_hist, int32_t *next,
+                        mk_error_t *err) {
+  const mk_backend_ops_t *o = e->be.ops;
+  mk_backend_t *b = &e->be;
+  const int tp = tp_of(e), vl = e->n_vocab_loc, V = e->model.cfg.n_vocab;
+  const int per = tp > 1 ? mk_sampler_cand_count(smp) : 0;
+  if (per == 0) { /* one rank, or settings that need every logit: the whole row here */
+    if (!e->logits_whole && !(e->logits_whole = malloc(sizeof(float) * (size_t)V)))
+      return mk_fail(err, "out of memory for %d logits", V);
+    if (tp == 1 ? o->download(b, e->logits_whole, e->logits_loc, sizeof(float) * (size_t)V, err)
+                : gather_logits(e, 1, e->logits_whole, err))
+      return -1;
+    if (o->sync(b, err)) return -1;
+    *next = mk_sampler_sample(smp, e->logits_whole, hist, n_hist);
+    return 0;
+  }
+  if (per > e->cap_cand) {
+    free(e->cand_mine);
+    free(e->cand_all);
+    e->cand_mine = malloc(sizeof *e->cand_mine * (size_t)per);
+    e->cand_all = malloc(sizeof *e->cand_all * (size_t)per * tp);
+    e->cap_cand = e->cand_mine && e->cand_all ? per : 0;
+    if (!e->cap_cand) return mk_fail(err, "out of memory for %d sampling candidates", per * tp);
+  }
+  if (o->download(b, e->logits_host, e->logits_loc, sizeof(float) * (size_t)vl, err) || o->sync(b, err)) return -1;
+  mk_sampler_local(smp, e->logits_host, e->model.plan.vocab_begin, vl, hist, n_hist, e->cand_mine);
+  if (mk_comm_allgather_host(e->comm, MK_COMM_SAMPLE, e->cand_mine, e->cand_all, sizeof *e->cand_mine * (size_t)per,
+                             err) != 0)
+    return -1;
+  *next = mk_sampler_merge(smp, e->cand_all, tp);
+  return 0;
+}
+
+int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk_sampler_t *smp,
+                          const int32_t *history, int n_history, int32_t *next, mk_error_t *err) {
+  if (check_step(e, "mk_engine_step_sample", seq, ids, n, err) != 0) return -1;
+  if (n > 1 && e->n_past[seq] > 0 && mk_engine_step(e, seq, ids, n - 1, false, NULL, err) != 0) return -1;
+  const bool prefill = e->n_past[seq] == 0;
+  const int nf = prefill ? n : 1;
+  const int32_t *fi = prefill ? ids : ids + n - 1;
+  mk_seq_span_t sp = {.seq = seq, .row = 0, .n = nf, .pos0 = e->n_past[seq], .prefill = prefill};
+  int last = nf - 1;
+  if (forward(e, fi, nf, &sp, 1, &last, 1, NULL, err) != 0) return -1;
+  e->n_past[seq] += nf;
+  return sample_token(e, smp, history, n_history, next, err);
 }
 
 int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n, float *logits,
@@ -767,8 +890,10 @@ void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
     s->policy_state_bytes = e->cache.state_bytes_alloc;
     s->kv_slots = e->cache.n_slots;
   }
-  if (e->ctx && e->ctx->comm) {
-    s->comm_model_bytes = e->ctx->comm->bytes_model;
-    s->comm_score_bytes = e->ctx->comm->bytes_score;
+  s->comm = e->comm ? e->comm->ops->name : "none";
+  if (e->comm) {
+    s->comm_model_bytes = e->comm->bytes_model;
+    s->comm_score_bytes = e->comm->bytes_score;
+    s->comm_sample_bytes = e->comm->bytes_sample;
   }
 }

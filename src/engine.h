@@ -16,9 +16,11 @@
 #include <stdint.h>
 
 #include "kvcache/kvcache.h"
+#include "parallel/comm_kind.h"
 #include "src/backend.h"
 #include "src/gguf.h"
 #include "src/model.h"
+#include "src/sampler.h"
 #include "src/tokenizer.h"
 
 /* Reduction order of the row-parallel layers (README "Numerics"). */
@@ -35,12 +37,15 @@ typedef struct mk_engine_params {
   mk_backend_params_t backend;
   int tp; /* expected tensor-parallel degree (--tp), 0 = take the world size */
   mk_numerics_t numerics;
+  mk_comm_kind_t comm; /* --comm: which communicator carries the collectives (parallel/ctx.h) */
 } mk_engine_params_t;
 
 typedef struct mk_engine mk_engine_t;
 typedef struct mk_ctx mk_ctx_t; /* parallel/ctx.h */
 
-/* ctx: the process context (rank/world/comm); NULL means a world of one. */
+/* ctx: the process context (rank/world/comm); NULL means a world of one. Collective over ctx:
+ * every rank returns the same status (on failure err is "rank R: <message>" of the first failing
+ * rank, on every rank, so each can report it and exit without aborting the others). */
 int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx, mk_error_t *err);
 void mk_engine_close(mk_engine_t *e);
 
@@ -62,6 +67,14 @@ int mk_engine_n_past(const mk_engine_t *e, int seq);
 int mk_engine_step(mk_engine_t *e, int seq, const int32_t *ids, int n, bool all_logits,
                    float *logits, mk_error_t *err);
 
+/* As mk_engine_step without logits, then the next token of seq drawn by smp from the last fed
+ * token's logits (history: prompt + generated so far, for the repetition penalty). The full
+ * vocabulary is not gathered: greedy exchanges one (max, id) per rank, top-k settings each rank's
+ * top-k candidates after the penalty (src/sampler.h), so every rank gets the token
+ * mk_sampler_sample would pick from the full logits (bit for bit: same samplers, same seeds). */
+int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk_sampler_t *smp,
+                          const int32_t *history, int n_history, int32_t *next, mk_error_t *err);
+
 /* One decode step for several sequences at once: ids[i] is the next token of seq seqs[i].
  * logits: (n, n_vocab). */
 int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n,
@@ -74,6 +87,8 @@ typedef struct mk_engine_stats {
   size_t kv_alloc_bytes;     /* reserved for K/V */
   size_t policy_state_bytes; /* policy scoring state (e.g. MorphKV logit ring) */
   uint64_t comm_model_bytes, comm_score_bytes;
+  uint64_t comm_sample_bytes; /* LM-head exchange: full-logit gathers and sampler candidates */
+  const char *comm;           /* the communicator's name ("mpi", "mpi-staged", "nccl"; "none") */
   int kv_slots;              /* slots per head */
 } mk_engine_stats_t;
 void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s);

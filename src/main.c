@@ -4,7 +4,7 @@
  * same argv. In `generate`, rank 0 alone reads the prompt, renders the chat template and
  * tokenizes, then hands the request (token ids, sampling, cache settings, stop strings) to every
  * rank as a protobuf message (parallel/request.h). All ranks then run the same loop: the engine
- * gives every rank the same full-vocabulary logits, the sampler is seeded identically, and the
+ * samples on every rank the same token (mk_engine_step_sample; seeded identically), and the
  * stop rules are deterministic, so every rank picks the same token and stops at the same step
  * without a per-token message. Rank 0 alone prints text, progress and statistics.
  *
@@ -308,7 +308,7 @@ static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_
   mk_engine_get_stats(e, &es);
   mk_rank_stats_t mine = {es.weight_bytes,     es.kv_live_bytes,    es.kv_peak_bytes,
                           es.kv_alloc_bytes,   es.policy_state_bytes, es.comm_model_bytes,
-                          es.comm_score_bytes, (uint64_t)es.kv_slots};
+                          es.comm_score_bytes, (uint64_t)es.kv_slots, es.comm_sample_bytes};
   if (ctx->world == 1) {
     all[0] = mine;
     return 0;
@@ -347,6 +347,7 @@ typedef struct gen_run {
   int32_t *hist; /* (n_prompt + max_new + 1) prompt, then generated ids */
   int n_hist;
   float *logits; /* (n_vocab) */
+  int32_t next;  /* the token mk_engine_step_sample drew after the last step */
   mk_tok_stream_t stream;
 } gen_run_t;
 
@@ -385,15 +386,20 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
 /* Load (collective). */
 static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp,
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm,
                            .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
   ep.backend.kind = o->backend;
   ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
   ep.backend.simd = o->simd;
-  ep.backend.device = g->ctx->local_rank;
+  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
+  ep.backend.local_rank = g->ctx->local_rank;
   g->st.threads = ep.backend.n_threads;
   double t0 = MPI_Wtime();
-  if (mk_engine_open(&g->e, &ep, g->ctx, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  if (mk_engine_open(&g->e, &ep, g->ctx, &g->err) != 0) { /* agreed: every rank says why, none aborts */
+    if (g->ctx->world > 1) fprintf(stderr, "morphkv generate (rank %d): %s\n", g->ctx->rank, g->err.msg);
+    else fprintf(stderr, "morphkv generate: %s\n", g->err.msg);
+    return EXIT_FAIL;
+  }
   g->st.load_s = MPI_Wtime() - t0;
   const mk_model_config_t *cfg = mk_engine_config(g->e);
   if (g->r0 && o->progress)
@@ -468,7 +474,9 @@ static void gen_describe(gen_run_t *g) {
   st->backend = o->backend == MK_BACKEND_CUDA ? "cuda" : "cpu";
   st->simd = o->backend == MK_BACKEND_CUDA ? "-"
                                            : mk_simd_name(o->simd < 0 ? mk_simd_best() : (mk_simd_t)o->simd);
-  st->comm = ctx->comm && ctx->comm->ops ? ctx->comm->ops->name : "mpi";
+  mk_engine_stats_t es;
+  mk_engine_get_stats(g->e, &es);
+  st->comm = es.comm;
   st->kv_policy = mk_kv_policy_name(g->req.cache.policy);
   st->kv_dtype = g->req.cache.dtype == MK_KV_F16 ? "f16" : "f32";
   st->kv_window = g->req.cache.window;
@@ -484,7 +492,8 @@ static void gen_describe(gen_run_t *g) {
 static int gen_prefill(gen_run_t *g) {
   const int n_prompt = (int)g->req.n_prompt;
   double t0 = MPI_Wtime();
-  if (mk_engine_step(g->e, 0, g->req.prompt, n_prompt, false, g->logits, &g->err) != 0)
+  /* sampled where the logits lie (mk_engine_step_sample): no full-vocabulary gather */
+  if (mk_engine_step_sample(g->e, 0, g->req.prompt, n_prompt, g->smp, g->hist, g->n_hist, &g->next, &g->err) != 0)
     return mk_cli_fail(g->ctx, NULL, &g->err);
   g->st.prefill_s = MPI_Wtime() - t0;
   if (sample_kv(g->ctx, g->e, &g->st, n_prompt, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
@@ -516,7 +525,8 @@ static int gen_emit(gen_run_t *g, int32_t id) {
 static int gen_step(gen_run_t *g, int32_t id, int n_gen) {
   mk_run_stats_t *st = &g->st;
   double t0 = MPI_Wtime();
-  if (mk_engine_step(g->e, 0, &id, 1, false, g->logits, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  if (mk_engine_step_sample(g->e, 0, &id, 1, g->smp, g->hist, g->n_hist, &g->next, &g->err) != 0)
+    return mk_cli_fail(g->ctx, NULL, &g->err);
   st->decode_s += MPI_Wtime() - t0;
   st->decode_steps++;
   int n_tok = (int)g->req.n_prompt + st->decode_steps;
@@ -536,9 +546,7 @@ static int gen_decode(gen_run_t *g) {
   double t_gen0 = MPI_Wtime();
   int n_gen = 0;
   while (n_gen < max_new) {
-    double ts = MPI_Wtime();
-    int32_t id = mk_sampler_sample(g->smp, g->logits, g->hist, g->n_hist);
-    st->sample_s += MPI_Wtime() - ts;
+    int32_t id = g->next; /* sampling time is part of the prefill / decode step */
     if (!g->o.ignore_eos && mk_tok_is_eog(mk_engine_tokenizer(g->e), id)) {
       st->stop_reason = "eos";
       break;

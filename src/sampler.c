@@ -107,8 +107,10 @@ void mk_sampler_free(mk_sampler_t *s) {
 }
 
 /* llama.cpp semantics: each distinct token among the last n is penalised once:
- * logit > 0 ? logit / p : logit * p. */
-static void apply_penalty(mk_sampler_t *s, float *logits, const int32_t *history, int n_history) {
+ * logit > 0 ? logit / p : logit * p. logits holds ids [v0, v0 + nv) (the whole vocabulary, or
+ * one rank's slice: each id's penalty depends on that id alone, so slices agree with the whole). */
+static void apply_penalty(mk_sampler_t *s, float *logits, int v0, int nv, const int32_t *history,
+                          int n_history) {
   float pen = s->p.repeat_penalty;
   if (pen == 1.0f || s->p.repeat_last_n == 0 || !history || n_history <= 0) return;
   int n = s->p.repeat_last_n < 0 ? n_history
@@ -121,7 +123,9 @@ static void apply_penalty(mk_sampler_t *s, float *logits, const int32_t *history
     int32_t id = history[i];
     if (id < 0 || id >= s->n_vocab || s->seen[id] == s->stamp) continue;
     s->seen[id] = s->stamp;
-    logits[id] = logits[id] > 0.0f ? logits[id] / pen : logits[id] * pen;
+    if (id < v0 || id >= v0 + nv) continue;
+    float *l = &logits[id - v0];
+    *l = *l > 0.0f ? *l / pen : *l * pen;
   }
 }
 
@@ -183,20 +187,93 @@ static int32_t greedy(const float *logits, int n) {
   return best;
 }
 
+/* candidates: every finite-or-+inf logit (NaN and -inf can never be drawn), ids from v0 */
+static int collect(mk_cand_t *c, const float *logits, int v0, int nv) {
+  int n = 0;
+  for (int i = 0; i < nv; i++) {
+    float l = logits[i];
+    if (l == l && l != -INFINITY) c[n++] = (mk_cand_t){l, (int32_t)(v0 + i)};
+  }
+  return n;
+}
+
+static int32_t sample_cands(mk_sampler_t *s, mk_cand_t *c, int n);
+
 int32_t mk_sampler_sample(mk_sampler_t *s, float *logits, const int32_t *history, int n_history) {
   const mk_sampler_params_t *p = &s->p;
-  apply_penalty(s, logits, history, n_history);
+  apply_penalty(s, logits, 0, s->n_vocab, history, n_history);
   if (p->temperature <= 0.0f) return greedy(logits, s->n_vocab);
+  mk_cand_t *c = s->cand;
+  int n = collect(c, logits, 0, s->n_vocab);
+  if (n == 0) return greedy(logits, s->n_vocab);
+  return sample_cands(s, c, n);
+}
 
-  /* candidates: every finite-or-+inf logit (NaN and -inf can never be drawn) */
+/* ---- distributed sampling (sampler.h) ---------------------------------------------------------
+ * Why the merged candidates give the full vocabulary's token: the penalty is per id; greedy's
+ * (max, lowest id) of the whole is the (max, lowest id) of the ranks' local winners; the whole's
+ * top-k (by the total order of cand_before) lies inside the union of the local top-k's, so
+ * cand_select picks the same set; from there every step depends on the set only: top-p and the
+ * final sort order it (n <= top_k <= MK_SAMPLER_MAX_K <= 4096, so the sort always runs), min-p
+ * reads its maximum, the draw walks it in that order. The RNG is consumed on the same calls. */
+
+int mk_sampler_cand_count(const mk_sampler_t *s) {
+  if (s->p.temperature <= 0.0f) return 1;
+  if (s->p.top_k <= 0 || s->p.top_k > MK_SAMPLER_MAX_K) return 0;
+  return 1 + s->p.top_k;
+}
+
+/* greedy's rule: strict >, so ties keep the first (lowest) id; a NaN never wins over a number */
+static inline bool greedy_better(float v, float best) {
+  return v > best || (best != best && v == v);
+}
+
+void mk_sampler_local(mk_sampler_t *s, float *slice, int v0, int nv, const int32_t *history,
+                      int n_history, mk_sample_cand_t *out) {
+  apply_penalty(s, slice, v0, nv, history, n_history);
+  int32_t g = nv > 0 ? greedy(slice, nv) : 0;
+  out[0] = (mk_sample_cand_t){nv > 0 ? slice[g] : NAN, nv > 0 ? v0 + g : -1};
+  const int k = mk_sampler_cand_count(s) - 1;
+  if (k <= 0) return;
+  mk_cand_t *c = s->cand;
+  int n = collect(c, slice, v0, nv);
+  if (n > k) {
+    cand_select(c, n, k);
+    n = k;
+  }
+  for (int i = 0; i < k; i++)
+    out[1 + i] = i < n ? (mk_sample_cand_t){c[i].logit, c[i].id} : (mk_sample_cand_t){0.0f, -1};
+}
+
+int32_t mk_sampler_merge(mk_sampler_t *s, const mk_sample_cand_t *all, int n_ranks) {
+  const int per = mk_sampler_cand_count(s);
+  /* the whole vocabulary's greedy choice: ranks hold ascending id ranges, but compare ids anyway */
+  int32_t best = -1;
+  float bv = NAN;
+  for (int r = 0; r < n_ranks; r++) {
+    const mk_sample_cand_t *g = &all[(size_t)r * per];
+    if (g->id < 0) continue;
+    if (best < 0 || greedy_better(g->logit, bv) || (g->logit == bv && g->id < best)) {
+      best = g->id;
+      bv = g->logit;
+    }
+  }
+  if (best < 0) best = 0;
+  if (s->p.temperature <= 0.0f || per <= 1) return best;
   mk_cand_t *c = s->cand;
   int n = 0;
-  for (int i = 0; i < s->n_vocab; i++) {
-    float l = logits[i];
-    if (l == l && l != -INFINITY) c[n++] = (mk_cand_t){l, (int32_t)i};
-  }
-  if (n == 0) return greedy(logits, s->n_vocab);
+  for (int r = 0; r < n_ranks; r++)
+    for (int i = 1; i < per; i++) {
+      const mk_sample_cand_t *x = &all[(size_t)r * per + i];
+      if (x->id >= 0 && n < s->n_vocab) c[n++] = (mk_cand_t){x->logit, x->id};
+    }
+  if (n == 0) return best;
+  return sample_cands(s, c, n);
+}
 
+/* The chain after the penalty, on n >= 1 candidates: top-k, top-p, min-p, temperature, draw. */
+static int32_t sample_cands(mk_sampler_t *s, mk_cand_t *c, int n) {
+  const mk_sampler_params_t *p = &s->p;
   bool sorted = false;
   if (p->top_k > 0 && p->top_k < n) {
     cand_select(c, n, p->top_k);

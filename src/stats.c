@@ -44,6 +44,7 @@ void mk_run_stats_sum(mk_run_stats_t *s) {
     s->total.policy_state_bytes += x->policy_state_bytes;
     s->total.comm_model_bytes += x->comm_model_bytes;
     s->total.comm_score_bytes += x->comm_score_bytes;
+    s->total.comm_sample_bytes += x->comm_sample_bytes;
     if (x->kv_slots > s->total.kv_slots) s->total.kv_slots = x->kv_slots;
   }
 }
@@ -77,9 +78,10 @@ void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
   fprintf(f, "policy:    scoring state %s\n", mk_fmt_bytes(s->total.policy_state_bytes, a, sizeof a));
   fprintf(f, "weights:   %s\n", mk_fmt_bytes(s->total.weight_bytes, a, sizeof a));
   if (s->world > 1) {
-    fprintf(f, "comm:      %s, model all-reduces %s, score sync %s (all ranks)\n", s->comm,
-            mk_fmt_bytes(s->total.comm_model_bytes, a, sizeof a),
-            mk_fmt_bytes(s->total.comm_score_bytes, b, sizeof b));
+    fprintf(f, "comm:      %s, model all-reduces %s, score sync %s, sampling exchange %s (all ranks)\n",
+            s->comm, mk_fmt_bytes(s->total.comm_model_bytes, a, sizeof a),
+            mk_fmt_bytes(s->total.comm_score_bytes, b, sizeof b),
+            mk_fmt_bytes(s->total.comm_sample_bytes, c, sizeof c));
     for (int r = 0; r < s->world; r++) {
       const mk_rank_stats_t *x = &s->ranks[r];
       fprintf(f, "rank %d:    weights %s, KV live %s, peak %s, allocated %s, policy state %s\n", r,
@@ -91,12 +93,13 @@ void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
 }
 
 static json_t *rank_json(const mk_rank_stats_t *x) {
-  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "weight_bytes", (json_int_t)x->weight_bytes,
+  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "weight_bytes", (json_int_t)x->weight_bytes,
                    "kv_live_bytes", (json_int_t)x->kv_live_bytes, "kv_peak_bytes",
                    (json_int_t)x->kv_peak_bytes, "kv_alloc_bytes", (json_int_t)x->kv_alloc_bytes,
                    "policy_state_bytes", (json_int_t)x->policy_state_bytes, "comm_model_bytes",
                    (json_int_t)x->comm_model_bytes, "comm_score_bytes",
-                   (json_int_t)x->comm_score_bytes, "kv_slots", (json_int_t)x->kv_slots);
+                   (json_int_t)x->comm_score_bytes, "comm_sample_bytes",
+                   (json_int_t)x->comm_sample_bytes, "kv_slots", (json_int_t)x->kv_slots);
 }
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
@@ -138,6 +141,7 @@ json_t *mk_run_stats_json(const mk_run_stats_t *s) {
   json_object_set_new(o, "weight_bytes", json_integer((json_int_t)s->total.weight_bytes));
   json_object_set_new(o, "comm_model_bytes", json_integer((json_int_t)s->total.comm_model_bytes));
   json_object_set_new(o, "comm_score_bytes", json_integer((json_int_t)s->total.comm_score_bytes));
+  json_object_set_new(o, "comm_sample_bytes", json_integer((json_int_t)s->total.comm_sample_bytes));
   json_t *ranks = json_array();
   for (int r = 0; r < s->world && s->ranks; r++) {
     json_t *x = rank_json(&s->ranks[r]);

@@ -15,6 +15,7 @@
 typedef struct mk_rank_stats {
   uint64_t weight_bytes, kv_live_bytes, kv_peak_bytes, kv_alloc_bytes, policy_state_bytes;
   uint64_t comm_model_bytes, comm_score_bytes, kv_slots;
+  uint64_t comm_sample_bytes; /* LM-head exchange: full-logit gathers or sampler candidates */
 } mk_rank_stats_t;
 
 typedef struct mk_run_stats {

@@ -2,7 +2,10 @@
  * query heads over 2 KV heads (tests/testutil/synth_model.h, random F32 weights), MorphKV
  * evicting, T ranks against the single-process engine that rank 0 runs beside them.
  *
- *   tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM]]]     (default 4 24 f32 16)
+ *   tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM [cpu|cuda [auto|mpi|nccl]]]]]
+ *                                                     (default 4 24 f32 16 cpu auto)
+ * cuda runs both engines on the CUDA backend (tests/gpu builds this file against the emulated
+ * backend and emulated NCCL as tp_synth_emu_test); the last argument is the --comm choice.
  *
  * The quantized weight types are for manual runs (the deterministic numerics keep them equal to
  * T = 1 as well, although their matmuls round activations to 8 bits); they need HEAD_DIM a
@@ -23,7 +26,11 @@
  *  - the score-sync bytes are exactly what the engine should send: per layer and row the policy
  *    reads (W prefill rows, 1 per decode step), the all-gather of the replicated heads' query
  *    vectors, T x (most such query heads on one rank) x head_dim floats,
- *    0 when nothing is replicated, and per decode token under half the model's all-reduce bytes.
+ *    0 when nothing is replicated, and per decode token under half the model's all-reduce bytes;
+ *  - distributed sampling (mk_engine_step_sample) picks, at every step of greedy, top-k/top-p/
+ *    min-p/temperature and repetition-penalty runs, the token that mk_sampler_sample picks from
+ *    the full gathered logits of a second T-rank engine fed the same tokens, and its exchange is
+ *    T x 8 bytes per token (greedy) or T x (1 + top_k) x 8 (top-k settings).
  * Prints "PASS: tp_synth_test ..." or "FAIL ..." (ctest matches FAIL). */
 #include <math.h>
 #include <mpi.h>
@@ -39,7 +46,10 @@
 #include "tests/testutil/synth_model.h"
 #include "tests/mpi/tp_common.h"
 
-#define N_NEW 96
+/* decode steps: 96, or MK_TP_SYNTH_STEPS (the emulated backend runs fewer: it is slow) */
+static int N_NEW = 96;
+/* sampling-check steps per sampler setting: 24, or MK_TP_SYNTH_SAMPLE_STEPS (1..24) */
+static int N_SAMPLE = 24;
 
 
 /* Results of comparing kept positions, accumulated on rank 0. */
@@ -101,6 +111,71 @@ static void compare_kept(mk_ctx_t *ctx, mk_engine_t *tp, mk_engine_t *ref, int n
   }
 }
 
+/* Distributed sampling against the full gather: engine a samples with mk_engine_step_sample, engine
+ * b (a second T-rank engine on the same model) gathers full logits for mk_sampler_sample; both are
+ * fed a's token. Same seeds, so the tokens must be equal at every step. Collective. */
+static void check_sampling(mk_ctx_t *ctx, mk_engine_t *a, const mk_engine_params_t *ep, const mk_kv_config_t *kv,
+                           const int32_t *prompt, int np) {
+  mk_error_t err = {{0}};
+  mk_engine_t *b = NULL;
+  if (mk_engine_open(&b, ep, ctx, &err) != 0) die(ctx, &err);
+  const int V = mk_engine_n_vocab(a), T = ctx->world, n_new = N_SAMPLE;
+  mk_sampler_params_t set[4];
+  for (int i = 0; i < 4; i++) mk_sampler_params_default(&set[i]);
+  set[0].temperature = 0.0f;                           /* greedy */
+  set[1].seed = 7;                                     /* T 0.8, top-k 40, top-p 0.95, min-p 0.05 */
+  set[2].temperature = 1.5f, set[2].top_k = 5, set[2].top_p = 1.0f, set[2].min_p = 0.0f, set[2].seed = 9;
+  set[3].repeat_penalty = 1.3f, set[3].top_k = 12, set[3].temperature = 1.2f, set[3].seed = 11;
+  float *logits = malloc(sizeof(float) * (size_t)V);
+  int32_t *hist = malloc(sizeof(int32_t) * (size_t)(np + n_new + 1));
+  if (!logits || !hist) mk_ctx_abort(ctx, "out of memory");
+  for (int k = 0; k < 4; k++) {
+    mk_sampler_t *sa = NULL, *sb = NULL;
+    if (mk_sampler_new(&set[k], V, &sa, &err) || mk_sampler_new(&set[k], V, &sb, &err)) die(ctx, &err);
+    if (mk_engine_begin(a, kv, 1, np, np + n_new + 1, &err) || mk_engine_begin(b, kv, 1, np, np + n_new + 1, &err))
+      die(ctx, &err);
+    memcpy(hist, prompt, sizeof(int32_t) * (size_t)np);
+    int nh = np, differ = 0;
+    mk_engine_stats_t s0, s1;
+    int32_t next = 0, got[32], want[32];
+    /* a alone first (its exchange is counted alone: on the CPU both engines count on ctx->comm) */
+    if (mk_engine_step_sample(a, 0, prompt, np, sa, hist, nh, &next, &err)) die(ctx, &err);
+    mk_engine_get_stats(a, &s0);
+    for (int step = 0; step < n_new; step++) {
+      got[step] = next;
+      hist[nh++] = next;
+      if (mk_engine_step_sample(a, 0, &got[step], 1, sa, hist, nh, &next, &err)) die(ctx, &err);
+    }
+    mk_engine_get_stats(a, &s1);
+    /* then b on the same tokens, sampling from the full gathered logits */
+    nh = np;
+    if (mk_engine_step(b, 0, prompt, np, false, logits, &err)) die(ctx, &err);
+    for (int step = 0; step < n_new; step++) {
+      want[step] = mk_sampler_sample(sb, logits, hist, nh);
+      if (want[step] != got[step] && differ++ < 3)
+        fprintf(stderr, "FAIL: rank %d sampler %d step %d: distributed sampling chose %d, the full gather %d\n",
+                ctx->rank, k, step, got[step], want[step]);
+      hist[nh++] = got[step];
+      if (mk_engine_step(b, 0, &got[step], 1, false, logits, &err)) die(ctx, &err);
+    }
+    const int per = mk_sampler_cand_count(sa);
+    const double bytes = (double)(s1.comm_sample_bytes - s0.comm_sample_bytes) / n_new;
+    const double expect = T > 1 ? (double)T * per * sizeof(mk_sample_cand_t) : 0;
+    if (ctx->rank == 0)
+      printf("T=%d sampler %d (temp %.2f, top-k %d, top-p %.2f, min-p %.2f, penalty %.2f): %d of %d tokens equal to "
+             "the full gather; sampling exchange %.1f bytes per token (expected %.0f)\n",
+             T, k, (double)set[k].temperature, set[k].top_k, (double)set[k].top_p, (double)set[k].min_p,
+             (double)set[k].repeat_penalty, n_new - differ, n_new, bytes, expect);
+    CHECK(differ == 0, "sampler %d: %d tokens differ from the full gather's", k, differ);
+    CHECK(bytes == expect, "sampler %d: %.1f sampling bytes per token, expected %.0f", k, bytes, expect);
+    mk_sampler_free(sa);
+    mk_sampler_free(sb);
+  }
+  free(logits);
+  free(hist);
+  mk_engine_close(b);
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   mk_ctx_t ctx;
@@ -120,7 +195,15 @@ int main(int argc, char **argv) {
   else if (strcmp(wname, "q4_1") == 0) sp.wtype = MK_TYPE_Q4_1;
   else mk_ctx_abort(&ctx, "usage: tp_synth_test [W C [f32|q8_0|q4_1 [HEAD_DIM]]]");
   sp.head_dim = argc >= 5 ? atoi(argv[4]) : sp.wtype == MK_TYPE_F32 ? 16 : 32;
+  const bool cuda = argc >= 6 && strcmp(argv[5], "cuda") == 0;
+  const char *cname = argc >= 7 ? argv[6] : "auto";
+  const mk_comm_kind_t comm = !strcmp(cname, "nccl") ? MK_COMM_KIND_NCCL
+                              : !strcmp(cname, "mpi") ? MK_COMM_KIND_MPI : MK_COMM_KIND_AUTO;
   const int T = ctx.world;
+  const char *steps = getenv("MK_TP_SYNTH_STEPS");
+  if (steps && atoi(steps) > 0 && atoi(steps) <= 96) N_NEW = atoi(steps);
+  const char *ssteps = getenv("MK_TP_SYNTH_SAMPLE_STEPS");
+  if (ssteps && atoi(ssteps) > 0 && atoi(ssteps) <= 24) N_SAMPLE = atoi(ssteps);
 
   /* rank 0 writes the model; every rank opens it after the broadcast of its path */
   char path[512] = {0};
@@ -138,10 +221,21 @@ int main(int argc, char **argv) {
   MPI_Bcast(path, sizeof path, MPI_CHAR, 0, ctx.mpi);
   MPI_Barrier(ctx.mpi);
 
-  mk_engine_params_t ep = {.model_path = path, .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1},
+  mk_engine_params_t ep = {.model_path = path,
+                           .backend = {.kind = cuda ? MK_BACKEND_CUDA : MK_BACKEND_CPU, .n_threads = 1, .simd = -1,
+                                       .device = -1, .local_rank = ctx.local_rank},
+                           .comm = comm,
                            .numerics = MK_NUMERICS_DETERMINISTIC};
   mk_engine_t *tp = NULL, *ref = NULL;
   if (mk_engine_open(&tp, &ep, &ctx, &err) != 0) die(&ctx, &err);
+  {
+    mk_engine_stats_t es;
+    mk_engine_get_stats(tp, &es);
+    if (ctx.rank == 0) printf("T=%d backend %s, communicator %s\n", T, cuda ? "cuda" : "cpu", es.comm);
+    if (T > 1 && comm != MK_COMM_KIND_AUTO)
+      CHECK(strcmp(es.comm, cuda && comm == MK_COMM_KIND_MPI ? "mpi-staged" : cname) == 0,
+            "--comm %s gave communicator %s", cname, es.comm);
+  }
   if (ctx.rank == 0 && mk_engine_open(&ref, &ep, NULL, &err) != 0) die(&ctx, &err);
   const mk_model_config_t *cfg = mk_engine_config(tp);
   const int V = mk_engine_n_vocab(tp), L = cfg->n_layer, KVH = cfg->n_kv_head, d = cfg->head_dim;
@@ -255,10 +349,11 @@ int main(int argc, char **argv) {
     const double score_dec = (double)(s1.comm_score_bytes - s0.comm_score_bytes) / N_NEW;
     const double model_dec = (double)(s1.comm_model_bytes - s0.comm_model_bytes) / N_NEW;
     /* per layer: the all-gathers of the chunk partials of attn_output and ffn_down (T slots of
-     * the most chunks one rank holds, n_embd floats each); then the logit slices */
+     * the most chunks one rank holds, n_embd floats each); the logit slices count as sampling */
     const double model_expect =
-        T > 1 ? (double)L * T * (max_loc_o + max_loc_d) * cfg->n_embd * sizeof(float) + (double)T * vocab_slice_max * sizeof(float)
-              : 0;
+        T > 1 ? (double)L * T * (max_loc_o + max_loc_d) * cfg->n_embd * sizeof(float) : 0;
+    const double gather_dec = (double)(s1.comm_sample_bytes - s0.comm_sample_bytes) / N_NEW;
+    const double gather_expect = T > 1 ? (double)T * vocab_slice_max * sizeof(float) : 0;
     const int pre_rows = np < kv.window ? np : kv.window;
     printf("T=%d morphkv W=%d C=%d: prompt %d tokens, %d greedy tokens (%d distinct), %d identical to T=1's argmax "
            "(max |logit diff| %.3g)\n",
@@ -268,9 +363,14 @@ int main(int argc, char **argv) {
            T, cs.replica_checks, cs.replica_mismatch, cs.ref_mismatch, cs.ref_checks, cs.evicted_sets,
            cs.nonsuffix_sets, cs.max_kept, ct->n_slots);
     printf("T=%d comm bytes: prefill score sync %llu (expected %.0f = %d rows x %.0f); per decode token: score sync "
-           "%.1f (expected %.0f), model all-reduces + logit gather %.1f (expected %.0f); ratio %.4f\n",
+           "%.1f (expected %.0f), model all-reduces %.1f (expected %.0f), full logit gather %.1f (expected %.0f); "
+           "ratio %.4f\n",
            T, (unsigned long long)s0.comm_score_bytes, per_row * pre_rows, pre_rows, per_row, score_dec, per_row,
-           model_dec, model_expect, model_dec > 0 ? score_dec / model_dec : 0.0);
+           model_dec, model_expect, gather_dec, gather_expect, model_dec > 0 ? score_dec / model_dec : 0.0);
+    CHECK(model_dec == model_expect, "model all-reduce %.1f bytes per decode token, expected %.0f", model_dec,
+          model_expect);
+    CHECK(gather_dec == gather_expect, "logit gather %.1f bytes per decode token, expected %.0f", gather_dec,
+          gather_expect);
     CHECK(cs.replica_mismatch == 0, "%ld replica kept-position mismatches", cs.replica_mismatch);
     CHECK(!expect_rep || cs.replica_checks > 0, "no replica was compared although KV heads are replicated");
     CHECK(cs.ref_mismatch == 0, "%ld kept-position sets differ from T=1", cs.ref_mismatch);
@@ -291,6 +391,7 @@ int main(int argc, char **argv) {
             (unsigned long long)s1.comm_score_bytes);
     }
   }
+  check_sampling(&ctx, tp, &ep, &kv, ids, np);
   int f = fails, any = 0;
   MPI_Allreduce(&f, &any, 1, MPI_INT, MPI_SUM, ctx.mpi);
   if (ctx.rank == 0) printf("%s: tp_synth_test T=%d W=%d C=%d %s\n", any ? "FAIL" : "PASS", T, kv.window, kv.capacity, wname);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 
 mk_emu_ctx *mk_emu_cur;
 
@@ -163,26 +164,37 @@ void mk_emu_run(dim3 grid, dim3 block, const std::function<void()> &body) {
 
 extern "C" {
 
+/* One emulated device per process, or MK_EMU_DEVICE_COUNT of them (all the same host memory). */
+static int emu_device_count(void) {
+  const char *env = getenv("MK_EMU_DEVICE_COUNT");
+  int n = env ? atoi(env) : 1;
+  return n >= 1 && n <= 64 ? n : 1;
+}
 cudaError_t cudaGetDeviceCount(int *count) {
-  *count = 1;
+  *count = emu_device_count();
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+cudaError_t cudaSetDevice(int device) {
+  return device >= 0 && device < emu_device_count() ? cudaSuccess : cudaErrorInvalidDevice;
+}
 cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
   *value = attr == cudaDevAttrMultiProcessorCount ? 8 : 0;
   return cudaSuccess;
 }
 const char *cudaGetErrorString(cudaError_t error) { return error == cudaSuccess ? "no error" : "emulated CUDA error"; }
 cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+const char *cudaGetErrorName(cudaError_t error) { return error == cudaSuccess ? "cudaSuccess" : "cudaErrorEmulated"; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned int flags) {
   *s = (cudaStream_t)malloc(16);
   return cudaSuccess;
 }
+cudaError_t cudaStreamCreate(cudaStream_t *s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   free((void *)s);
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaSuccess; } /* synchronous: always idle */
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned int flags) {
   *e = (cudaEvent_t)malloc(16);
   return cudaSuccess;
@@ -217,6 +229,21 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, enum cudaMemcpyKind
 }
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, enum cudaMemcpyKind kind, cudaStream_t s) {
   return cudaMemcpy(dst, src, n, kind);
+}
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width, size_t height,
+                              enum cudaMemcpyKind kind, cudaStream_t s) {
+  if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+  for (size_t r = 0; r < height; r++) memmove((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+  return cudaSuccess;
+}
+/* Every emulating process has its own devices ("emu-<pid>-<device>"), as one GPU per rank;
+ * MK_EMU_GPU_ID names them instead (the same value in several ranks = ranks sharing one GPU). */
+cudaError_t cudaDeviceGetPCIBusId(char *id, int len, int device) {
+  if (device < 0 || device >= emu_device_count()) return cudaErrorInvalidDevice;
+  const char *env = getenv("MK_EMU_GPU_ID");
+  if (env && *env) snprintf(id, (size_t)len, "%s-%d", env, device);
+  else snprintf(id, (size_t)len, "emu-%ld-%d", (long)getpid(), device);
+  return cudaSuccess;
 }
 cudaError_t cudaMemset(void *p, int v, size_t n) {
   memset(p, v, n);
