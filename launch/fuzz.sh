@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs one libFuzzer target (tests/fuzz/) for SECONDS under ASan + UBSan.
-#   launch/fuzz.sh TARGET SECONDS [libFuzzer flags...]     TARGET: gguf tokenizer config request
+#   launch/fuzz.sh TARGET SECONDS [libFuzzer flags...]     TARGET: gguf tokenizer config request safetensors
 # Builds $FUZZ_DIR (default build-fuzz/: clang, -DMORPHKV_FUZZ=ON) when needed. The committed
 # seeds (tests/fuzz/corpus/TARGET/) are read, never written: new inputs go to
 # $FUZZ_DIR/fuzz-work/TARGET/corpus, crashes and property failures to .../artifacts/ (the script
@@ -11,7 +11,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FUZZ_DIR="${FUZZ_DIR:-$ROOT/build-fuzz}"
-TARGETS="gguf tokenizer config request"
+TARGETS="gguf tokenizer config request safetensors"
 if [ $# -lt 2 ] || ! grep -qw -- "$1" <<<"$TARGETS"; then
   echo "usage: launch/fuzz.sh TARGET SECONDS [libFuzzer flags...]  (TARGET: $TARGETS)" >&2
   exit 2

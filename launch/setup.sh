@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake pkg-config libopenmpi-dev openmpi-bin libpcre2-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler libjansson-dev python3-pip unzip clang)
+      libprotobuf-c-dev protobuf-c-compiler libjansson-dev python3-pip python3-venv unzip clang)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

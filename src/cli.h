@@ -10,7 +10,11 @@
 #ifndef MK_CLI_H
 #define MK_CLI_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include "parallel/ctx.h"
+#include "src/engine.h"
 #include "src/mk_error.h"
 
 /* Collective over ctx->mpi (every rank calls it with its own status): returns 0 when every rank
@@ -26,6 +30,13 @@ int mk_cli_fail(const mk_ctx_t *ctx, const char *cmd, const mk_error_t *err);
 /* Threads per rank when --threads is 0: the CPUs this process may use, shared among the ranks of
  * the node unless the launcher already bound each rank to its own set. */
 int mk_cli_default_threads(const mk_ctx_t *ctx);
+
+/* The token ids (malloc'd, *n_out > 0) of a prompt text: with chat, rendered in chat_template
+ * (NULL: detected from the model) with system (NULL: the template's default); BOS as the model
+ * asks unless the text already starts with it; special tokens parsed. `generate` and the batch
+ * mode (src/batch_cli.c) both encode this way. */
+int mk_cli_encode_prompt(const mk_engine_t *e, const char *text, bool chat, const char *chat_template,
+                         const char *system, int32_t **ids_out, int *n_out, mk_error_t *err);
 
 /* Prints "morphkv: rank R: <msg>" on stderr and aborts every rank (MPI_Abort with code 1), so no
  * rank is left waiting in a collective. ctx may be NULL (or not yet initialised, zeroed): then

@@ -24,6 +24,7 @@ typedef enum opt_id {
   O_KV_POLICY, O_KV_WINDOW, O_KV_CAPACITY, O_KV_FUSION, O_KV_GQA, O_KV_SINKS, O_KV_EVICT_AFTER,
   O_KV_DTYPE, O_KV_H2O_MODE, O_KV_SNAPKV_POOL, O_KV_SNAPKV_POOLING,
   O_IGNORE_EOS, O_BACKEND, O_SIMD, O_TP, O_DETERMINISTIC, O_COMM, O_COMM_TIMEOUT, O_QUIET, O_PROGRESS,
+  O_BATCH_FILE, O_OUT, O_ORDERED, O_MAX_SEQS, O_PREFILL_CHUNK, O_KV_MEMORY,
 } opt_id_t;
 
 typedef struct opt_def {
@@ -100,6 +101,21 @@ static const opt_def_t OPTS[] = {
      "it; 0 = off (default 300)", false},
     {O_QUIET, "quiet", K_BOOL, NULL, "no statistics on stderr", false},
     {O_PROGRESS, "progress", K_BOOL, NULL, "progress lines on stderr while generating", false},
+    {O_BATCH_FILE, "batch-file", K_PATH, "FILE",
+     "batch mode: one JSON request a line (prompt or messages, id, max_new_tokens, sampling, stop, "
+     "seed), - = stdin; replaces --prompt", false},
+    {O_OUT, "out", K_PATH, "FILE", "batch mode: one JSON result a line, flushed as each finishes (default - = stdout)",
+     false},
+    {O_ORDERED, "ordered", K_BOOL, NULL, "batch mode: write the results in input order", false},
+    {O_MAX_SEQS, "max-seqs", K_INT, "B",
+     "batch mode: sequences decoding together in one forward pass, all under the same --kv-* policy and "
+     "settings (default 8)", false},
+    {O_PREFILL_CHUNK, "prefill-chunk", K_INT, "N",
+     "batch mode: prompt tokens per forward pass, interleaved with the decodes (default 512)", false},
+    {O_KV_MEMORY, "kv-memory", K_STR, "SIZE",
+     "batch mode: admit sequences while their K/V + policy-state bytes (all ranks) fit in SIZE (e.g. 256MiB; "
+     "MorphKV and other bounded policies: their constant slots, full: prompt + max_new_tokens slots "
+     "reserved; default: no budget)", false},
 };
 #define N_OPTS (sizeof OPTS / sizeof OPTS[0])
 
@@ -112,6 +128,8 @@ void mk_gen_opts_default(mk_gen_opts_t *o) {
   o->backend = MK_BACKEND_CPU;
   o->simd = -1;
   o->comm_timeout = 300.0f; /* MK_WATCHDOG_DEFAULT_S */
+  o->max_seqs = 8;
+  o->prefill_chunk = 512;
 }
 
 void mk_gen_opts_free(mk_gen_opts_t *o) {
@@ -122,6 +140,8 @@ void mk_gen_opts_free(mk_gen_opts_t *o) {
   free(o->system);
   free(o->stats_json);
   free(o->config);
+  free(o->batch_file);
+  free(o->out);
   for (int i = 0; i < o->n_stop; i++) free(o->stop[i]);
   memset(o, 0, sizeof *o);
 }
@@ -292,6 +312,28 @@ static int set_str(char **dst, const char *v, bool path, mk_error_t *err) {
   return 0;
 }
 
+/* "256MiB", "1.5GiB", "100MB", "4096" (bytes); binary (KiB/MiB/GiB) and decimal (kB/MB/GB)
+ * units, a bare K/M/G is binary. */
+static int parse_size(const opt_def_t *d, const char *v, size_t *out, mk_error_t *err) {
+  static const struct { const char *u; double m; } units[] = {
+      {"", 1},           {"B", 1},           {"K", 1024.0},     {"KiB", 1024.0},   {"kB", 1e3},
+      {"M", 1048576.0},  {"MiB", 1048576.0}, {"MB", 1e6},       {"G", 1073741824.0},
+      {"GiB", 1073741824.0}, {"GB", 1e9},   {"T", 1099511627776.0}, {"TiB", 1099511627776.0}};
+  char *end;
+  errno = 0;
+  double x = strtod(v, &end);
+  if (errno || end == v || !(x > 0) || v[0] == '-')
+    return mk_fail(err, "--%s: '%s' is not a positive size (e.g. 256MiB)", d->name, v);
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+    if (!strcmp(end, units[i].u)) {
+      double b = x * units[i].m;
+      if (b >= 1.8e19) return mk_fail(err, "--%s: '%s' is too large", d->name, v);
+      *out = (size_t)b;
+      return *out > 0 ? 0 : mk_fail(err, "--%s: '%s' is less than a byte", d->name, v);
+    }
+  return mk_fail(err, "--%s: '%s': unknown unit '%s' (B, KiB, MiB, GiB, TiB, kB, MB, GB)", d->name, v, end);
+}
+
 static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_error_t *err) {
   if (d->kind != K_BOOL && !v) return mk_fail(err, "--%s needs a value (%s)", d->name, d->arg);
   if (d->kind == K_PATH && !*v) return mk_fail(err, "--%s: empty path", d->name);
@@ -398,6 +440,16 @@ static int opt_apply(mk_gen_opts_t *o, const opt_def_t *d, const char *v, mk_err
     case O_IGNORE_EOS: return parse_bool(d, v, &o->ignore_eos, err);
     case O_QUIET: return parse_bool(d, v, &o->quiet, err);
     case O_PROGRESS: return parse_bool(d, v, &o->progress, err);
+    case O_BATCH_FILE:
+      if (!strcmp(v, "-")) return set_str(&o->batch_file, v, false, err);
+      return set_str(&o->batch_file, v, true, err);
+    case O_OUT:
+      if (!strcmp(v, "-")) return set_str(&o->out, v, false, err);
+      return set_str(&o->out, v, true, err);
+    case O_ORDERED: return parse_bool(d, v, &o->ordered, err);
+    case O_MAX_SEQS: return parse_int(d, v, 1, 4096, &o->max_seqs, err);
+    case O_PREFILL_CHUNK: return parse_int(d, v, 1, INT_MAX / 4, &o->prefill_chunk, err);
+    case O_KV_MEMORY: return parse_size(d, v, &o->kv_memory, err);
   }
   return mk_fail(err, "--%s: unhandled option", d->name);
 }
@@ -612,9 +664,15 @@ int mk_gen_opts_parse_args(mk_gen_opts_t *o, int argc, char **argv, bool *help, 
 
 int mk_gen_opts_check(const mk_gen_opts_t *o, mk_error_t *err) {
   if (!o->model) return mk_fail(err, "no model: pass --model PATH (or \"model\" in --config)");
+  if (o->batch_file && (o->prompt || o->prompt_file))
+    return mk_fail(err, "--batch-file and --%s both given: the prompts come from the batch file",
+                   o->prompt ? "prompt" : "prompt-file");
+  if (!o->batch_file && (o->out || o->ordered || o->kv_memory))
+    return mk_fail(err, "--%s needs --batch-file", o->out ? "out" : o->ordered ? "ordered" : "kv-memory");
   if (o->prompt && o->prompt_file)
     return mk_fail(err, "--prompt and --prompt-file both given: pass one");
-  if (!o->prompt && !o->prompt_file) return mk_fail(err, "no prompt: pass --prompt TEXT or --prompt-file FILE");
+  if (!o->prompt && !o->prompt_file && !o->batch_file)
+    return mk_fail(err, "no prompt: pass --prompt TEXT, --prompt-file FILE or --batch-file FILE");
   if (o->system && !o->chat) return mk_fail(err, "--system needs --chat");
   const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->kv.policy);
   if (!ops)

@@ -46,6 +46,13 @@ typedef struct mk_gen_opts {
   bool ignore_eos;     /* keep generating past end-of-generation tokens (benchmarks) */
   bool quiet, progress;
   char *config;        /* the config file that was loaded, if any */
+  /* batch mode (src/batch.h, src/batch_cli.c) */
+  char *batch_file;    /* JSONL requests, "-" = stdin */
+  char *out;           /* JSONL results, "-" = stdout (the default) */
+  bool ordered;        /* results in input order */
+  int max_seqs;        /* sequences decoding together (default 8) */
+  int prefill_chunk;   /* prompt tokens per forward pass (default 512) */
+  size_t kv_memory;    /* KV budget in bytes over all ranks, 0 = none */
 } mk_gen_opts_t;
 
 void mk_gen_opts_default(mk_gen_opts_t *o);

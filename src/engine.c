@@ -45,6 +45,7 @@
 #include <string.h>
 
 #include "parallel/ctx.h"
+#include "src/hf_model.h"
 
 /* A row-parallel layer's fixed column chunks (deterministic numerics). */
 typedef struct rp_chunks {
@@ -64,7 +65,8 @@ typedef struct layer_bw {
 
 struct mk_engine {
   mk_ctx_t *ctx; /* NULL: a world of one */
-  mk_gguf_t *g;
+  mk_gguf_t *g;  /* the GGUF file, or a HF directory's translated metadata (owned by hf) */
+  mk_hf_t *hf;   /* --model DIR: a Hugging Face checkpoint (src/hf_model.h); NULL for GGUF */
   mk_tokenizer_t *tok;
   mk_model_t model;
   mk_backend_t be;
@@ -302,9 +304,14 @@ int mk_engine_open(mk_engine_t **out, const mk_engine_params_t *p, mk_ctx_t *ctx
   if (!e) return mk_fail(err, "out of memory");
   e->ctx = ctx;
   mk_model_config_t cfg;
-  if (mk_gguf_open(p->model_path, &e->g, err) != 0) goto fail;
+  if (mk_hf_is_dir(p->model_path)) {
+    if (mk_hf_open(p->model_path, &e->hf, err) != 0) goto fail;
+    e->g = mk_hf_meta(e->hf);
+  } else if (mk_gguf_open(p->model_path, &e->g, err) != 0) {
+    goto fail;
+  }
   if (mk_model_config_read(e->g, &cfg, err) != 0) goto fail;
-  mk_tensor_source_t src = mk_gguf_tensor_source(e->g);
+  mk_tensor_source_t src = e->hf ? mk_hf_tensor_source(e->hf) : mk_gguf_tensor_source(e->g);
   if (cfg.n_vocab == 0) {
     const mk_tensor_info_t *emb = mk_tensor_find(&src, "token_embd.weight");
     if (emb) cfg.n_vocab = (int)emb->ne[1];
@@ -428,7 +435,8 @@ void mk_engine_close(mk_engine_t *e) {
   free(e->n_past);
   mk_model_free(&e->model);
   mk_tok_free(e->tok);
-  mk_gguf_close(e->g);
+  if (e->hf) mk_hf_close(e->hf);
+  else mk_gguf_close(e->g);
   free(e);
 }
 
@@ -877,6 +885,54 @@ int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, 
     for (int i = 0; i < n; i++) e->n_past[seqs[i]]++;
   free(sp);
   free(rows);
+  return rc;
+}
+
+/* Checks of one item of mk_engine_step_items (the batch's earlier items are items[0..i)). */
+static int item_check(const mk_engine_t *e, const mk_engine_item_t *items, int i, mk_error_t *err) {
+  const mk_engine_item_t *it = &items[i];
+  if (it->seq < 0 || it->seq >= e->n_seq) return mk_fail(err, "sequence %d out of range (%d)", it->seq, e->n_seq);
+  if (it->n <= 0 || !it->ids) return mk_fail(err, "sequence %d: no tokens to feed", it->seq);
+  for (int j = 0; j < i; j++)
+    if (items[j].seq == it->seq) return mk_fail(err, "sequence %d appears twice in one batch", it->seq);
+  for (int j = 0; j < it->n; j++)
+    if (it->ids[j] < 0 || it->ids[j] >= e->model.cfg.n_vocab)
+      return mk_fail(err, "sequence %d: token id %d out of range (vocabulary %d)", it->seq, it->ids[j],
+                     e->model.cfg.n_vocab);
+  if ((long)e->n_past[it->seq] + it->n > e->model.cfg.n_ctx_train)
+    return mk_fail(err, "sequence %d would reach %ld tokens, past the model's context of %d", it->seq,
+                   (long)e->n_past[it->seq] + it->n, e->model.cfg.n_ctx_train);
+  return 0;
+}
+
+int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                         mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "mk_engine_step_items before mk_engine_begin");
+  if (n_items <= 0 || n_items > e->n_seq) return mk_fail(err, "bad batch of %d items (%d sequences)", n_items, e->n_seq);
+  int n_tok = 0, n_out = 0;
+  for (int i = 0; i < n_items; i++) {
+    if (item_check(e, items, i, err) != 0) return -1;
+    n_tok += items[i].n;
+    n_out += items[i].want_logits;
+  }
+  if (n_out > 0 && !logits) return mk_fail(err, "mk_engine_step_items: logits wanted but no buffer");
+  mk_seq_span_t *sp = malloc(sizeof *sp * (size_t)n_items);
+  int *rows = malloc(sizeof(int) * (size_t)(n_out ? n_out : 1));
+  int32_t *ids = malloc(sizeof *ids * (size_t)n_tok);
+  int rc = sp && rows && ids ? 0 : mk_fail(err, "out of memory for a batch of %d tokens", n_tok);
+  for (int i = 0, row = 0, o = 0; i < n_items && rc == 0; i++) {
+    const int s = items[i].seq;
+    sp[i] = (mk_seq_span_t){.seq = s, .row = row, .n = items[i].n, .pos0 = e->n_past[s], .prefill = e->n_past[s] == 0};
+    memcpy(ids + row, items[i].ids, sizeof *ids * (size_t)items[i].n);
+    row += items[i].n;
+    if (items[i].want_logits) rows[o++] = row - 1;
+  }
+  if (rc == 0) rc = forward(e, ids, n_tok, sp, n_items, rows, n_out, logits, err);
+  if (rc == 0)
+    for (int i = 0; i < n_items; i++) e->n_past[items[i].seq] += items[i].n;
+  free(sp);
+  free(rows);
+  free(ids);
   return rc;
 }
 

@@ -80,6 +80,21 @@ int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk
 int mk_engine_decode_batch(mk_engine_t *e, const int *seqs, const int32_t *ids, int n,
                            float *logits, mk_error_t *err);
 
+/* Continuous batching (src/batch.h): one forward pass over several sequences, each fed n tokens.
+ * A sequence's first item is its prefill (the policy's prefill rules); a later item of n > 1
+ * tokens (a later chunk of a chunked prefill) is one span after which the policy evicts once, so
+ * the cache must hold the policy's budget + n slots (full cache: prompt + new tokens, the same
+ * result as feeding them one by one). The same sequence may appear once. logits: one row of
+ * n_vocab per item with want_logits (its last token), in item order; may be NULL when none wants. */
+typedef struct mk_engine_item {
+  int seq;
+  const int32_t *ids;
+  int n;
+  bool want_logits;
+} mk_engine_item_t;
+int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                         mk_error_t *err);
+
 typedef struct mk_engine_stats {
   size_t weight_bytes;       /* weights this rank reads (its slices) */
   size_t kv_live_bytes;      /* K/V bytes in used slots now (this rank) */

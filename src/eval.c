@@ -1573,8 +1573,8 @@ static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_
   const eval_opts_t *o = s->o;
   int status = prompts_read(o, ps, n_ps, err);
   struct stat sb;
-  if (status == 0 && (stat(o->g.model, &sb) != 0 || !S_ISREG(sb.st_mode)))
-    status = mk_fail(err, "model file %s: %s", o->g.model, errno ? strerror(errno) : "not a regular file");
+  if (status == 0 && (stat(o->g.model, &sb) != 0 || (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode))))
+    status = mk_fail(err, "model file %s: %s", o->g.model, errno ? strerror(errno) : "not a regular file or a Hugging Face directory");
   if (status == 0 && s->r0) status = make_dirs(o->out, err);
   if (status == 0 && s->r0) {
     s->summary_csv = open_out(o->out, "summary.csv", err);

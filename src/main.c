@@ -27,11 +27,13 @@
 
 #include "parallel/ctx.h"
 #include "parallel/request.h"
+#include "src/batch_cli.h"
 #include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
 #include "src/eval.h"
 #include "src/gguf.h"
+#include "src/hf_model.h"
 #include "src/model.h"
 #include "src/quant.h"
 #include "src/sampler.h"
@@ -59,10 +61,15 @@ static void usage_top(FILE *f) {
 static void usage_generate(FILE *f) {
   fprintf(f,
           "usage: morphkv generate --model PATH (--prompt TEXT | --prompt-file FILE) [options]\n"
+          "       morphkv generate --model PATH --batch-file IN.jsonl [--out OUT.jsonl] [options]\n"
           "\n"
           "Streams the generated text to stdout; prints load time, prefill and decode tokens/s\n"
           "and KV-cache bytes to stderr. Stops at an end-of-generation token, a --stop string,\n"
           "or --max-new-tokens.\n"
+          "\n"
+          "Batch mode (--batch-file): up to --max-seqs sequences decode together (continuous\n"
+          "batching, prompts prefilled in --prefill-chunk pieces), one JSON result a line. Every\n"
+          "sequence of a run uses the same cache policy and --kv-* settings.\n"
           "\n"
           "options:\n");
   mk_gen_opts_usage(f);
@@ -213,69 +220,11 @@ static char *read_text_file(const char *path, mk_error_t *err) {
 static int prepare_prompt(const mk_gen_opts_t *o, const mk_engine_t *e, int32_t **ids_out,
                           int *n_out, mk_error_t *err) {
   *ids_out = NULL;
-  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
   char *text = o->prompt_file ? read_text_file(o->prompt_file, err) : strdup(o->prompt);
   if (!text) return o->prompt_file ? -1 : mk_fail(err, "out of memory");
-  bool parse_special = true, add_bos = mk_tok_add_bos(tok);
-  if (o->chat) {
-    mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
-    if (o->chat_template) {
-      if (mk_chat_parse(o->chat_template, &tmpl) != 0) {
-        free(text);
-        return mk_fail(err, "--chat-template %s: unknown template", o->chat_template);
-      }
-    } else {
-      tmpl = mk_chat_detect(mk_engine_gguf(e));
-      if (tmpl == MK_CHAT_NONE) {
-        free(text);
-        return mk_fail(err, "--chat: %s has no chat template this build recognises; pass "
-                            "--chat-template chatml|llama3|llama2", o->model);
-      }
-    }
-    char *dflt = NULL;
-    if (!o->system && tmpl == MK_CHAT_CHATML) dflt = mk_chat_default_system(mk_engine_gguf(e));
-    char *rendered = mk_chat_render(tmpl, o->system ? o->system : dflt, text);
-    free(dflt);
-    free(text);
-    if (!rendered) return mk_fail(err, "--chat: rendering the template failed");
-    text = rendered;
-  }
-  /* a template (or prompt) that already starts with the BOS text gets no second BOS */
-  int32_t bos = mk_tok_bos(tok);
-  if (add_bos && bos >= 0) {
-    const char *bt = mk_tok_text(tok, bos);
-    if (bt && *bt && strncmp(text, bt, strlen(bt)) == 0) add_bos = false;
-  }
-  size_t len = strlen(text);
-  int cap = (int)(len < (size_t)INT_MAX / 2 ? len + 8 : (size_t)INT_MAX / 2);
-  int32_t *ids = malloc((size_t)cap * sizeof *ids);
-  if (!ids) {
-    free(text);
-    return mk_fail(err, "out of memory for the prompt's tokens");
-  }
-  int n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, cap, err);
-  if (n > cap) {
-    int32_t *t = realloc(ids, (size_t)n * sizeof *ids);
-    if (!t) {
-      free(ids);
-      free(text);
-      return mk_fail(err, "out of memory for the prompt's tokens");
-    }
-    ids = t;
-    n = mk_tok_encode(tok, text, len, add_bos, parse_special, ids, n, err);
-  }
+  int rc = mk_cli_encode_prompt(e, text, o->chat, o->chat_template, o->system, ids_out, n_out, err);
   free(text);
-  if (n < 0) {
-    free(ids);
-    return -1;
-  }
-  if (n == 0) {
-    free(ids);
-    return mk_fail(err, "the prompt is empty (no tokens)");
-  }
-  *ids_out = ids;
-  *n_out = n;
-  return 0;
+  return rc;
 }
 
 /* The context a run may use and the check that prompt + new tokens fit in it. */
@@ -378,8 +327,8 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
   struct stat sb;
   errno = 0;
   int status = 0;
-  if (stat(o->model, &sb) != 0 || !S_ISREG(sb.st_mode))
-    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file");
+  if (stat(o->model, &sb) != 0 || (!S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode)))
+    status = mk_fail(&g->err, "model file %s: %s", o->model, errno ? strerror(errno) : "not a regular file or a Hugging Face directory");
   return mk_cli_agree(g->ctx, "generate", status, &g->err) != 0 ? EXIT_FAIL : -1;
 }
 
@@ -601,6 +550,7 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
   gen_run_t g = {.ctx = ctx, .r0 = ctx->rank == 0, .err = {{0}}};
   mk_gen_opts_default(&g.o);
   int rc = gen_options(&g, argc, argv);
+  if (rc < 0 && g.o.batch_file) rc = mk_batch_cli_run(&g.o, ctx); /* src/batch_cli.h */
   if (rc >= 0) {
     mk_gen_opts_free(&g.o);
     return rc;
@@ -624,6 +574,29 @@ static int cmd_generate(int argc, char **argv, mk_ctx_t *ctx) {
 }
 
 /* ---- inspect -------------------------------------------------------------------------------- */
+
+/* The tensor table (GGUF names and order; for a HF directory also the stored name, file, dtype). */
+static void print_tensors(const mk_tensor_source_t *src, const mk_hf_t *hf) {
+  size_t nt = src->count(src->impl), total = 0;
+  printf("tensors:       %zu\n", nt);
+  printf("  %-4s %-36s %-6s %-22s %12s%s\n", "#", "name", "type", "shape", "bytes",
+         hf ? "  <- stored as (file, dtype)" : "");
+  for (size_t i = 0; i < nt; i++) {
+    const mk_tensor_info_t *t = src->at(src->impl, i);
+    char shape[64] = "";
+    size_t off = 0;
+    for (int d = 0; d < t->n_dims; d++)
+      off += (size_t)snprintf(shape + off, sizeof shape - off, d ? " x %lld" : "%lld", (long long)t->ne[d]);
+    printf("  %-4zu %-36s %-6s %-22s %12zu", i, t->name, mk_type_name(t->type), shape, t->nbytes);
+    if (hf)
+      printf("  <- %s (%s, %s)", mk_hf_tensor_hf_name(hf, i), mk_hf_tensor_file(hf, i),
+             mk_type_name((mk_type_t)mk_hf_tensor_file_type(hf, i)));
+    putchar('\n');
+    total += t->nbytes;
+  }
+  char b[32];
+  printf("tensor bytes:  %zu (%s)\n", total, mk_fmt_bytes(total, b, sizeof b));
+}
 
 static void print_value(const mk_gguf_value_t *v) {
   switch (v->type) {
@@ -708,12 +681,21 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
 
   mk_error_t err = {{0}};
   mk_gguf_t *g = NULL;
-  if (mk_gguf_open(path, &g, &err) != 0) {
+  mk_hf_t *hf = NULL;
+  if (mk_hf_is_dir(path) ? mk_hf_open(path, &hf, &err) != 0 : mk_gguf_open(path, &g, &err) != 0) {
     fprintf(stderr, "morphkv inspect: %s\n", err.msg);
     return EXIT_FAIL;
   }
-  printf("file:          %s (%zu bytes, GGUF v%u, alignment %zu, %zu metadata keys)\n", path,
-         mk_gguf_file_size(g), mk_gguf_version(g), mk_gguf_alignment(g), mk_gguf_n_kv(g));
+  if (hf) {
+    g = mk_hf_meta(hf);
+    printf("directory:     %s (Hugging Face checkpoint: %zu safetensors file%s, %zu bytes; metadata translated "
+           "to %zu GGUF keys)\n", path, mk_hf_n_files(hf), mk_hf_n_files(hf) == 1 ? "" : "s", mk_hf_file_bytes(hf),
+           mk_gguf_n_kv(g));
+  } else {
+    printf("file:          %s (%zu bytes, GGUF v%u, alignment %zu, %zu metadata keys)\n", path,
+           mk_gguf_file_size(g), mk_gguf_version(g), mk_gguf_alignment(g), mk_gguf_n_kv(g));
+  }
+  mk_tensor_source_t src = hf ? mk_hf_tensor_source(hf) : mk_gguf_tensor_source(g);
   char *arch = NULL, *name = NULL;
   if (mk_gguf_get_str(g, "general.architecture", &arch, &err) != MK_GGUF_OK) arch = NULL;
   if (mk_gguf_get_str(g, "general.name", &name, &err) != MK_GGUF_OK) name = NULL;
@@ -728,7 +710,7 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
            cfg.n_vocab, cfg.n_ctx_train, cfg.rope_dim, (double)cfg.rope_theta,
            cfg.rope_neox ? "neox" : "normal", (double)cfg.norm_eps);
     printf("  qkv_bias %s, output %s\n", cfg.qkv_bias ? "yes" : "no",
-           mk_gguf_tensor_find(g, "output.weight") ? "output.weight" : "tied to token_embd");
+           mk_tensor_find(&src, "output.weight") ? "output.weight" : "tied to token_embd");
   } else {
     printf("architecture:  %s (not supported: %s)\n", arch ? arch : "(none)", err.msg);
   }
@@ -750,22 +732,7 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
   printf("chat template: %s%s\n", (unsigned)ct < 4 ? tmpl_names[ct] : "?",
          mk_gguf_find(g, "tokenizer.chat_template") ? "" : " (the model has none)");
 
-  size_t nt = mk_gguf_n_tensors(g);
-  size_t total = 0;
-  printf("tensors:       %zu\n", nt);
-  printf("  %-4s %-36s %-6s %-22s %12s\n", "#", "name", "type", "shape", "bytes");
-  for (size_t i = 0; i < nt; i++) {
-    const mk_tensor_info_t *t = mk_gguf_tensor_at(g, i);
-    char shape[64] = "";
-    size_t off = 0;
-    for (int d = 0; d < t->n_dims; d++)
-      off += (size_t)snprintf(shape + off, sizeof shape - off, d ? " x %lld" : "%lld",
-                              (long long)t->ne[d]);
-    printf("  %-4zu %-36s %-6s %-22s %12zu\n", i, t->name, mk_type_name(t->type), shape, t->nbytes);
-    total += t->nbytes;
-  }
-  char b[32];
-  printf("tensor bytes:  %zu (%s)\n", total, mk_fmt_bytes(total, b, sizeof b));
+  print_tensors(&src, hf);
   if (all) {
     printf("metadata:\n");
     for (size_t i = 0; i < mk_gguf_n_kv(g); i++) {
@@ -778,7 +745,8 @@ static int cmd_inspect(int argc, char **argv, mk_ctx_t *ctx) {
   free(arch);
   free(name);
   free(tmodel);
-  mk_gguf_close(g);
+  if (hf) mk_hf_close(hf);
+  else mk_gguf_close(g);
   return EXIT_OK;
 }
 

@@ -79,6 +79,8 @@ int mk_model_config_read(const mk_gguf_t *g, mk_model_config_t *c, mk_error_t *e
     return mk_fail(err, "%s: unsupported head_dim %d / rope dims %d", mk_gguf_path(g), c->head_dim, c->rope_dim);
   c->rope_neox = c->arch == MK_ARCH_QWEN2;
   c->qkv_bias = c->arch == MK_ARCH_QWEN2;
+  /* Hugging Face checkpoints keep q/k rows unpermuted: rotate_half pairing (src/hf_model.h) */
+  if (mk_gguf_get_bool(g, "morphkv.rope_neox", &c->rope_neox, err) < 0) return -1;
   return 0;
 }
 

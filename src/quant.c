@@ -347,7 +347,7 @@ void mk_matmul_chunks(const mk_cpu_kernels_t *k, const mk_qmat_t *w, const float
         int64_t b1 = b0 + MK_CHUNK_ROWS < r1 ? b0 + MK_CHUNK_ROWS : r1;
         if (im->chunks[w->type] && xq) {
           im->chunks[w->type](w, b0, b1, xqbuf + (size_t)t0 * tstride, cstride, tstride, nt, chunk_cols,
-                              parts ? parts + (size_t)t0 * rows : NULL, (size_t)n_tok * rows, y + t0 * rows, rows);
+                              parts ? parts + (size_t)t0 * rows : NULL, (size_t)n_tok * rows, y ? y + t0 * rows : NULL, rows);
           continue;
         }
         for (int64_t c = 0; c < nc; c++) {

@@ -1,4 +1,5 @@
-/* Tokenizer built from GGUF metadata.
+/* Tokenizer built from GGUF metadata (a Hugging Face tokenizer.json arrives translated into the
+ * same keys by src/hf_tokenizer.c, plus morphkv.tokenizer.pre_regex: the file's own regexes).
  *
  * Design note (invariants this file owns):
  *  - Encoding is a pipeline: (1) special-token partition: the text is cut into raw fragments and
@@ -594,9 +595,23 @@ static int tok_load_pre(mk_tokenizer_t *t, const mk_gguf_t *g, const pre_def_t *
   t->pre_known = def != &PRE_DEFAULT || strcmp(t->pre_name, "default") == 0;
   *def_out = def;
   if (t->kind != MK_TOK_BPE) return 0;
-  if (compile_regexes(t, def, err) < 0) return -1;
   t->ignore_merges = def->ignore_merges;
-  return 0;
+  if (mk_gguf_get_bool(g, "morphkv.tokenizer.ignore_merges", &t->ignore_merges, err) < 0) return -1;
+  /* Hugging Face tokenizer.json (src/hf_tokenizer.c): the file's own regexes, verbatim */
+  const mk_gguf_value_t *custom = find_arr(g, "morphkv.tokenizer.pre_regex");
+  if (!custom) return compile_regexes(t, def, err) < 0 ? -1 : 0;
+  if (custom->v.arr.elem_type != MK_GGUF_STRING || custom->v.arr.n > MK_TOK_MAX_RE)
+    return mk_fail(err, "tokenizer: morphkv.tokenizer.pre_regex must be at most %d strings", MK_TOK_MAX_RE);
+  pre_def_t own = {{"hf"}, {NULL}, false, false};
+  char *re[MK_TOK_MAX_RE] = {NULL};
+  int rc = 0;
+  for (uint64_t i = 0; i < custom->v.arr.n && rc == 0; i++)
+    if (!(own.re[i] = re[i] = strndup(custom->v.arr.strs[i].ptr, custom->v.arr.strs[i].len)))
+      rc = mk_fail(err, "tokenizer: out of memory");
+  t->pre_known = true;
+  if (rc == 0 && compile_regexes(t, &own, err) < 0) rc = -1;
+  for (int i = 0; i < MK_TOK_MAX_RE; i++) free(re[i]);
+  return rc;
 }
 
 /* Special ids, add_bos / add_space_prefix, the end-of-generation set, and the special tokens
@@ -618,6 +633,13 @@ static int tok_load_specials(mk_tokenizer_t *t, const mk_gguf_t *g, const pre_de
 
   if (t->eos >= 0) t->eog[t->eos] = 1;
   if (t->eot >= 0) t->eog[t->eot] = 1;
+  const mk_gguf_value_t *eog = find_arr(g, "morphkv.tokenizer.eog_ids"); /* HF eos_token_id lists */
+  for (uint64_t i = 0; eog && mk_gguf_vtype_is_int(eog->v.arr.elem_type) && i < eog->v.arr.n; i++) {
+    int64_t id = mk_gguf_arr_int(eog, i);
+    if (id < 0 || id >= n) return mk_fail(err, "tokenizer: morphkv.tokenizer.eog_ids[%llu] = %lld is outside the "
+                                          "vocabulary", (unsigned long long)i, (long long)id);
+    t->eog[id] = 1;
+  }
   if (t->eom >= 0) t->eog[t->eom] = 1;
   int n_special = 0;
   for (int i = 0; i < n; i++) {

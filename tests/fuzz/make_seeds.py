@@ -8,6 +8,7 @@ Small on purpose (a few KB each): libFuzzer grows its own corpus from them.
              control bytes, invalid UTF-8.
   config:    the repository's configs/*.json and a few hand-written ones.
   request:   morphkv.Request messages (parallel/request.proto), encoded here by hand.
+  safetensors: a 2-tensor BF16/F32 file with __metadata__, an empty header, overlapping offsets.
 Run from anywhere: python3 tests/fuzz/make_seeds.py"""
 import os
 import random
@@ -171,8 +172,13 @@ def request(prompt, stops=(), policy=1, temp=0.0, kind=1):
     return m
 
 
+def safetensors(header, n_data):
+    h = header.encode()
+    return struct.pack("<Q", len(h)) + h + bytes(range(n_data))
+
+
 def main():
-    for t in ("gguf", "tokenizer", "config", "request"):
+    for t in ("gguf", "tokenizer", "config", "request", "safetensors"):
         shutil.rmtree(os.path.join(HERE, "corpus", t), ignore_errors=True)
     out("gguf", "llama_bpe_1layer.gguf", bpe_model())
     out("gguf", "spm_vocab.gguf", spm_vocab())
@@ -195,6 +201,12 @@ def main():
     out("request", "generate_snapkv", request(list(range(100)), policy=4, temp=0.7))
     out("request", "shutdown", fv(1, 1) + fv(2, 2))
     out("request", "empty", b"")
+    out("safetensors", "two.safetensors", safetensors(
+        '{"__metadata__":{"format":"pt"},"model.norm.weight":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},'
+        '"lm_head.weight":{"dtype":"BF16","shape":[2,4],"data_offsets":[16,32]}}', 32))
+    out("safetensors", "empty.safetensors", safetensors("{}", 0))
+    out("safetensors", "overlap.safetensors", safetensors(
+        '{"a":{"dtype":"F16","shape":[4],"data_offsets":[0,8]},"b":{"dtype":"F16","shape":[4],"data_offsets":[4,12]}}', 12))
 
 
 if __name__ == "__main__":
