@@ -60,7 +60,7 @@ static int mirror_create(cuda_impl_t *c, const mk_kv_cache_t *kc, cuda_mirror_t 
   const char *force = getenv("MORPHKV_CUDA_POLICY");
   const bool host_only = force && strcmp(force, "host") == 0;
   m->fast_mkv = !host_only && kc->cfg.policy == MK_KV_MORPHKV && kc->cfg.gqa == MK_KV_GQA_LOGIT_SUM &&
-               kc->cfg.window <= MK_MKV_WMAX;
+               kc->cfg.window <= MK_MKV_WMAX && mk_kv_sinks(&kc->cfg) == 0; /* sinks: host policy */
   m->host_rows = !m->fast_mkv && kc->ops->needs(&kc->cfg) != 0;
   const size_t nh = (size_t)m->n_seq * m->n_layer * m->n_heads, ns = (size_t)m->n_slots;
   const size_t jobs = (size_t)m->n_seq * m->n_heads;

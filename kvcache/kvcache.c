@@ -21,7 +21,7 @@ void mk_kv_config_default(mk_kv_config_t *cfg) {
   cfg->capacity = 2048;
   cfg->fusion = MK_KV_FUSION_SUM;
   cfg->gqa = MK_KV_GQA_LOGIT_SUM;
-  cfg->sinks = 4;
+  cfg->sinks = MK_KV_SINKS_DEFAULT;
   cfg->evict_after = 1.0f;
   cfg->dtype = MK_KV_F32;
   cfg->h2o_mode = MK_KV_H2O_GROUP;

@@ -54,13 +54,22 @@ typedef struct mk_kv_config {
   int capacity;        /* C: budget; after eviction the cache holds C (C+1 while attending) */
   mk_kv_fusion_t fusion;
   mk_kv_gqa_t gqa;
-  int sinks;           /* streaming: S sink tokens */
+  int sinks;           /* S sink tokens, always kept (streaming, morphkv); MK_KV_SINKS_DEFAULT:
+                          the policy's own default, mk_kv_sinks() */
   float evict_after;   /* ea >= 1: evict when used >= ceil((C+1)*ea) */
   mk_kv_dtype_t dtype;
   mk_kv_h2o_mode_t h2o_mode;
   int snapkv_pool;     /* snapkv pooling kernel (odd), default 5 */
   bool snapkv_maxpool; /* default: avg pool */
 } mk_kv_config_t;
+
+/* sinks = -1: each policy's default, StreamingLLM's 4 sinks and MorphKV's 0 (the paper's). */
+#define MK_KV_SINKS_DEFAULT (-1)
+#define MK_KV_STREAMING_SINKS 4
+static inline int mk_kv_sinks(const mk_kv_config_t *cfg) {
+  if (cfg->sinks >= 0) return cfg->sinks;
+  return cfg->policy == MK_KV_STREAMING ? MK_KV_STREAMING_SINKS : 0;
+}
 
 void mk_kv_config_default(mk_kv_config_t *cfg); /* full, W=32, C=2048, sum, logit_sum, S=4, ea=1, f32 */
 const char *mk_kv_policy_name(mk_kv_policy_kind_t k);

@@ -12,13 +12,16 @@
  *   scratch cand[n_slots] (int), score[n_slots], mask[n_slots], hmax[n_slots] (fp32), so that
  *          the decode path never allocates.
  *
+ * Sinks (--kv-sinks S, default 0 as in the paper): the first S positions of the sequence are
+ * always kept and never candidates, so C = S sinks + (C - W - S) scored + W recent.
+ *
  * Schedule (driven by the engine): write, attend, observe (push the row), evict(next_pos). The
  * eviction at the end of step t chooses the victims for step t+1, so the incoming token takes a
  * victim's slot:
- *   cand  = used slots with pos < next_pos - W   (not among the W+1 most recent at next_pos)
+ *   cand  = used slots with S <= pos < next_pos - W (not a sink, not among the W+1 most recent)
  *   rows  = the ring (queries next_pos-W .. next_pos-1)
  *   score = sum_r | max_r of softmax_cand(row r)   (prob_max: max over heads before fusion)
- *   keep the top C-W (higher score, then smaller pos), release the rest.
+ *   keep the top C-W-S (higher score, then smaller pos), release the rest.
  * Trigger: used + 1 >= E with E = ceil((C+1)*ea); with ea = 1 that is used >= C, and used == C
  * is a no-op (exactly C-W candidates), so a full cache evicts exactly one slot per step (argmin).
  * The first compression of a long prompt (prefill end, next_pos = P > C) and bursty eviction
@@ -110,20 +113,25 @@ static long mkv_evict_total(const mk_kv_config_t *cfg) {
 }
 
 /* Slots evict(next_pos) releases, from counts alone: the candidates are the used slots outside
- * the recent window, and the recent positions [next_pos - W, next_pos) are all present (acquired,
- * never candidates), so candidates = used - min(W, next_pos), of which C - W are kept. */
+ * the recent window and the sinks, and the recent positions [next_pos - W, next_pos) and the
+ * sinks [0, S) are all present (never candidates, so never released), so candidates = used -
+ * min(W, next_pos) - min(S, max(0, next_pos - W)), of which C - W - S are kept. */
 static int mkv_losers(const mk_kv_config_t *cfg, const mk_kv_head_t *h, int64_t next_pos) {
   if ((long)h->n_used + 1 < mkv_evict_total(cfg)) return 0;
+  const int64_t S = mk_kv_sinks(cfg), lim = next_pos - cfg->window;
   int64_t recent = next_pos < cfg->window ? next_pos : cfg->window;
-  int64_t lose = (int64_t)h->n_used - recent - (cfg->capacity - cfg->window);
+  int64_t sinks = lim <= 0 ? 0 : lim < S ? lim : S;
+  int64_t lose = (int64_t)h->n_used - recent - sinks - (cfg->capacity - cfg->window - S);
   return lose > 0 ? (int)lose : 0;
 }
 
 static int mkv_validate(const mk_kv_config_t *cfg, mk_error_t *err) {
   if (cfg->window < 1) return mk_fail(err, "morphkv: kv window %d must be at least 1", cfg->window);
-  if (cfg->capacity <= cfg->window)
-    return mk_fail(err, "morphkv: kv capacity %d must exceed kv window %d", cfg->capacity,
-                   cfg->window);
+  if (cfg->sinks < MK_KV_SINKS_DEFAULT)
+    return mk_fail(err, "morphkv: kv sinks %d must be >= 0", cfg->sinks);
+  if (cfg->capacity <= cfg->window + mk_kv_sinks(cfg))
+    return mk_fail(err, "morphkv: kv capacity %d must exceed kv window %d + kv sinks %d", cfg->capacity,
+                   cfg->window, mk_kv_sinks(cfg));
   if (!(cfg->evict_after >= 1.0f) || !isfinite(cfg->evict_after))
     return mk_fail(err, "morphkv: kv evict-after %g must be a number >= 1", (double)cfg->evict_after);
   if ((double)(cfg->capacity + 1) * cfg->evict_after > (double)INT32_MAX / 2)
@@ -274,13 +282,14 @@ static int mkv_evict(const mk_kv_config_t *cfg, mk_kv_head_t *h, int64_t next_po
   if ((long)h->n_used + 1 < mkv_evict_total(cfg)) return 0;
   mkv_view_t v = mkv_view(cfg, h);
   mkv_state_t *st = v.st;
-  int W = cfg->window, n_slots = h->n_slots, keep = cfg->capacity - cfg->window;
+  const int S = mk_kv_sinks(cfg);
+  int W = cfg->window, n_slots = h->n_slots, keep = cfg->capacity - cfg->window - S;
   int64_t lim = next_pos - W;
   const int RW = v.R * W; /* ring rows x heads, indexed by ring position: Z of row r, head q at
                             zsum[r * R + q], its e at ring[(r * R + q) * n_slots] */
   int n = 0;
   for (int j = 0; j < n_slots; j++) {
-    bool c = h->pos[j] >= 0 && h->pos[j] < lim;
+    bool c = h->pos[j] >= S && h->pos[j] < lim;
     v.mask[j] = c ? 1.0f : 0.0f;
     if (!c) continue;
     v.cand[n++] = j;

@@ -12,10 +12,11 @@
 #include "kvcache/kvcache.h"
 
 static int st_validate(const mk_kv_config_t *cfg, mk_error_t *err) {
-  if (cfg->sinks < 0) return mk_fail(err, "streaming: kv sinks %d must be >= 0", cfg->sinks);
-  if (cfg->capacity <= cfg->sinks)
+  if (cfg->sinks < MK_KV_SINKS_DEFAULT)
+    return mk_fail(err, "streaming: kv sinks %d must be >= 0", cfg->sinks);
+  if (cfg->capacity <= mk_kv_sinks(cfg))
     return mk_fail(err, "streaming: kv capacity %d must exceed kv sinks %d", cfg->capacity,
-                   cfg->sinks);
+                   mk_kv_sinks(cfg));
   return 0;
 }
 
@@ -35,10 +36,11 @@ static void st_observe(const mk_kv_config_t *cfg, mk_kv_head_t *h, const mk_kv_r
 static int st_evict(const mk_kv_config_t *cfg, mk_kv_head_t *h, int64_t next_pos, bool prefill,
                     mk_error_t *err) {
   if (h->n_used <= cfg->capacity) return 0; /* positions are contiguous apart from the sinks */
-  int64_t recent_from = next_pos - (cfg->capacity - cfg->sinks);
+  const int S = mk_kv_sinks(cfg);
+  int64_t recent_from = next_pos - (cfg->capacity - S);
   for (int j = 0; j < h->n_slots; j++) {
     int32_t p = h->pos[j];
-    if (p >= cfg->sinks && p < recent_from) mk_kv_release(h, j);
+    if (p >= S && p < recent_from) mk_kv_release(h, j);
   }
   return 0;
 }

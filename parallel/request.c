@@ -76,8 +76,8 @@ int mk_request_validate(const mk_request_t *r, int n_vocab, mk_error_t *err) {
   const mk_kv_config_t *c = &r->cache;
   if ((unsigned)c->policy >= MK_KV_POLICY_COUNT)
     return mk_fail(err, "request: unknown cache policy %d", (int)c->policy);
-  if (c->window < 0 || c->capacity < 0 || c->sinks < 0)
-    return mk_fail(err, "request: cache window %d, capacity %d, sinks %d must be >= 0", c->window,
+  if (c->window < 0 || c->capacity < 0 || c->sinks < MK_KV_SINKS_DEFAULT)
+    return mk_fail(err, "request: cache window %d, capacity %d, sinks %d must be >= 0 (sinks -1: the policy's default)", c->window,
                    c->capacity, c->sinks);
   if (!isfinite(c->evict_after) || !(c->evict_after >= 1))
     return mk_fail(err, "request: cache evict_after %g must be finite and >= 1",

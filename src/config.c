@@ -75,7 +75,7 @@ static const opt_def_t OPTS[] = {
     {O_KV_FUSION, "kv-fusion", K_ENUM, "sum|max", "MorphKV score fusion (default sum)", false},
     {O_KV_GQA, "kv-gqa", K_ENUM, "logit_sum|prob_max", "MorphKV GQA rule (default logit_sum)",
      false},
-    {O_KV_SINKS, "kv-sinks", K_INT, "S", "StreamingLLM sink tokens (default 4)", false},
+    {O_KV_SINKS, "kv-sinks", K_INT, "S", "sink tokens kept always: streaming (default 4), morphkv (default 0)", false},
     {O_KV_EVICT_AFTER, "kv-evict-after", K_FLOAT, "F",
      "bursty eviction: evict when used >= ceil((C+1) x F) (default 1)", false},
     {O_KV_DTYPE, "kv-dtype", K_ENUM, "f32|f16", "cache element type (default f32)", false},

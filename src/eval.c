@@ -52,12 +52,28 @@
 #include "src/cli.h"
 #include "src/config.h"
 #include "src/engine.h"
+#include "src/eval_metrics.h"
+#include "src/sampler.h"
 #include "src/tokenizer.h"
 
 extern char **environ;
 
 enum { EV_OK = 0, EV_FAIL = 1, EV_USAGE = 2 };
 #define EV_MAX_BUDGETS 16
+#define EV_MAX_POL 32
+#define EV_MAX_Q 8 /* questions per prompt (--task recall) */
+
+/* One --policies item: a policy, optionally with its own settings ("morphkv:w8:s4:fmax"): w<N>
+ * window, s<N> sinks, fsum / fmax fusion, x<F> capacity scale (capacity = F x the budget's, e.g.
+ * streaming:x1.3 to give StreamingLLM the bytes MorphKV spends on its scoring state). A variant whose settings do not fit a prompt's budget
+ * (e.g. W >= C) skips that prompt and says so, where a plain policy is an error. */
+typedef struct eval_pol {
+  mk_kv_policy_kind_t kind;
+  char name[32]; /* "morphkv", "morphkv-w8-s4" (file names, tables) */
+  int window, sinks, fusion; /* -1: as --window / --kv-sinks / --kv-fusion */
+  double scale;              /* capacity scale (1) */
+  bool variant;
+} eval_pol_t;
 
 /* ---- options -------------------------------------------------------------------------------- */
 
@@ -65,14 +81,19 @@ typedef struct eval_opts {
   mk_gen_opts_t g; /* model, threads, chat template, system, kv-* settings, backend, simd, tp */
   char *prompts, *out, *plot_script;
   int new_tokens, n_prompts, min_words, skip;
-  mk_kv_policy_kind_t pol[MK_KV_POLICY_COUNT];
+  eval_pol_t pol[EV_MAX_POL];
   int n_pol;
   int caps[EV_MAX_BUDGETS];
   int n_caps;
   double fracs[EV_MAX_BUDGETS];
   int n_fracs;
   bool chat, stop_at_eos, plot, quiet, concurrent;
+  int task; /* EV_TASK_* */
 } eval_opts_t;
+
+/* --task: replay (the reference's tokens, teacher-forced), recall (replay, then questions about
+ * facts stated in the prompt), free (every engine writes its own tokens). */
+enum { EV_TASK_REPLAY = 0, EV_TASK_RECALL, EV_TASK_FREE };
 
 static void usage_eval(FILE *f) {
   fprintf(f,
@@ -95,7 +116,20 @@ static void usage_eval(FILE *f) {
           "                          (and optionally \"length\", the requested words)\n"
           "  --new-tokens N          tokens generated per prompt\n"
           "  --policies LIST         comma-separated: full,morphkv,streaming,h2o,snapkv\n"
-          "                          (full = a second full-cache engine; its KL must be 0)\n"
+          "                          (full = a second full-cache engine; its KL must be 0);\n"
+          "                          an item may carry its own settings, e.g. morphkv:w8,\n"
+          "                          morphkv:s4, morphkv:fmax (w<N> window, s<N> sinks,\n"
+          "                          fsum|fmax fusion, x<F> capacity x F); such a variant skips\n"
+          "                          the prompts whose budget it does not fit (W + S >= C)\n"
+          "  --task replay|recall|free\n"
+          "                          replay (default): the policies replay the reference's\n"
+          "                          tokens. recall: replay, then each of the prompt's\n"
+          "                          \"questions\" ({question, answer_prefix, answer}) is\n"
+          "                          appended as a new user turn and the answer is scored\n"
+          "                          (teacher-forced log-lik, greedy exact match) -> recall.csv.\n"
+          "                          free: every engine writes its own N tokens (EOS ends it)\n"
+          "                          -> free.csv (length, repeated 4-grams, distinct-2, first\n"
+          "                          divergence from the full cache)\n"
           "  --capacity LIST         cache budgets C in tokens, e.g. 256,512\n"
           "  --budget-frac LIST      budgets as fractions of prompt + N, e.g. 0.1,0.25,0.5\n"
           "  --window W              recent window W (morphkv, h2o; snapkv's observation\n"
@@ -112,6 +146,14 @@ static void usage_eval(FILE *f) {
           "  --threads N             CPU threads (default: cores / ranks per node)\n"
           "  --concurrent            step the engines at the same time, one thread each (a\n"
           "                          world of one only); decode tok/s is then per thread\n"
+          "  --temperature T, --top-k K, --top-p P, --min-p P, --repeat-penalty R,\n"
+          "  --repeat-last-n N, --seed S\n"
+          "                          how the reference (and, with --task free, every engine)\n"
+          "                          picks tokens, as in `morphkv generate`; default greedy\n"
+          "                          (T = 0), no penalty. Agreement is then the policy's\n"
+          "                          greedy choice after the same penalty vs the full cache's\n"
+          "  --config FILE           JSON keys of `morphkv generate` (e.g. repeat_penalty,\n"
+          "                          kv_sinks); the flags win\n"
           "  --kv-fusion sum|max, --kv-gqa logit_sum|prob_max, --kv-sinks S,\n"
           "  --kv-evict-after F, --kv-dtype f32|f16, --kv-h2o-mode group|per_head,\n"
           "  --kv-snapkv-pool N, --kv-snapkv-pooling avg|max\n"
@@ -129,6 +171,7 @@ static const char *const SHARED_FLAGS[] = {
     "model",      "threads",         "chat-template",  "system",   "kv-fusion",
     "kv-gqa",     "kv-sinks",        "kv-evict-after", "kv-dtype", "kv-h2o-mode",
     "kv-snapkv-pool", "kv-snapkv-pooling", "backend",  "simd",     "tp",
+    "temperature", "top-k", "top-p", "min-p", "repeat-penalty", "repeat-last-n", "seed",
 };
 
 static int parse_int_arg(const char *flag, const char *v, long lo, long hi, int *out,
@@ -169,9 +212,53 @@ static int set_str(char **dst, const char *v, mk_error_t *err) {
   return 0;
 }
 
+/* "policy[:opt...]" into *p (see eval_pol_t). */
+static int parse_pol(char *item, eval_pol_t *p, mk_error_t *err) {
+  memset(p, 0, sizeof *p);
+  p->window = p->sinks = p->fusion = -1;
+  p->scale = 1.0;
+  char *colon = strchr(item, ':');
+  if (colon) *colon = 0;
+  if (mk_kv_policy_parse(item, &p->kind) != 0)
+    return mk_fail(err, "--policies: unknown policy '%s' (full|morphkv|streaming|h2o|snapkv)", item);
+  if (!mk_kv_policy_get(p->kind))
+    return mk_fail(err, "--policies: %s is not available in this build", item);
+  snprintf(p->name, sizeof p->name, "%s", item);
+  for (char *opt = colon ? colon + 1 : NULL; opt;) {
+    char *next = strchr(opt, ':');
+    if (next) *next++ = 0;
+    char *end = NULL;
+    long x = (opt[0] == 'w' || opt[0] == 's') && opt[1] ? strtol(opt + 1, &end, 10) : -1;
+    char *xend = NULL;
+    double xs = opt[0] == 'x' && opt[1] ? strtod(opt + 1, &xend) : 0.0;
+    if (xend && !*xend && xs >= 0.01 && xs <= 100.0) p->scale = xs;
+    else if (!strcmp(opt, "fmax") || !strcmp(opt, "fsum")) p->fusion = opt[1] == 'm' ? MK_KV_FUSION_MAX : MK_KV_FUSION_SUM;
+    else if (end && !*end && x >= 0 && x <= 1 << 20 && opt[0] == 'w') p->window = (int)x;
+    else if (end && !*end && x >= 0 && x <= 1 << 20) p->sinks = (int)x;
+    else return mk_fail(err, "--policies %s: unknown setting '%s' (w<N>, s<N>, fsum, fmax, x<F>)", p->name, opt);
+    size_t l = strlen(p->name);
+    if (p->kind == MK_KV_FULL || l + strlen(opt) + 2 > sizeof p->name)
+      return mk_fail(err, "--policies %s: settings only for budgeted policies, and short names", p->name);
+    snprintf(p->name + l, sizeof p->name - l, "-%s", opt);
+    p->variant = true;
+    opt = next;
+  }
+  return 0;
+}
+
+/* The settings of one policy item: --kv-* and --window, then the item's own. */
+static mk_kv_config_t pol_kv(const mk_kv_config_t *base, const eval_pol_t *p) {
+  mk_kv_config_t kv = *base;
+  kv.policy = p->kind;
+  if (p->window >= 0) kv.window = p->window;
+  if (p->sinks >= 0) kv.sinks = p->sinks;
+  if (p->fusion >= 0) kv.fusion = (mk_kv_fusion_t)p->fusion;
+  return kv;
+}
+
 static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_t *err) {
   char buf[1024];
-  char *items[EV_MAX_BUDGETS > MK_KV_POLICY_COUNT ? EV_MAX_BUDGETS : MK_KV_POLICY_COUNT];
+  char *items[EV_MAX_BUDGETS > EV_MAX_POL ? EV_MAX_BUDGETS : EV_MAX_POL];
   if (!strcmp(name, "prompts")) return set_str(&o->prompts, v, err);
   if (!strcmp(name, "out")) return set_str(&o->out, v, err);
   if (!strcmp(name, "plot-script")) return set_str(&o->plot_script, v, err);
@@ -180,19 +267,21 @@ static int opts_apply(eval_opts_t *o, const char *name, const char *v, mk_error_
   if (!strcmp(name, "min-words")) return parse_int_arg(name, v, 0, INT_MAX, &o->min_words, err);
   if (!strcmp(name, "skip")) return parse_int_arg(name, v, 0, INT_MAX, &o->skip, err);
   if (!strcmp(name, "window")) return parse_int_arg(name, v, 0, INT_MAX / 4, &o->g.kv.window, err);
+  if (!strcmp(name, "config")) return 0; /* loaded first, in opts_parse */
+  if (!strcmp(name, "task")) {
+    static const char *const tasks[] = {"replay", "recall", "free"};
+    for (int i = 0; i < 3; i++)
+      if (!strcmp(v, tasks[i])) return o->task = i, 0;
+    return mk_fail(err, "--task: '%s' is not replay, recall or free", v);
+  }
   if (!strcmp(name, "policies")) {
-    int n = split_list(name, v, buf, sizeof buf, items, MK_KV_POLICY_COUNT, err);
+    int n = split_list(name, v, buf, sizeof buf, items, EV_MAX_POL, err);
     if (n < 0) return -1;
     for (int i = 0; i < n; i++) {
-      mk_kv_policy_kind_t k;
-      if (mk_kv_policy_parse(items[i], &k) != 0)
-        return mk_fail(err, "--policies: unknown policy '%s' (full|morphkv|streaming|h2o|snapkv)",
-                       items[i]);
+      if (parse_pol(items[i], &o->pol[i], err) != 0) return -1;
       for (int j = 0; j < i; j++)
-        if (o->pol[j] == k) return mk_fail(err, "--policies: '%s' given twice", items[i]);
-      if (!mk_kv_policy_get(k))
-        return mk_fail(err, "--policies: %s is not available in this build", items[i]);
-      o->pol[i] = k;
+        if (!strcmp(o->pol[j].name, o->pol[i].name))
+          return mk_fail(err, "--policies: '%s' given twice", items[i]);
     }
     o->n_pol = n;
     return 0;
@@ -241,6 +330,7 @@ static void opts_free(eval_opts_t *o) {
 static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_error_t *err) {
   memset(o, 0, sizeof *o);
   mk_gen_opts_default(&o->g);
+  o->g.sampling.temperature = 0.0f; /* the reference is greedy unless --temperature / the config */
   o->chat = true;
   o->plot = true;
   *help = false;
@@ -249,6 +339,11 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
       *help = true;
       return 0;
     }
+  for (int i = 1; i < argc; i++) { /* --config FILE first: the flags win over its keys */
+    const char *a = argv[i];
+    const char *path = !strncmp(a, "--config=", 9) ? a + 9 : !strcmp(a, "--config") && i + 1 < argc ? argv[i + 1] : NULL;
+    if (path && mk_gen_opts_load_json(&o->g, path, err) != 0) return -1;
+  }
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (a[0] != '-' || a[1] != '-' || !a[2])
@@ -287,21 +382,21 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
   if (o->g.system && !o->chat) return mk_fail(err, "--system needs --chat");
   if (o->concurrent && o->g.tp > 1) return mk_fail(err, "--concurrent needs a world of one (no --tp)");
   bool budgeted = false;
-  for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i] != MK_KV_FULL;
+  for (int i = 0; i < o->n_pol; i++) budgeted |= o->pol[i].kind != MK_KV_FULL;
   if (o->n_caps && o->n_fracs) return mk_fail(err, "--capacity and --budget-frac both given: pass one");
   if (budgeted && !o->n_caps && !o->n_fracs)
     return mk_fail(err, "no budgets: pass --capacity C1,C2,... or --budget-frac F1,F2,...");
   /* settings checked by each policy (fraction budgets are checked per prompt) */
   for (int i = 0; i < o->n_pol; i++) {
-    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->pol[i]);
-    mk_kv_config_t kv = o->g.kv;
-    kv.policy = o->pol[i];
-    int n_check = o->pol[i] == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
+    const mk_kv_policy_ops_t *ops = mk_kv_policy_get(o->pol[i].kind);
+    mk_kv_config_t kv = pol_kv(&o->g.kv, &o->pol[i]);
+    int n_check = o->pol[i].kind == MK_KV_FULL ? 1 : o->n_caps ? o->n_caps : 1;
     for (int b = 0; b < n_check; b++) {
       /* fraction budgets: only the settings other than the capacity can be checked here */
-      kv.capacity = o->n_caps ? o->caps[b] : (kv.window > kv.sinks ? kv.window : kv.sinks) + 1;
+      kv.capacity = o->n_caps ? o->caps[b] : kv.window + mk_kv_sinks(&kv) + 1;
+      if (o->pol[i].variant && o->n_caps) continue; /* checked per budget: skipped if it fails */
       if (ops->validate && ops->validate(&kv, err) != 0) {
-        mk_error_prefix(err, "--policies %s", mk_kv_policy_name(o->pol[i]));
+        mk_error_prefix(err, "--policies %s", o->pol[i].name);
         return -1;
       }
     }
@@ -314,11 +409,39 @@ static int opts_parse(eval_opts_t *o, int argc, char **argv, bool *help, mk_erro
 typedef struct eval_prompt {
   int line;    /* 0-based line in the file (names the output files) */
   char *text;  /* the "prompt" string */
+  /* --task recall: "questions": [{"question", "answer_prefix", "answer"}, ...] */
+  int n_q;
+  char *q[EV_MAX_Q], *q_prefix[EV_MAX_Q], *q_answer[EV_MAX_Q];
 } eval_prompt_t;
 
 static void prompts_free(eval_prompt_t *p, int n) {
-  for (int i = 0; i < n; i++) free(p[i].text);
+  for (int i = 0; i < n; i++) {
+    free(p[i].text);
+    for (int k = 0; k < p[i].n_q; k++) free(p[i].q[k]), free(p[i].q_prefix[k]), free(p[i].q_answer[k]);
+  }
   free(p);
+}
+
+/* The "questions" of one prompt line (--task recall). */
+static int prompt_questions(const eval_opts_t *o, json_t *obj, int ln, eval_prompt_t *p, mk_error_t *err) {
+  json_t *qs = json_object_get(obj, "questions");
+  if (!json_is_array(qs) || json_array_size(qs) == 0 || json_array_size(qs) > EV_MAX_Q)
+    return mk_fail(err, "--prompts %s:%d: --task recall needs \"questions\": an array of 1 to %d objects",
+                   o->prompts, ln + 1, EV_MAX_Q);
+  size_t i;
+  json_t *q;
+  json_array_foreach(qs, i, q) {
+    const char *f[3] = {"question", "answer_prefix", "answer"};
+    char **dst[3] = {&p->q[i], &p->q_prefix[i], &p->q_answer[i]};
+    for (int k = 0; k < 3; k++) {
+      json_t *v = json_object_get(q, f[k]);
+      if (!json_is_string(v) || (k != 1 && !*json_string_value(v)))
+        return mk_fail(err, "--prompts %s:%d: questions[%zu] has no \"%s\" string", o->prompts, ln + 1, i, f[k]);
+      if (!(*dst[k] = strdup(json_string_value(v)))) return mk_fail(err, "out of memory");
+    }
+    p->n_q = (int)i + 1;
+  }
+  return 0;
 }
 
 /* Reads the JSON-lines file; keeps prompts with length >= min_words, skips `skip`, keeps at most
@@ -364,14 +487,16 @@ static int prompts_read(const eval_opts_t *o, eval_prompt_t **out, int *n_out, m
         }
         ps = t;
       }
+      memset(&ps[n], 0, sizeof ps[n]);
       ps[n].line = ln;
       ps[n].text = strdup(json_string_value(pt));
-      if (!ps[n].text) {
-        rc = mk_fail(err, "out of memory");
+      n++;
+      if (!ps[n - 1].text) rc = mk_fail(err, "out of memory");
+      else if (o->task == EV_TASK_RECALL) rc = prompt_questions(o, obj, ln, &ps[n - 1], err);
+      if (rc != 0) {
         json_decref(obj);
         break;
       }
-      n++;
     }
     json_decref(obj);
   }
@@ -445,9 +570,25 @@ static int prompt_tokenize(const eval_opts_t *o, const mk_engine_t *e, const cha
 
 /* ---- runs ----------------------------------------------------------------------------------- */
 
+/* Sums of one stratum of positions. */
+typedef struct ev_acc {
+  double kl, agree, ll;
+  long n;
+} ev_acc_t;
+enum { EV_NOLOOP = 3, EV_N_ACC = 4 };
+
+static void acc_add(ev_acc_t *a, double kl, int agree, double ll) {
+  a->kl += kl, a->agree += agree, a->ll += ll, a->n++;
+}
+
 /* One (policy, budget) replay: an engine, its settings for the current prompt, its figures. */
 typedef struct eval_run {
   mk_kv_policy_kind_t policy;
+  const char *name;  /* the --policies item, e.g. "morphkv-w8" (in the options) */
+  double scale;      /* capacity = scale x the budget's */
+  bool variant;      /* an item with its own settings: skips prompts whose budget it does not fit */
+  bool skip;         /* this prompt: not run (a variant whose settings do not fit the budget) */
+  int n_skipped;     /* prompts skipped so */
   int budget;        /* index into caps/fracs; -1: no budget (full) */
   char label[32];    /* budget label in file names: "c256", "10pct", "all" */
   mk_engine_t *e;
@@ -464,6 +605,21 @@ typedef struct eval_run {
   int n_prompts;
   size_t peak, state; /* max over prompts of peak K/V bytes and policy state bytes */
   double max_kl;
+  /* distance strata (src/eval_metrics.h): [MK_EV_NOVEL], [MK_EV_LOCAL], [MK_EV_LONG], and
+   * [EV_NOLOOP] = the positions outside a repeated-n-gram loop; p_acc this prompt, acc all */
+  ev_acc_t p_acc[EV_N_ACC], acc[EV_N_ACC];
+  float *scratch;         /* (n_vocab) penalised logits for the greedy choice */
+  /* --task recall: this question's answer; over all questions, and those the full cache got */
+  mk_ev_answer_t ans;
+  long rq_all, rq_exact_all, rq_kept, rq_exact_kept;
+  double rq_ll_all, rq_ll_kept;
+  /* --task free: its own tokens (prompt + generated), sampler, and the figures summed over prompts */
+  mk_sampler_t *sampler;
+  int32_t *fseq;
+  int f_n;
+  bool f_done, f_eos;
+  double f_len, f_ratio, f_rep4, f_d2, f_div, f_loop;
+  int f_cnt, f_n_eos;
 } eval_run_t;
 
 static double now_s(void) { return MPI_Wtime(); }
@@ -631,19 +787,54 @@ typedef struct eval_state {
   double ref_ll, ref_step_s, ref_prefill_s;
   long ref_n, ref_steps;
   size_t ref_peak;
-  FILE *summary_csv;
+  FILE *summary_csv, *recall_csv, *free_csv;
   mk_error_t *errs; /* (n_runs + 1) per-engine errors of step_all */
+  float *ref_scratch;      /* (n_vocab) */
+  mk_sampler_t *ref_sampler; /* picks the reference's tokens (--temperature, --repeat-penalty) */
+  eval_run_t ref_run;      /* --task recall / free: the reference's answer and free-running state */
 } eval_state_t;
 
+/* The greedy choice under the repetition penalty (--repeat-penalty, llama.cpp semantics: each
+ * distinct token among the last n of hist once, logit > 0 ? logit / R : logit * R), end-of-
+ * generation ids masked unless --stop-at-eos. */
+static int32_t greedy_choice(const eval_state_t *s, const float *logits, float *scratch,
+                             const int32_t *hist, int n_hist) {
+  const mk_sampler_params_t *sp = &s->o->g.sampling;
+  const unsigned char *mask = s->o->stop_at_eos || s->o->task == EV_TASK_FREE ? NULL : s->eog;
+  if (sp->repeat_penalty == 1.0f || sp->repeat_last_n == 0 || n_hist <= 0)
+    return argmax_masked(logits, s->n_vocab, mask);
+  memcpy(scratch, logits, sizeof(float) * (size_t)s->n_vocab);
+  const int n = sp->repeat_last_n < 0 || sp->repeat_last_n > n_hist ? n_hist : sp->repeat_last_n;
+  const float pen = sp->repeat_penalty;
+  for (int i = n_hist - n; i < n_hist; i++) {
+    const int32_t id = hist[i];
+    if (id < 0 || id >= s->n_vocab || scratch[id] != logits[id]) continue; /* once per token */
+    scratch[id] = logits[id] > 0.0f ? logits[id] / pen : logits[id] * pen;
+  }
+  return argmax_masked(scratch, s->n_vocab, mask);
+}
+
+/* The reference's next token: greedy (as greedy_choice), or drawn by its sampler when
+ * --temperature > 0; end-of-generation ids are never drawn unless --stop-at-eos. */
+static int32_t ref_token(eval_state_t *s, const int32_t *hist, int n_hist) {
+  if (s->o->g.sampling.temperature <= 0.0f)
+    return greedy_choice(s, s->ref_logits, s->ref_scratch, hist, n_hist);
+  memcpy(s->ref_scratch, s->ref_logits, sizeof(float) * (size_t)s->n_vocab);
+  if (!s->o->stop_at_eos)
+    for (int i = 0; i < s->n_vocab; i++)
+      if (s->eog[i]) s->ref_scratch[i] = -INFINITY;
+  return mk_sampler_sample(s->ref_sampler, s->ref_scratch, hist, n_hist);
+}
+
 /* Scores one run's logits against the reference at one position. */
-static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, double *kl, int *agree_out,
-                      double *ll) {
+static void score_run(eval_state_t *s, eval_run_t *r, int32_t y, int32_t g, const int32_t *hist,
+                      int n_hist, double *kl, int *agree_out, double *ll) {
   const int V = s->n_vocab;
   const float *q = r->logits;
   double lse = lse_f64(q, V), acc = 0.0;
   for (int i = 0; i < V; i++) acc += s->ref_p[i] * (s->ref_lp[i] - ((double)q[i] - lse));
   *kl = acc > 0.0 ? acc : 0.0;
-  *agree_out = argmax_masked(q, V, s->o->stop_at_eos ? NULL : s->eog) == y;
+  *agree_out = greedy_choice(s, q, r->scratch, hist, n_hist) == g;
   *ll = (double)q[y] - lse;
 }
 
@@ -657,10 +848,15 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
 #pragma omp parallel for schedule(dynamic, 1) num_threads(s->o->g.threads) if (s->o->concurrent)
   for (int k = 0; k < n_eng; k++) {
     eval_run_t *run = k < s->n_runs ? &s->runs[k] : NULL;
+    if (run && run->skip) continue;
+    /* --task free: each engine its own next token (ids == NULL), finished ones stand still */
+    eval_run_t *fr = run ? run : &s->ref_run;
+    if (!ids && fr->f_done) continue;
+    const int32_t *tok = ids ? ids : &fr->fseq[fr->f_n - 1];
     mk_engine_t *e = run ? run->e : s->ref;
     float *logits = run ? run->logits : s->ref_logits;
     double t0 = now_s();
-    if (mk_engine_step(e, 0, ids, n, false, logits, &s->errs[k]) != 0) {
+    if (mk_engine_step(e, 0, tok, n, false, logits, &s->errs[k]) != 0) {
 #pragma omp critical(eval_fail)
       if (failed < 0 || k < failed) failed = k;
       continue;
@@ -678,7 +874,7 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
   if (failed < 0) return 0;
   *err = s->errs[failed];
   if (failed < s->n_runs)
-    mk_error_prefix(err, "%s/%s", mk_kv_policy_name(s->runs[failed].policy), s->runs[failed].label);
+    mk_error_prefix(err, "%s/%s", s->runs[failed].name, s->runs[failed].label);
   else
     mk_error_prefix(err, "reference");
   return -1;
@@ -686,20 +882,24 @@ static int step_all(eval_state_t *s, const int32_t *ids, int n, bool prefill, do
 
 /* This prompt's capacities (--budget-frac: a fraction of prompt + N), every engine begun, and
  * (rank 0) the per-run CSV files. Status only: the caller agrees. */
-static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, mk_error_t *err) {
+static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, int extra, mk_error_t *err) {
   const eval_opts_t *o = s->o;
-  const int N = o->new_tokens, total = n_prompt + N;
+  const int N = o->new_tokens, total = n_prompt + N; /* the budget's base; extra: questions */
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    run->skip = false;
     if (run->budget < 0) continue;
-    if (!o->n_fracs) {
-      run->kv.capacity = o->caps[run->budget];
-      continue;
-    }
-    double f = o->fracs[run->budget];
-    run->kv.capacity = (int)lround(f * total);
+    const double f = o->n_fracs ? o->fracs[run->budget] : 0.0;
+    run->kv.capacity = (int)lround(run->scale * (o->n_fracs ? f * total : (double)o->caps[run->budget]));
     const mk_kv_policy_ops_t *ops = mk_kv_policy_get(run->policy);
-    if (ops->validate(&run->kv, err) != 0) {
+    if ((o->n_fracs || run->variant) && ops->validate(&run->kv, err) != 0) {
+      if (run->variant) { /* e.g. W >= C: this variant sits this prompt out */
+        run->skip = true;
+        run->n_skipped++;
+        if (!o->quiet && s->r0)
+          fprintf(stderr, "[eval] prompt line %d: %s/%s skipped: %s\n", pr->line, run->name, run->label, err->msg);
+        continue;
+      }
       mk_error_prefix(err, "prompt line %d: budget %g x (%d prompt + %d new tokens) = capacity %d",
                       pr->line, f, n_prompt, N, run->kv.capacity);
       return -1;
@@ -708,23 +908,27 @@ static int prompt_begin(eval_state_t *s, const eval_prompt_t *pr, int n_prompt, 
   mk_kv_config_t ref_kv;
   mk_kv_config_default(&ref_kv);
   ref_kv.dtype = o->g.kv.dtype;
-  if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total, err) != 0) return -1;
+  if (mk_engine_begin(s->ref, &ref_kv, 1, n_prompt, total + extra, err) != 0) return -1;
   for (int r = 0; r < s->n_runs; r++)
-    if (mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total, err) != 0) return -1;
-  if (!s->r0) return 0;
+    if (!s->runs[r].skip && mk_engine_begin(s->runs[r].e, &s->runs[r].kv, 1, n_prompt, total + extra, err) != 0)
+      return -1;
+  if (!s->r0 || o->task == EV_TASK_FREE) return 0;
   char name[256];
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
-    snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, mk_kv_policy_name(run->policy), run->label);
+    if (run->skip) continue;
+    snprintf(name, sizeof name, "p%02d_%s_%s.csv", pr->line, run->name, run->label);
     if (!(run->csv = open_out(o->out, name, err))) return -1;
-    fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes\n");
+    fprintf(run->csv, "position,kl,top1_agree,loglik,kv_bytes,distance,ngram,long_range,in_loop\n");
   }
   return 0;
 }
 
 /* One prompt's positions: the reference's tokens and figures, and per-run scratch. */
 typedef struct prompt_pos {
-  int32_t *gen; /* (N) the reference's tokens */
+  int32_t *seq; /* (n_prompt + N) the prompt's tokens, then the reference's */
+  int32_t *gen; /* = seq + n_prompt */
+  int n_prompt;
   double *kl, *ll;
   int *ag;      /* (n_runs) this position's figures per run */
   int n_pos;
@@ -735,7 +939,9 @@ typedef struct prompt_pos {
 /* Position t: the reference's token y and distribution, every run scored against it. */
 static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   const int V = s->n_vocab;
-  int32_t y = argmax_masked(s->ref_logits, V, s->o->stop_at_eos ? NULL : s->eog);
+  const int32_t y = ref_token(s, pp->seq, pp->n_prompt + t);
+  const int32_t g = s->o->g.sampling.temperature <= 0.0f
+                        ? y : greedy_choice(s, s->ref_logits, s->ref_scratch, pp->seq, pp->n_prompt + t);
   double lse = lse_f64(s->ref_logits, V);
   for (int i = 0; i < V; i++) {
     s->ref_lp[i] = (double)s->ref_logits[i] - lse;
@@ -744,10 +950,17 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
   pp->ref_ll += s->ref_lp[y];
   pp->gen[t] = y;
   pp->n_pos++;
+  int ng = 0;
+  const int dist = mk_ev_ngram_distance(pp->seq, pp->n_prompt + t, &ng);
+  const int in_loop = ng >= MK_EV_LOOP_NGRAM;
+  const int n_hist = pp->n_prompt + t;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int r = 0; r < s->n_runs; r++) score_run(s, &s->runs[r], y, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
+  for (int r = 0; r < s->n_runs; r++)
+    if (!s->runs[r].skip)
+      score_run(s, &s->runs[r], y, g, pp->seq, n_hist, &pp->kl[r], &pp->ag[r], &pp->ll[r]);
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
     mk_engine_stats_t es;
     mk_engine_get_stats(run->e, &es);
     run->p_kl += pp->kl[r];
@@ -755,8 +968,12 @@ static int32_t score_position(eval_state_t *s, prompt_pos_t *pp, int t) {
     run->p_ll += pp->ll[r];
     run->p_n++;
     if (pp->kl[r] > run->max_kl) run->max_kl = pp->kl[r];
+    const int cls = mk_ev_distance_class(dist, run->budget < 0 ? INT_MAX : run->kv.capacity);
+    acc_add(&run->p_acc[cls], pp->kl[r], pp->ag[r], pp->ll[r]);
+    if (!in_loop) acc_add(&run->p_acc[EV_NOLOOP], pp->kl[r], pp->ag[r], pp->ll[r]);
     if (run->csv)
-      fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu\n", t, pp->kl[r], pp->ag[r], pp->ll[r], es.kv_live_bytes);
+      fprintf(run->csv, "%d,%.9g,%d,%.9g,%zu,%d,%d,%d,%d\n", t, pp->kl[r], pp->ag[r], pp->ll[r],
+              es.kv_live_bytes, dist, ng, cls == MK_EV_LONG, in_loop);
   }
   return y;
 }
@@ -769,7 +986,7 @@ static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
   for (int t = 0; t < N; t++) {
     int32_t y = score_position(s, pp, t);
     if (o->stop_at_eos && s->eog[y]) break;
-    if (t == N - 1) break; /* the last token needs no forward pass */
+    if (t == N - 1 && o->task != EV_TASK_RECALL) break; /* the last token needs no forward pass */
     double ts = 0.0;
     if (step_all(s, &y, 1, false, &ts, err) != 0) return -1;
     pp->ref_step += ts;
@@ -785,6 +1002,242 @@ static int run_positions(eval_state_t *s, prompt_pos_t *pp, mk_error_t *err) {
   return 0;
 }
 
+/* ---- --task recall -------------------------------------------------------------------------- */
+
+/* text -> ids (malloc'd), no BOS, special tokens parsed. */
+static int encode_plain(const mk_engine_t *e, const char *text, int32_t **ids_out, int *n_out, mk_error_t *err) {
+  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
+  size_t len = strlen(text);
+  int cap = (int)len + 8;
+  int32_t *ids = malloc(sizeof *ids * (size_t)cap);
+  if (!ids) return mk_fail(err, "out of memory");
+  int n = mk_tok_encode(tok, text, len, false, true, ids, cap, err);
+  if (n > cap) n = mk_fail(err, "tokenizer: %d tokens for %zu bytes", n, len);
+  if (n < 0) {
+    free(ids);
+    return -1;
+  }
+  *ids_out = ids;
+  *n_out = n;
+  return 0;
+}
+
+/* Question k of a prompt as tokens: the turn that asks it and the answer prefix (*q), then the
+ * answer (*a). With the ChatML template the question is a new user turn after the reference's
+ * assistant turn; otherwise plain text after a blank line. */
+static int question_tokens(const eval_state_t *s, const eval_prompt_t *pr, int k, int32_t **q, int *nq,
+                           int32_t **a, int *na, mk_error_t *err) {
+  const eval_opts_t *o = s->o;
+  mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
+  if (o->chat && (!o->g.chat_template || mk_chat_parse(o->g.chat_template, &tmpl) != 0))
+    tmpl = mk_chat_detect(mk_engine_gguf(s->ref));
+  const char *fmt = o->chat && tmpl == MK_CHAT_CHATML
+                        ? "<|im_end|>\n<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n%s"
+                        : "\n\n%s\n%s";
+  size_t len = strlen(fmt) + strlen(pr->q[k]) + strlen(pr->q_prefix[k]) + 1;
+  char *text = malloc(len);
+  if (!text) return mk_fail(err, "out of memory");
+  snprintf(text, len, fmt, pr->q[k], pr->q_prefix[k]);
+  int rc = encode_plain(s->ref, text, q, nq, err);
+  free(text);
+  if (rc == 0 && encode_plain(s->ref, pr->q_answer[k], a, na, err) != 0) rc = -1;
+  if (rc == 0 && *na == 0) rc = mk_fail(err, "prompt line %d: question %d: the answer has no tokens", pr->line, k);
+  return rc;
+}
+
+/* How many tokens the questions add to the sequence (engines are begun with room for them). */
+static int questions_len(const eval_state_t *s, const eval_prompt_t *pr, int *extra, mk_error_t *err) {
+  *extra = 0;
+  for (int k = 0; k < pr->n_q; k++) {
+    int32_t *q = NULL, *a = NULL;
+    int nq = 0, na = 0;
+    int rc = question_tokens(s, pr, k, &q, &nq, &a, &na, err);
+    free(q), free(a);
+    if (rc != 0) return -1;
+    *extra += nq + na;
+  }
+  return 0;
+}
+
+/* The last position in seq[0..n) where the answer's tokens start, or -1. */
+static int find_last(const int32_t *seq, int n, const int32_t *a, int na) {
+  for (int i = n - na; i >= 0; i--)
+    if (!memcmp(seq + i, a, sizeof *a * (size_t)na)) return i;
+  return -1;
+}
+
+/* Teacher-forces a token list into every engine; scores the answer tokens (score = true). */
+static int feed_tokens(eval_state_t *s, const int32_t *ids, int n, bool score, mk_error_t *err) {
+  for (int i = 0; i < n; i++) {
+    if (score) {
+      mk_ev_answer_push(&s->ref_run.ans, s->ref_logits, s->n_vocab, ids[i]);
+      for (int r = 0; r < s->n_runs; r++)
+        if (!s->runs[r].skip) mk_ev_answer_push(&s->runs[r].ans, s->runs[r].logits, s->n_vocab, ids[i]);
+    }
+    double ts = 0.0;
+    if ((score && i == n - 1) == false && step_all(s, &ids[i], 1, false, &ts, err) != 0) return -1;
+  }
+  return 0;
+}
+
+/* One question's figures into every run and (rank 0) recall.csv. */
+static void account_question(eval_state_t *s, const eval_prompt_t *pr, int k, int dist, int na) {
+  const mk_ev_answer_t *ra = &s->ref_run.ans;
+  const int ref_ok = mk_ev_answer_exact(ra);
+  s->ref_run.rq_all++, s->ref_run.rq_exact_all += ref_ok, s->ref_run.rq_ll_all += ra->ll;
+  if (ref_ok) s->ref_run.rq_kept++, s->ref_run.rq_exact_kept++, s->ref_run.rq_ll_kept += ra->ll;
+  if (s->r0)
+    fprintf(s->recall_csv, "p%02d,%d,full,reference,0,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, dist, na,
+            ra->ll, ref_ok, ra->ll, ref_ok);
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
+    const int ok = mk_ev_answer_exact(&run->ans);
+    run->rq_all++, run->rq_exact_all += ok, run->rq_ll_all += run->ans.ll;
+    if (ref_ok) run->rq_kept++, run->rq_exact_kept += ok, run->rq_ll_kept += run->ans.ll;
+    if (s->r0)
+      fprintf(s->recall_csv, "p%02d,%d,%s,%s,%d,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, run->name, run->label,
+              run->budget < 0 ? 0 : run->kv.capacity, dist, na, run->ans.ll, ok, ra->ll, ref_ok);
+  }
+}
+
+/* After the replay: each question in turn, its answer scored (teacher-forced; the previous
+ * questions and answers stay in the context). Collective. */
+static int run_recall(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp, mk_error_t *err) {
+  int pos = pp->n_prompt + pp->n_pos; /* the sequence so far: prompt + reference */
+  for (int k = 0; k < pr->n_q; k++) {
+    int32_t *q = NULL, *a = NULL;
+    int nq = 0, na = 0;
+    int rc = question_tokens(s, pr, k, &q, &nq, &a, &na, err);
+    const int fact = rc == 0 ? find_last(pp->seq, pp->n_prompt, a, na) : -1;
+    const int dist = fact < 0 ? -1 : pos - fact;
+    s->ref_run.ans = (mk_ev_answer_t){0};
+    for (int r = 0; r < s->n_runs; r++) s->runs[r].ans = (mk_ev_answer_t){0};
+    if (rc == 0) rc = feed_tokens(s, q, nq, false, err);
+    if (rc == 0) rc = feed_tokens(s, a, na, true, err);
+    if (rc == 0) account_question(s, pr, k, dist, na);
+    if (rc == 0 && k + 1 < pr->n_q) { /* the last answer token goes in before the next question */
+      double ts = 0.0;
+      rc = step_all(s, &a[na - 1], 1, false, &ts, err);
+    }
+    pos += nq + na;
+    free(q), free(a);
+    if (rc != 0) return -1;
+  }
+  return 0;
+}
+
+/* ---- --task free ---------------------------------------------------------------------------- */
+
+static int free_begin(eval_state_t *s, eval_run_t *fr, const int32_t *ids, int n_prompt, mk_error_t *err) {
+  mk_sampler_free(fr->sampler);
+  fr->sampler = NULL;
+  free(fr->fseq);
+  fr->fseq = malloc(sizeof *ids * ((size_t)n_prompt + (size_t)s->o->new_tokens));
+  if (!fr->fseq) return mk_fail(err, "out of memory");
+  memcpy(fr->fseq, ids, sizeof *ids * (size_t)n_prompt);
+  fr->f_n = n_prompt;
+  fr->f_done = fr->f_eos = false;
+  return mk_sampler_new(&s->o->g.sampling, s->n_vocab, &fr->sampler, err);
+}
+
+/* One engine's next token from its own logits (consumed); EOS ends it, as does the N-th token. */
+static void free_pick(eval_state_t *s, eval_run_t *fr, float *logits, int n_prompt) {
+  if (fr->f_done) return;
+  int32_t y = mk_sampler_sample(fr->sampler, logits, fr->fseq, fr->f_n);
+  if (s->eog[y]) {
+    fr->f_done = fr->f_eos = true;
+    return;
+  }
+  fr->fseq[fr->f_n++] = y;
+  if (fr->f_n - n_prompt >= s->o->new_tokens) fr->f_done = true;
+}
+
+/* Rank 0: an engine's free-running text, DIR/p<line>_<name>_<budget>_free.txt. */
+static int write_free_text(const eval_state_t *s, const eval_prompt_t *pr, const eval_run_t *fr,
+                           const char *name, const char *label, int n_prompt, mk_error_t *err) {
+  char fn[256];
+  snprintf(fn, sizeof fn, "p%02d_%s_%s_free.txt", pr->line, name, label);
+  FILE *f = open_out(s->o->out, fn, err);
+  if (!f) return 1;
+  mk_tok_stream_t st = {{0}, 0};
+  char piece[512];
+  for (int t = n_prompt; t < fr->f_n; t++) {
+    int nb = mk_tok_stream_push(mk_engine_tokenizer(s->ref), &st, fr->fseq[t], piece, (int)sizeof piece);
+    if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  }
+  int nb = mk_tok_stream_flush(&st, piece, (int)sizeof piece);
+  if (nb > 0) fwrite(piece, 1, (size_t)nb, f);
+  fprintf(f, "\n%s\n", fr->f_eos ? "[end of generation]" : "[token limit]");
+  return fclose(f) != 0;
+}
+
+/* An engine's figures into its sums and (rank 0) free.csv; 1 if a file failed. */
+static int account_free(eval_state_t *s, const eval_prompt_t *pr, eval_run_t *fr, const char *name,
+                        const char *label, int cap, int n_prompt, mk_error_t *err) {
+  const eval_run_t *ref = &s->ref_run;
+  const int32_t *gen = fr->fseq + n_prompt, *rgen = ref->fseq + n_prompt;
+  const int len = fr->f_n - n_prompt, rlen = ref->f_n - n_prompt;
+  int loops = 0;
+  for (int t = n_prompt; t < fr->f_n; t++) {
+    int ng = 0;
+    mk_ev_ngram_distance(fr->fseq, t, &ng);
+    loops += ng >= MK_EV_LOOP_NGRAM;
+  }
+  const double rep4 = mk_ev_repeated_4gram_frac(gen, len), d2 = mk_ev_distinct2(gen, len);
+  const double loop = len ? (double)loops / len : 0.0, ratio = rlen ? (double)len / rlen : 0.0;
+  const int div = mk_ev_first_divergence(gen, len, rgen, rlen);
+  fr->f_len += len, fr->f_ratio += ratio, fr->f_rep4 += rep4, fr->f_d2 += d2, fr->f_div += div;
+  fr->f_loop += loop, fr->f_cnt++, fr->f_n_eos += fr->f_eos;
+  if (!s->r0) return 0;
+  fprintf(s->free_csv, "p%02d,%s,%s,%d,%d,%d,%d,%.6f,%.6f,%d,%.6f\n", pr->line, name, label, cap, len, rlen,
+          fr->f_eos, rep4, d2, div, loop);
+  return write_free_text(s, pr, fr, name, label, n_prompt, err);
+}
+
+/* Every engine writes its own tokens from the prompt (after the prefill), in lockstep. */
+static int run_free(eval_state_t *s, const eval_prompt_t *pr, const int32_t *ids, int n_prompt, mk_error_t *err) {
+  int rc = free_begin(s, &s->ref_run, ids, n_prompt, err);
+  for (int r = 0; rc == 0 && r < s->n_runs; r++) rc = free_begin(s, &s->runs[r], ids, n_prompt, err);
+  if (rc != 0) return -1;
+  for (int t = 0; t < s->o->new_tokens; t++) {
+    free_pick(s, &s->ref_run, s->ref_logits, n_prompt);
+    bool any = !s->ref_run.f_done;
+    for (int r = 0; r < s->n_runs; r++) {
+      if (s->runs[r].skip) continue;
+      free_pick(s, &s->runs[r], s->runs[r].logits, n_prompt);
+      any |= !s->runs[r].f_done;
+    }
+    double ts = 0.0;
+    if (!any) break;
+    if (step_all(s, NULL, 1, false, &ts, err) != 0) return -1;
+  }
+  const int total = n_prompt + s->o->new_tokens;
+  int fail = account_free(s, pr, &s->ref_run, "full", "reference", total, n_prompt, err);
+  for (int r = 0; r < s->n_runs; r++) {
+    eval_run_t *run = &s->runs[r];
+    if (!run->skip)
+      fail |= account_free(s, pr, run, run->name, run->label, run->budget < 0 ? total : run->kv.capacity,
+                           n_prompt, err);
+  }
+  return fail;
+}
+
+/* The strata columns of summary.csv (see SUMMARY_STRATA), and the end of the line; acc NULL:
+ * empty fields (the reference's row). */
+static const char *const STRATA[EV_N_ACC] = {"novel", "local", "long", "noloop"};
+static void write_acc_cols(FILE *f, const ev_acc_t *acc) {
+  for (int a = 0; a < EV_N_ACC; a++) {
+    if (!acc) {
+      fputs(",,,,", f);
+      continue;
+    }
+    const double n = acc[a].n ? (double)acc[a].n : 1.0;
+    fprintf(f, ",%ld,%.9g,%.6f,%.9g", acc[a].n, acc[a].kl / n, acc[a].agree / n, acc[a].ll / n);
+  }
+  fputc('\n', f);
+}
+
 /* This prompt's figures into the totals and (rank 0) summary.csv. 1 if a CSV file failed. */
 static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos_t *pp, int n_prompt) {
   const int total = n_prompt + s->o->new_tokens;
@@ -797,12 +1250,15 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
   s->ref_prefill_s += pp->ref_prefill;
   if (es.kv_peak_bytes > s->ref_peak) s->ref_peak = es.kv_peak_bytes;
   int fail = 0;
-  if (s->r0)
-    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f\n", pr->line,
+  if (s->r0) {
+    fprintf(s->summary_csv, "p%02d,full,reference,%d,%d,%d,0,1,%.9g,%zu,0,%.3f", pr->line,
             n_prompt, pp->n_pos, total, pp->ref_ll / pp->n_pos, es.kv_peak_bytes,
             pp->ref_steps / (pp->ref_step > 0 ? pp->ref_step : 1e-9));
+    write_acc_cols(s->summary_csv, NULL);
+  }
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
+    if (run->skip) continue;
     mk_engine_get_stats(run->e, &es);
     run->kl += run->p_kl;
     run->agree += run->p_agree;
@@ -811,21 +1267,26 @@ static int account_prompt(eval_state_t *s, const eval_prompt_t *pr, const prompt
     run->step_s += run->p_step_s;
     run->steps += run->p_steps;
     run->prefill_s += run->p_prefill_s;
+    for (int a = 0; a < EV_N_ACC; a++) {
+      run->acc[a].kl += run->p_acc[a].kl, run->acc[a].agree += run->p_acc[a].agree;
+      run->acc[a].ll += run->p_acc[a].ll, run->acc[a].n += run->p_acc[a].n;
+    }
     const int cap = run->budget < 0 ? total : run->kv.capacity;
     run->cap_sum += cap;
     run->n_prompts++;
     if (es.kv_peak_bytes > run->peak) run->peak = es.kv_peak_bytes;
     if (es.policy_state_bytes > run->state) run->state = es.policy_state_bytes;
     if (!s->r0) continue;
-    fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f\n", pr->line,
-            mk_kv_policy_name(run->policy), run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
+    fprintf(s->summary_csv, "p%02d,%s,%s,%d,%ld,%d,%.9g,%.6f,%.9g,%zu,%zu,%.3f", pr->line,
+            run->name, run->label, n_prompt, run->p_n, cap, run->p_kl / run->p_n,
             run->p_agree / run->p_n, run->p_ll / run->p_n, es.kv_peak_bytes, es.policy_state_bytes,
             run->p_steps / (run->p_step_s > 0 ? run->p_step_s : 1e-9));
+    write_acc_cols(s->summary_csv, run->p_acc);
     if (fclose(run->csv) != 0) fail = 1;
     run->csv = NULL;
     if (!s->o->quiet)
       fprintf(stderr, "[eval]   %-9s %-6s C=%-5d mean KL %.4f  agree %.3f  loglik %.3f\n",
-              mk_kv_policy_name(run->policy), run->label, cap, run->p_kl / run->p_n,
+              run->name, run->label, cap, run->p_kl / run->p_n,
               run->p_agree / run->p_n, run->p_ll / run->p_n);
   }
   return fail;
@@ -856,7 +1317,7 @@ static int write_reference(eval_state_t *s, const eval_prompt_t *pr, const promp
 }
 
 static void prompt_pos_free(prompt_pos_t *pp) {
-  free(pp->gen), free(pp->kl), free(pp->ll), free(pp->ag);
+  free(pp->seq), free(pp->kl), free(pp->ll), free(pp->ag);
 }
 
 /* One prompt: begin every engine, prefill, then N positions in lockstep. */
@@ -865,8 +1326,10 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
   const int N = o->new_tokens;
   int32_t *ids = NULL;
   int n_prompt = 0;
+  int extra = 0;
   int status = prompt_tokenize(o, s->ref, pr->text, &ids, &n_prompt, err);
-  if (status == 0) status = prompt_begin(s, pr, n_prompt, err);
+  if (status == 0 && o->task == EV_TASK_RECALL) status = questions_len(s, pr, &extra, err);
+  if (status == 0) status = prompt_begin(s, pr, n_prompt, extra, err);
   if (mk_cli_agree(s->ctx, "eval", status, err) != 0) {
     free(ids);
     return EV_FAIL;
@@ -875,35 +1338,129 @@ static int eval_prompt(eval_state_t *s, const eval_prompt_t *pr, int pi, int n_p
     eval_run_t *run = &s->runs[r];
     run->p_kl = run->p_agree = run->p_ll = run->p_step_s = run->p_prefill_s = 0.0;
     run->p_n = run->p_steps = 0;
+    memset(run->p_acc, 0, sizeof run->p_acc);
   }
   if (!o->quiet && s->r0)
     fprintf(stderr, "[eval] prompt %d/%d (line %d): %d prompt tokens + %d new, %d runs\n", pi + 1,
             n_pr, pr->line, n_prompt, N, s->n_runs);
 
-  prompt_pos_t pp = {0};
+  prompt_pos_t pp = {.n_prompt = n_prompt};
   status = step_all(s, ids, n_prompt, true, &pp.ref_prefill, err); /* prefill */
-  free(ids);
+  pp.seq = status == 0 ? realloc(ids, sizeof *ids * ((size_t)n_prompt + (size_t)N)) : NULL;
+  if (!pp.seq) free(ids);
   if (status != 0) return mk_cli_fail(s->ctx, "eval", err);
-  pp.gen = malloc(sizeof *pp.gen * (size_t)N);
+  pp.gen = pp.seq ? pp.seq + n_prompt : NULL;
   pp.kl = malloc(sizeof *pp.kl * (size_t)s->n_runs);
   pp.ll = malloc(sizeof *pp.ll * (size_t)s->n_runs);
   pp.ag = malloc(sizeof *pp.ag * (size_t)s->n_runs);
-  if (!pp.gen || !pp.kl || !pp.ll || !pp.ag) {
+  if (!pp.seq || !pp.kl || !pp.ll || !pp.ag) {
     prompt_pos_free(&pp);
     mk_fail(err, "out of memory");
     return mk_cli_fail(s->ctx, "eval", err);
   }
-  if (run_positions(s, &pp, err) != 0) {
+  int fail = 0;
+  if (o->task == EV_TASK_FREE) {
+    fail = run_free(s, pr, pp.seq, n_prompt, err);
+  } else if (run_positions(s, &pp, err) != 0 || (o->task == EV_TASK_RECALL && run_recall(s, pr, &pp, err) != 0)) {
+    fail = -1;
+  }
+  if (fail < 0) {
     prompt_pos_free(&pp);
     return mk_cli_fail(s->ctx, "eval", err);
   }
-  int fail = account_prompt(s, pr, &pp, n_prompt);
-  if (s->r0 && write_reference(s, pr, &pp, n_prompt, err)) fail = 1;
+  if (o->task != EV_TASK_FREE) {
+    fail |= account_prompt(s, pr, &pp, n_prompt);
+    if (s->r0 && write_reference(s, pr, &pp, n_prompt, err)) fail = 1;
+  }
   if (s->r0) fflush(s->summary_csv);
+  if (s->r0 && s->recall_csv) fflush(s->recall_csv);
+  if (s->r0 && s->free_csv) fflush(s->free_csv);
   prompt_pos_free(&pp);
   if (mk_cli_agree(s->ctx, "eval", fail ? mk_fail(err, "writing the output files in %s failed", o->out) : 0, err) != 0)
     return EV_FAIL;
   return EV_OK;
+}
+
+static const char *budget_name(const eval_opts_t *o, const eval_run_t *run, char *buf, size_t cap) {
+  if (run->budget < 0) snprintf(buf, cap, "all");
+  else if (o->n_fracs) snprintf(buf, cap, "%g%%", o->fracs[run->budget] * 100.0);
+  else snprintf(buf, cap, "C=%d", o->caps[run->budget]);
+  return buf;
+}
+
+/* summary.md: the distance-stratified table and the table without loop positions. */
+static void write_strata_md(const eval_state_t *s, FILE *f) {
+  fprintf(f, "\nBy distance (src/eval_metrics.h): a position's distance is how far back the longest "
+             "repeated n-gram (n >= 2) ending at the reference token last occurred; long-range = "
+             "distance > the run's capacity C, local = distance <= C, novel = no earlier bigram.\n\n");
+  fprintf(f, "| policy | budget | n long | KL long | agree long | log-lik long | n local | KL local "
+             "| agree local | log-lik local | n novel | KL novel | agree novel | log-lik novel |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  char b[32];
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    fprintf(f, "| %s | %s |", run->name, budget_name(s->o, run, b, sizeof b));
+    static const int order[3] = {MK_EV_LONG, MK_EV_LOCAL, MK_EV_NOVEL};
+    for (int k = 0; k < 3; k++) {
+      const ev_acc_t *a = &run->acc[order[k]];
+      const double n = a->n ? (double)a->n : 1.0;
+      if (a->n) fprintf(f, " %ld | %.4f | %.4f | %.4f |", a->n, a->kl / n, a->agree / n, a->ll / n);
+      else fprintf(f, " 0 | - | - | - |");
+    }
+    fputc('\n', f);
+  }
+  fprintf(f, "\nWithout loop positions (n-gram length >= %d: inside a verbatim repetition of at "
+             "least %d tokens):\n\n", MK_EV_LOOP_NGRAM, MK_EV_LOOP_NGRAM);
+  fprintf(f, "| policy | budget | loop positions | kept | mean KL | top-1 agreement | mean log-lik |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|\n");
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    const ev_acc_t *a = &run->acc[EV_NOLOOP];
+    const double n = a->n ? (double)a->n : 1.0;
+    fprintf(f, "| %s | %s | %ld | %ld | %.4f | %.4f | %.4f |\n", run->name,
+            budget_name(s->o, run, b, sizeof b), run->n - a->n, a->n, a->kl / n, a->agree / n, a->ll / n);
+  }
+}
+
+/* summary.md, --task recall: exact match and answer log-lik per run, over the questions the
+ * full cache answered exactly (the others are filtered out and counted). */
+static void write_recall_md(const eval_state_t *s, FILE *f) {
+  const eval_run_t *ref = &s->ref_run;
+  fprintf(f, "\nRecall (`recall.csv`): %ld questions; the full cache answered %ld exactly, so %ld are "
+             "filtered out (the model cannot recall them even with the full cache). Exact = every answer "
+             "token is the greedy choice; log-lik = of the whole answer, teacher-forced.\n\n",
+          ref->rq_all, ref->rq_exact_all, ref->rq_all - ref->rq_exact_all);
+  fprintf(f, "| policy | budget | kept questions | exact match (kept) | answer log-lik (kept) | exact match (all) "
+             "| answer log-lik (all) |\n|---|---|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| full (reference) | - | %ld | %.3f | %.3f | %.3f | %.3f |\n", ref->rq_kept,
+          ref->rq_kept ? 1.0 : 0.0, ref->rq_kept ? ref->rq_ll_kept / ref->rq_kept : 0.0,
+          ref->rq_all ? (double)ref->rq_exact_all / ref->rq_all : 0.0, ref->rq_all ? ref->rq_ll_all / ref->rq_all : 0.0);
+  char b[32];
+  for (int r = 0; r < s->n_runs; r++) {
+    const eval_run_t *run = &s->runs[r];
+    const double nk = run->rq_kept ? (double)run->rq_kept : 1.0, na = run->rq_all ? (double)run->rq_all : 1.0;
+    fprintf(f, "| %s | %s | %ld | %.3f | %.3f | %.3f | %.3f |\n", run->name, budget_name(s->o, run, b, sizeof b),
+            run->rq_kept, run->rq_exact_kept / nk, run->rq_ll_kept / nk, run->rq_exact_all / na, run->rq_ll_all / na);
+  }
+}
+
+/* summary.md, --task free: the degeneration table. */
+static void write_free_md(const eval_state_t *s, FILE *f) {
+  fprintf(f, "\nFree-running (`free.csv`, texts in `p<line>_<policy>_<budget>_free.txt`): every engine "
+             "writes its own tokens, EOS allowed. Length relative to the full cache's on the same prompt; "
+             "rep-4 = fraction of 4-grams seen before in the same output; distinct-2 = distinct bigrams / "
+             "bigrams; first divergence = first token that differs from the full cache's output; loop = "
+             "fraction of tokens inside a repeated %d-gram. Means over prompts.\n\n", MK_EV_LOOP_NGRAM);
+  fprintf(f, "| policy | budget | prompts | mean length | length / full | ended by EOS | rep-4 | distinct-2 "
+             "| first divergence | loop |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  char b[32];
+  for (int r = -1; r < s->n_runs; r++) {
+    const eval_run_t *run = r < 0 ? &s->ref_run : &s->runs[r];
+    const double n = run->f_cnt ? (double)run->f_cnt : 1.0;
+    fprintf(f, "| %s | %s | %d | %.1f | %.3f | %d | %.4f | %.4f | %.1f | %.4f |\n", r < 0 ? "full" : run->name,
+            r < 0 ? "reference" : budget_name(s->o, run, b, sizeof b), run->f_cnt, run->f_len / n, run->f_ratio / n,
+            run->f_n_eos, run->f_rep4 / n, run->f_d2 / n, run->f_div / n, run->f_loop / n);
+  }
 }
 
 static void write_summary_md(const eval_state_t *s, int argc, char **argv, const eval_prompt_t *ps,
@@ -918,42 +1475,69 @@ static void write_summary_md(const eval_state_t *s, int argc, char **argv, const
   fprintf(f, "- prompts: %d from `%s` (lines", n_ps, o->prompts);
   for (int i = 0; i < n_ps; i++) fprintf(f, " %d", ps[i].line);
   fprintf(f, "), chat template %s\n", o->chat ? "on" : "off");
-  fprintf(f, "- reference: greedy continuation with the full cache, %d new tokens per prompt, %s\n",
-          o->new_tokens,
-          o->stop_at_eos ? "ending at the first end-of-generation token"
-                         : "end-of-generation tokens never chosen");
-  fprintf(f, "- window W = %d, sinks S = %d, fusion %s, GQA rule %s, cache dtype %s\n",
-          o->g.kv.window, o->g.kv.sinks, o->g.kv.fusion == MK_KV_FUSION_SUM ? "sum" : "max",
+  const mk_sampler_params_t *sp = &o->g.sampling;
+  if (sp->temperature > 0.0f)
+    fprintf(f, "- tokens drawn by sampling: temperature %g, top-k %d, top-p %g, min-p %g, seed %llu\n",
+            (double)sp->temperature, sp->top_k, (double)sp->top_p, (double)sp->min_p, (unsigned long long)sp->seed);
+  if (sp->repeat_penalty != 1.0f)
+    fprintf(f, "- repetition penalty %g over the last %d tokens (agreement: greedy choices after the penalty)\n",
+            (double)sp->repeat_penalty, sp->repeat_last_n);
+  if (o->task == EV_TASK_FREE)
+    fprintf(f, "- task free: every engine writes its own %d tokens at most, from the same prompt; EOS allowed\n",
+            o->new_tokens);
+  else
+    fprintf(f, "- reference: %s continuation with the full cache, %d new tokens per prompt, %s%s\n",
+            sp->temperature > 0.0f ? "sampled" : "greedy", o->new_tokens,
+            o->stop_at_eos ? "ending at the first end-of-generation token" : "end-of-generation tokens never chosen",
+            o->task == EV_TASK_RECALL ? "; then the prompt's questions (--task recall)" : "");
+  mk_kv_config_t kst = o->g.kv, kmk = o->g.kv;
+  kst.policy = MK_KV_STREAMING, kmk.policy = MK_KV_MORPHKV;
+  fprintf(f, "- window W = %d, sinks S = %d (streaming), %d (morphkv), fusion %s, GQA rule %s, cache dtype %s\n",
+          o->g.kv.window, mk_kv_sinks(&kst), mk_kv_sinks(&kmk), o->g.kv.fusion == MK_KV_FUSION_SUM ? "sum" : "max",
           o->g.kv.gqa == MK_KV_GQA_LOGIT_SUM ? "logit_sum" : "prob_max",
           o->g.kv.dtype == MK_KV_F16 ? "f16" : "f32");
   if (o->n_fracs)
     fprintf(f, "- budgets: capacity = round(fraction x (prompt + %d)) per prompt\n", o->new_tokens);
   fprintf(f, "- threads: %d, ranks: %d%s\n\n", o->g.threads, s->ctx->world,
           o->concurrent ? "; engines stepped concurrently, one thread each (--concurrent)" : "");
+  if (o->task == EV_TASK_FREE) {
+    write_free_md(s, f);
+    return;
+  }
   fprintf(f, "Means over all positions of all prompts. KL = KL(full || policy) in nats; agreement = "
              "the policy's greedy token equals the reference token; log-lik = the policy's "
              "log-probability of the reference token (the reference's own is in the first row). "
              "Peak KV = the largest K/V bytes held at once (max over prompts); state = the "
-             "policy's scoring state. tok/s = decode steps per second of that engine alone.\n\n");
+             "policy's scoring state; total = peak KV + state. tok/s = decode steps per second of "
+             "that engine alone.\n\n");
   fprintf(f, "| policy | budget | capacity (mean) | mean KL | max KL | top-1 agreement | mean log-lik "
-             "| peak KV | policy state | decode tok/s |\n");
-  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  fprintf(f, "| full (reference) | - | - | 0 | 0 | 1 | %.4f | %s | 0 | %.1f |\n",
+             "| peak KV | policy state | total | decode tok/s |\n");
+  fprintf(f, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fprintf(f, "| full (reference) | - | - | 0 | 0 | 1 | %.4f | %s | 0 | %s | %.1f |\n",
           s->ref_n ? s->ref_ll / s->ref_n : 0.0, fmt_mib(s->ref_peak, b1, sizeof b1),
-          s->ref_steps / (s->ref_step_s > 0 ? s->ref_step_s : 1e-9));
+          fmt_mib(s->ref_peak, b2, sizeof b2), s->ref_steps / (s->ref_step_s > 0 ? s->ref_step_s : 1e-9));
   for (int r = 0; r < s->n_runs; r++) {
     const eval_run_t *run = &s->runs[r];
     double n = run->n ? (double)run->n : 1.0;
     char budget[32];
-    if (run->budget < 0) snprintf(budget, sizeof budget, "all");
-    else if (o->n_fracs) snprintf(budget, sizeof budget, "%g%%", o->fracs[run->budget] * 100.0);
-    else snprintf(budget, sizeof budget, "C=%d", o->caps[run->budget]);
-    fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %.1f |\n",
-            mk_kv_policy_name(run->policy), budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
+    budget_name(o, run, budget, sizeof budget);
+    if (!run->n) {
+      fprintf(f, "| %s | %s | skipped: does not fit the budget |\n", run->name, budget);
+      continue;
+    }
+    char b3[64];
+    fprintf(f, "| %s | %s | %.0f | %.4f | %.3f | %.4f | %.4f | %s | %s | %s | %.1f |\n",
+            run->name, budget, run->cap_sum / (run->n_prompts ? run->n_prompts : 1),
             run->kl / n, run->max_kl, run->agree / n, run->ll / n, fmt_mib(run->peak, b1, sizeof b1),
-            fmt_mib(run->state, b2, sizeof b2),
+            fmt_mib(run->state, b2, sizeof b2), fmt_mib(run->peak + run->state, b3, sizeof b3),
             run->steps / (run->step_s > 0 ? run->step_s : 1e-9));
   }
+  for (int r = 0; r < s->n_runs; r++)
+    if (s->runs[r].n_skipped)
+      fprintf(f, "\n%s at budget %s skipped %d prompt(s): its settings do not fit the capacity "
+                 "(e.g. W >= C).\n", s->runs[r].name, s->runs[r].label, s->runs[r].n_skipped);
+  write_strata_md(s, f);
+  if (o->task == EV_TASK_RECALL) write_recall_md(s, f);
   fprintf(f, "\nPer prompt: `summary.csv`. Per position: `p<line>_<policy>_<budget>.csv`. "
              "Reference texts: `p<line>_reference.txt`.\n");
 }
@@ -996,7 +1580,20 @@ static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_
     s->summary_csv = open_out(o->out, "summary.csv", err);
     if (!s->summary_csv) return -1;
     fprintf(s->summary_csv, "prompt,policy,budget,prompt_tokens,positions,capacity,mean_kl,"
-                            "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s\n");
+                            "top1_agree,mean_loglik,peak_kv_bytes,policy_state_bytes,decode_tok_s");
+    for (int a = 0; a < EV_N_ACC; a++)
+      fprintf(s->summary_csv, ",n_%s,kl_%s,agree_%s,loglik_%s", STRATA[a], STRATA[a], STRATA[a], STRATA[a]);
+    fputc('\n', s->summary_csv);
+    if (o->task == EV_TASK_RECALL) {
+      if (!(s->recall_csv = open_out(o->out, "recall.csv", err))) return -1;
+      fprintf(s->recall_csv, "prompt,question,policy,budget,capacity,distance,answer_tokens,answer_loglik,"
+                             "exact,full_answer_loglik,full_exact\n");
+    }
+    if (o->task == EV_TASK_FREE) {
+      if (!(s->free_csv = open_out(o->out, "free.csv", err))) return -1;
+      fprintf(s->free_csv, "prompt,policy,budget,capacity,length,full_length,ended_eos,rep4_frac,distinct2,"
+                           "first_divergence,loop_frac\n");
+    }
   }
   return status;
 }
@@ -1009,13 +1606,15 @@ static int eval_plan_runs(eval_state_t *s, mk_error_t *err) {
   s->errs = calloc((size_t)o->n_pol * (size_t)(n_budgets > 0 ? n_budgets : 1) + 1, sizeof *s->errs);
   if (!s->runs || !s->errs) return mk_fail(err, "out of memory");
   for (int p = 0; p < o->n_pol; p++) {
-    int nb = o->pol[p] == MK_KV_FULL ? 1 : n_budgets;
+    int nb = o->pol[p].kind == MK_KV_FULL ? 1 : n_budgets;
     for (int b = 0; b < nb; b++) {
       eval_run_t *run = &s->runs[s->n_runs++];
-      run->policy = o->pol[p];
-      run->kv = o->g.kv;
-      run->kv.policy = o->pol[p];
-      run->budget = o->pol[p] == MK_KV_FULL ? -1 : b;
+      run->policy = o->pol[p].kind;
+      run->name = o->pol[p].name;
+      run->variant = o->pol[p].variant;
+      run->scale = o->pol[p].scale;
+      run->kv = pol_kv(&o->g.kv, &o->pol[p]);
+      run->budget = o->pol[p].kind == MK_KV_FULL ? -1 : b;
       if (run->budget < 0) snprintf(run->label, sizeof run->label, "all");
       else if (o->n_fracs) snprintf(run->label, sizeof run->label, "%gpct", o->fracs[b] * 100.0);
       else snprintf(run->label, sizeof run->label, "c%d", o->caps[b]);
@@ -1046,7 +1645,11 @@ static int eval_open_engines(eval_state_t *s, int n_ps, mk_error_t *err) {
   s->eog = calloc((size_t)V, 1);
   int status = (s->ref_logits && s->ref_lp && s->ref_p && s->eog) ? 0 : mk_fail(err, "out of memory");
   for (int r = 0; status == 0 && r < s->n_runs; r++)
-    if (!(s->runs[r].logits = malloc(sizeof(float) * (size_t)V))) status = mk_fail(err, "out of memory");
+    if (!(s->runs[r].logits = malloc(sizeof(float) * (size_t)V)) ||
+        !(s->runs[r].scratch = malloc(sizeof(float) * (size_t)V)))
+      status = mk_fail(err, "out of memory");
+  if (status == 0 && !(s->ref_scratch = malloc(sizeof(float) * (size_t)V))) status = mk_fail(err, "out of memory");
+  if (status == 0) status = mk_sampler_new(&o->g.sampling, V, &s->ref_sampler, err);
   if (mk_cli_agree(s->ctx, "eval", status, err) != 0) return EV_FAIL;
   for (int i = 0; i < V; i++) s->eog[i] = mk_tok_is_eog(mk_engine_tokenizer(s->ref), i) ? 1 : 0;
   if (!o->quiet && s->r0)
@@ -1073,6 +1676,9 @@ static int eval_finish(eval_state_t *s, int argc, char **argv, const eval_prompt
   }
   if (fclose(s->summary_csv) != 0) rc = EV_FAIL;
   s->summary_csv = NULL;
+  if (s->recall_csv && fclose(s->recall_csv) != 0) rc = EV_FAIL;
+  if (s->free_csv && fclose(s->free_csv) != 0) rc = EV_FAIL;
+  s->recall_csv = s->free_csv = NULL;
   if (rc == EV_OK && !o->quiet) {
     fprintf(stderr, "[eval] summary: %s/summary.md\n", o->out);
     write_summary_md(s, argc, argv, ps, n_ps, stderr);
@@ -1104,11 +1710,20 @@ int mk_eval_main(int argc, char **argv, mk_ctx_t *ctx) {
   rc = s.r0 ? eval_finish(&s, argc, argv, ps, n_ps, &err) : EV_OK;
 done:
   if (s.summary_csv) fclose(s.summary_csv);
+  if (s.recall_csv) fclose(s.recall_csv);
+  if (s.free_csv) fclose(s.free_csv);
   for (int r = 0; r < s.n_runs; r++) {
     if (s.runs[r].csv) fclose(s.runs[r].csv);
     free(s.runs[r].logits);
+    free(s.runs[r].scratch);
+    free(s.runs[r].fseq);
+    mk_sampler_free(s.runs[r].sampler);
     mk_engine_close(s.runs[r].e);
   }
+  free(s.ref_scratch);
+  free(s.ref_run.fseq);
+  mk_sampler_free(s.ref_run.sampler);
+  mk_sampler_free(s.ref_sampler);
   free(s.runs);
   free(s.errs);
   mk_engine_close(s.ref);

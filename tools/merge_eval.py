@@ -5,7 +5,8 @@ the merged summary table.
 
     python3 tools/merge_eval.py OUT DIR1 DIR2 ...
 
-Copies the per-run CSVs and reference texts, concatenates summary.csv (one header), and writes
+Copies the per-run CSVs and texts, concatenates summary.csv (one header; a prompt's reference row
+once), recall.csv and free.csv, and writes
 OUT/summary.md: per policy and budget, the mean over prompts of each prompt's mean KL, top-1
 agreement and log-likelihood (every prompt has the same number of positions, so this equals the
 mean over all positions), the max over prompts of the peak KV bytes and policy state bytes, the
@@ -38,9 +39,30 @@ def main():
         rows += r[1:]
         # only prompts the run finished (summary.csv has their rows); skip one still being written
         done = {row[0] for row in r[1:]}
-        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_reference.txt")):
+        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_*.txt")):
             if os.path.basename(f).split("_")[0] in done:
                 shutil.copy(f, out)
+    # the same prompt's reference row from several runs (same reference): once
+    seen, uniq = set(), []
+    for r in rows:
+        key = tuple(r[:3]) if r[2] == "reference" else None
+        if key and key in seen:
+            continue
+        seen.add(key)
+        uniq.append(r)
+    rows = uniq
+    for name in ("recall.csv", "free.csv"):  # --task recall / free: concatenated, one header
+        parts = [os.path.join(d, name) for d in dirs if os.path.exists(os.path.join(d, name))]
+        if parts:
+            with open(os.path.join(out, name), "w", newline="") as f:
+                w, hdr = csv.writer(f), None
+                for p in parts:
+                    with open(p) as g:
+                        r = list(csv.reader(g))
+                    if r and hdr is None:
+                        hdr = r[0]
+                        w.writerow(hdr)
+                    w.writerows(r[1:])
     with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)

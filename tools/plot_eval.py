@@ -11,6 +11,11 @@ Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv wr
     DIR/kv_<budget>.png   live K/V bytes against position, one line per policy (the full cache,
                           if it was run, on every plot), mean over prompts
 and DIR/kl_vs_budget.png (mean KL per policy against the budget) when there are several budgets,
+DIR/kl_dist_<budget>.png (mean KL per distance bucket: how far back the text being continued was
+last seen, src/eval_metrics.h), DIR/strata.md (long-range / local / novel positions, and the
+metrics without loop positions), DIR/memory.md (every run by total bytes, K/V + scoring state),
+DIR/windows.md (MorphKV variants side by side, the best per metric), DIR/recall.md (--task
+recall: recall.csv) and DIR/free.md (--task free: free.csv),
 DIR/halves.md: mean KL and top-1 agreement over the first and the second half of the
 positions, per policy and budget (does the divergence grow along the output?), and DIR/table.md:
 the means over all positions of all prompts found in DIR (as in summary.md), so that the output
@@ -36,23 +41,13 @@ ORDER = ["full", "morphkv", "streaming", "h2o", "snapkv"]
 # equal KV curves (morphkv, streaming, h2o hold the same budget) stay visible through style
 STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "h2o": (":", 2.2),
           "snapkv": ("-.", 1.4)}
-NAME_RE = re.compile(r"^(p\d+)_([a-z0-9]+)_([A-Za-z0-9.]+)\.csv$")
+NAME_RE = re.compile(r"^(p\d+)_([a-z0-9.-]+)_([A-Za-z0-9.-]+)\.csv$")  # policy: "morphkv", "morphkv-w8"
 
 
 def read_summary(d):
     """rows of DIR/summary.csv (several runs' files may be concatenated: repeated headers are
     skipped)"""
-    path = os.path.join(d, "summary.csv")
-    if not os.path.exists(path):
-        return []
-    rows, header = [], None
-    with open(path, newline="") as f:
-        for rec in csv.reader(f):
-            if header is None or rec == header:
-                header = rec
-                continue
-            rows.append(dict(zip(header, rec)))
-    return rows
+    return _read_csv(os.path.join(d, "summary.csv"))
 
 
 def read_runs(d):
@@ -63,14 +58,17 @@ def read_runs(d):
         if not m:
             continue
         prompt, policy, budget = m.groups()
-        kl, kv, ag, ll = [], [], [], []
+        kl, kv, ag, ll, dist, loop = [], [], [], [], [], []
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 kl.append(float(row["kl"]))
                 kv.append(float(row["kv_bytes"]))
                 ag.append(float(row["top1_agree"]))
                 ll.append(float(row["loglik"]))
-        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag, "ll": ll}
+                dist.append(int(row.get("distance", -1)))  # older runs have no distance columns
+                loop.append(int(row.get("in_loop", 0)))
+        runs.setdefault((policy, budget), {})[prompt] = {"kl": kl, "kv": kv, "agree": ag, "ll": ll,
+                                                         "dist": dist, "loop": loop}
     return runs
 
 
@@ -114,6 +112,45 @@ def budget_title(b):
     return b
 
 
+# distance buckets (src/eval_metrics.h): upper bounds in tokens; -1 = novel (no earlier bigram)
+BUCKETS = [(1, 16), (17, 64), (65, 256), (257, 1024), (1025, 1 << 30)]
+
+
+def bucket_label(lo, hi):
+    return ">%d" % (lo - 1) if hi >= 1 << 30 else "%d-%d" % (lo, hi)
+
+
+def plot_kl_by_distance(a, runs, b, pols, written):
+    """DIR/kl_dist_<budget>.png: mean KL per distance bucket (and novel), one line per policy."""
+    if not any(d >= 0 for p in pols for r in runs[(p, b)].values() for d in r["dist"]):
+        return
+    labels = ["novel"] + [bucket_label(lo, hi) for lo, hi in BUCKETS]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for p in pols:
+        sums, counts = [0.0] * len(labels), [0] * len(labels)
+        for r in runs[(p, b)].values():
+            for kl, d in zip(r["kl"], r["dist"]):
+                k = 0 if d < 0 else 1 + next(i for i, (lo, hi) in enumerate(BUCKETS) if d <= hi)
+                sums[k] += kl
+                counts[k] += 1
+        ys = [max(s_ / c, 1e-7) if c else float("nan") for s_, c in zip(sums, counts)]
+        ls, lw = STYLES.get(p, ("-", 1.2))
+        ax.plot(range(len(labels)), ys, marker="o", label=p, color=COLORS.get(p), linestyle=ls, linewidth=lw)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance to the last occurrence of the longest repeated n-gram (tokens)")
+    ax.set_ylabel("mean KL(full || policy), nats")
+    ax.set_title("%s: KL by distance" % budget_title(b), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = os.path.join(a.dir, "kl_dist_%s.png" % b)
+    fig.savefig(out, dpi=a.dpi)
+    plt.close(fig)
+    written.append(out)
+
+
 def policies_sorted(ps):
     return sorted(ps, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
 
@@ -125,14 +162,18 @@ def main():
     ap.add_argument("--dpi", type=int, default=80)
     a = ap.parse_args()
     runs = read_runs(a.dir)
-    if not runs:
-        print("plot_eval: no per-run CSV files in %s" % a.dir, file=sys.stderr)
-        return 1
+    if not runs:  # --task free writes no per-position files: only its table
+        written = write_free_table(a.dir)
+        for w in written:
+            print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
+        if not written:
+            print("plot_eval: no per-run CSV files in %s" % a.dir, file=sys.stderr)
+        return 0 if written else 1
     budgets = sorted({b for (p, b) in runs if p != "full"}, key=budget_key)
     full = runs.get(("full", "all"))
     written = []
     for b in budgets:
-        pols = policies_sorted([p for (p, bb) in runs if bb == b])
+        pols = policies_sorted([p for (p, bb) in runs if bb == b and "-" not in p])  # variants: tables only
         n_prompts = max(len(runs[(p, b)]) for p in pols)
         # KL
         fig, ax = plt.subplots(figsize=(7, 3.8))
@@ -152,6 +193,7 @@ def main():
         fig.savefig(out, dpi=a.dpi)
         plt.close(fig)
         written.append(out)
+        plot_kl_by_distance(a, runs, b, pols, written)
         # KV bytes
         fig, ax = plt.subplots(figsize=(7, 3.8))
         series = [(p, runs[(p, b)]) for p in pols]
@@ -173,7 +215,7 @@ def main():
         written.append(out)
     if len(budgets) > 1:
         fig, ax = plt.subplots(figsize=(6, 3.8))
-        pols = policies_sorted({p for (p, b) in runs if p != "full"})
+        pols = policies_sorted({p for (p, b) in runs if p != "full" and "-" not in p})
         xs = list(range(len(budgets)))
         for p in pols:
             ys = []
@@ -245,9 +287,178 @@ def main():
                         % (p, b.replace("pct", "%"), cap, sum(kl) / len(kl), sum(ag) / len(ag), sum(ll) / len(ll),
                            peak, state, n / t if t > 0 else float("nan")))
     written.append(out)
+    written += write_extra_tables(a.dir, summ)
     for w in written:
         print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
     return 0
+
+
+def _f(x):
+    return float(x) if x not in (None, "") else float("nan")
+
+
+def strata_rows(summ):
+    """{(policy, budget): {stratum: (n, kl, agree, ll)}} weighted over prompts, from summary.csv"""
+    out = {}
+    for r in summ:
+        if r.get("budget") == "reference" or "n_long" not in r or r["n_long"] == "":
+            continue
+        g = out.setdefault((r["policy"], r["budget"]), {})
+        for st in ("long", "local", "novel", "noloop"):
+            n = int(r["n_" + st])
+            a = g.setdefault(st, [0, 0.0, 0.0, 0.0])
+            a[0] += n
+            a[1] += n * _f(r["kl_" + st])
+            a[2] += n * _f(r["agree_" + st])
+            a[3] += n * _f(r["loglik_" + st])
+        g.setdefault("all", [0, 0.0, 0.0, 0.0])
+        n = int(r["positions"])
+        g["all"][0] += n
+        g["all"][1] += n * _f(r["mean_kl"])
+        g["all"][2] += n * _f(r["top1_agree"])
+        g["all"][3] += n * _f(r["mean_loglik"])
+        g.setdefault("bytes", [0, 0, 0])
+        g["bytes"][0] = max(g["bytes"][0], int(r["peak_kv_bytes"]))
+        g["bytes"][1] = max(g["bytes"][1], int(r["policy_state_bytes"]))
+        g["bytes"][2] += int(r["capacity"])
+        g.setdefault("prompts", [0])[0] += 1
+    return out
+
+
+def _m(a, k):
+    return a[k] / a[0] if a[0] else float("nan")
+
+
+def _cell(a):
+    return "%d | %.4f | %.4f | %.4f" % (a[0], _m(a, 1), _m(a, 2), _m(a, 3)) if a[0] else "0 | - | - | -"
+
+
+def _order(keys):
+    def k(pb):
+        p, b = pb
+        base = p.split("-")[0]
+        return (budget_key(b), ORDER.index(base) if base in ORDER else len(ORDER), p)
+    return sorted(keys, key=k)
+
+
+def write_extra_tables(d, summ):
+    """strata.md, memory.md, windows.md (from summary.csv), recall.md (recall.csv), free.md (free.csv)"""
+    written = []
+    st = strata_rows(summ)
+    if st:
+        out = os.path.join(d, "strata.md")
+        with open(out, "w") as f:
+            f.write("| policy | budget | n long | KL long | agree long | log-lik long | n local | KL local | "
+                    "agree local | log-lik local | n novel | KL novel | agree novel | log-lik novel |\n"
+                    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+            for pb in _order(st):
+                g = st[pb]
+                f.write("| %s | %s | %s | %s | %s |\n" % (pb[0], pb[1], _cell(g["long"]), _cell(g["local"]),
+                                                          _cell(g["novel"])))
+            f.write("\nWithout loop positions (inside a repeated 16-gram):\n\n"
+                    "| policy | budget | loop positions | kept | mean KL | top-1 agreement | mean log-lik |\n"
+                    "|---|---|---:|---:|---:|---:|---:|\n")
+            for pb in _order(st):
+                g = st[pb]
+                f.write("| %s | %s | %d | %s |\n" % (pb[0], pb[1], g["all"][0] - g["noloop"][0], _cell(g["noloop"])))
+        written.append(out)
+        out = os.path.join(d, "memory.md")
+        with open(out, "w") as f:
+            f.write("| policy | budget | capacity (mean) | peak K/V | scoring state | total | mean KL | KL long "
+                    "| top-1 agreement |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+            for pb in sorted(st, key=lambda pb: (st[pb]["bytes"][0] + st[pb]["bytes"][1], pb)):
+                g = st[pb]
+                kv, sb = g["bytes"][0], g["bytes"][1]
+                f.write("| %s | %s | %.0f | %.2f MiB | %.2f MiB | %.2f MiB | %.4f | %.4f | %.4f |\n"
+                        % (pb[0], pb[1], g["bytes"][2] / g["prompts"][0], kv / 2**20, sb / 2**20, (kv + sb) / 2**20,
+                           _m(g["all"], 1), _m(g["long"], 1), _m(g["all"], 2)))
+        written.append(out)
+        mk = [pb for pb in st if pb[0].startswith("morphkv")]
+        if len({p for p, b in mk}) > 1:
+            out = os.path.join(d, "windows.md")
+            with open(out, "w") as f:
+                f.write("| variant | budget | mean KL | KL long | KL local | top-1 agreement | mean log-lik |\n"
+                        "|---|---|---:|---:|---:|---:|---:|\n")
+                for pb in _order(mk):
+                    g = st[pb]
+                    f.write("| %s | %s | %.4f | %.4f | %.4f | %.4f | %.4f |\n" % (
+                        pb[0], pb[1], _m(g["all"], 1), _m(g["long"], 1), _m(g["local"], 1), _m(g["all"], 2),
+                        _m(g["all"], 3)))
+                f.write("\nBest MorphKV setting per budget and metric:\n\n| budget | metric | best | value |\n"
+                        "|---|---|---|---:|\n")
+                for b in sorted({b for p, b in mk}, key=budget_key):
+                    cands = [p for p, bb in mk if bb == b]
+                    for name, key, idx, sign in (("mean KL", "all", 1, 1), ("KL long", "long", 1, 1),
+                                                 ("KL local", "local", 1, 1), ("agreement", "all", 2, -1),
+                                                 ("log-lik", "all", 3, -1)):
+                        vals = [(sign * _m(st[(p, b)][key], idx), p) for p in cands if st[(p, b)][key][0]]
+                        if vals:
+                            v, p = min(vals)
+                            f.write("| %s | %s | %s | %.4f |\n" % (b, name, p, sign * v))
+            written.append(out)
+    written += write_recall_table(d)
+    written += write_free_table(d)
+    return written
+
+
+def _read_csv(path):
+    if not os.path.exists(path):
+        return []
+    rows, header = [], None
+    with open(path, newline="") as f:
+        for rec in csv.reader(f):
+            if header is None or rec == header:
+                header = rec
+                continue
+            rows.append(dict(zip(header, rec)))
+    return rows
+
+
+def write_recall_table(d):
+    rows = _read_csv(os.path.join(d, "recall.csv"))
+    if not rows:
+        return []
+    ref = [r for r in rows if r["budget"] == "reference"]
+    kept = {(r["prompt"], r["question"]) for r in ref if r["exact"] == "1"}
+    dist = [int(r["distance"]) for r in ref]
+    out = os.path.join(d, "recall.md")
+    with open(out, "w") as f:
+        f.write("%d questions (fact-to-question distance %d-%d tokens, mean %.0f); the full cache answers %d "
+                "exactly: %d filtered out.\n\n" % (len(ref), min(dist), max(dist), sum(dist) / len(dist),
+                                                   len(kept), len(ref) - len(kept)))
+        f.write("| policy | budget | kept | exact match (kept) | answer log-lik (kept) | exact match (all) "
+                "| answer log-lik (all) |\n|---|---|---:|---:|---:|---:|---:|\n")
+        groups = {}
+        for r in rows:
+            groups.setdefault((r["policy"], r["budget"]), []).append(r)
+        for pb in [pb for pb in groups if pb[1] == "reference"] + _order([pb for pb in groups if pb[1] != "reference"]):
+            rs = groups[pb]
+            k = [r for r in rs if (r["prompt"], r["question"]) in kept]
+            m = lambda xs, key: sum(float(x[key]) for x in xs) / len(xs) if xs else float("nan")  # noqa: E731
+            f.write("| %s | %s | %d | %.3f | %.3f | %.3f | %.3f |\n" % (
+                pb[0], pb[1], len(k), m(k, "exact"), m(k, "answer_loglik"), m(rs, "exact"), m(rs, "answer_loglik")))
+    return [out]
+
+
+def write_free_table(d):
+    rows = _read_csv(os.path.join(d, "free.csv"))
+    if not rows:
+        return []
+    out = os.path.join(d, "free.md")
+    with open(out, "w") as f:
+        f.write("| policy | budget | prompts | mean length | length / full | ended by EOS | rep-4 | distinct-2 "
+                "| first divergence | loop |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+        groups = {}
+        for r in rows:
+            groups.setdefault((r["policy"], r["budget"]), []).append(r)
+        for pb in [pb for pb in groups if pb[1] == "reference"] + _order([pb for pb in groups if pb[1] != "reference"]):
+            rs = groups[pb]
+            m = lambda key: sum(float(x[key]) for x in rs) / len(rs)  # noqa: E731
+            ratio = sum(float(x["length"]) / max(1.0, float(x["full_length"])) for x in rs) / len(rs)
+            f.write("| %s | %s | %d | %.1f | %.3f | %d | %.4f | %.4f | %.1f | %.4f |\n" % (
+                pb[0], pb[1], len(rs), m("length"), ratio, sum(int(x["ended_eos"]) for x in rs), m("rep4_frac"),
+                m("distinct2"), m("first_divergence"), m("loop_frac")))
+    return [out]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ static void check_ranges(const mk_gen_opts_t *o) {
   FUZZ_CHECK(s->repeat_penalty > 0 && isfinite(s->repeat_penalty), "penalty %g", (double)s->repeat_penalty);
   FUZZ_CHECK(s->repeat_last_n >= -1 && s->top_k >= 0, "last_n %d top_k %d", s->repeat_last_n, s->top_k);
   FUZZ_CHECK(o->comm_timeout >= 0 && isfinite(o->comm_timeout), "comm_timeout %g", (double)o->comm_timeout);
-  FUZZ_CHECK(o->kv.window >= 0 && o->kv.capacity >= 0 && o->kv.sinks >= 0, "kv sizes");
+  FUZZ_CHECK(o->kv.window >= 0 && o->kv.capacity >= 0 && o->kv.sinks >= MK_KV_SINKS_DEFAULT, "kv sizes");
   FUZZ_CHECK(o->kv.evict_after >= 1 && o->kv.snapkv_pool >= 1 && o->kv.snapkv_pool % 2 == 1,
              "evict_after %g pool %d", (double)o->kv.evict_after, o->kv.snapkv_pool);
   FUZZ_CHECK(o->tp >= 0 && o->simd >= -1, "tp %d simd %d", o->tp, o->simd);

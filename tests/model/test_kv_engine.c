@@ -268,30 +268,7 @@ static void test_baselines_end_to_end(void **state) {
 
 /* ---- (d) the eval harness through the binary ------------------------------------------------ */
 
-static int run_binary(const char *const *args, const char *log_path) {
-  const char *bin = getenv("MORPHKV_BINARY");
-  if (!bin) fail_msg("MORPHKV_BINARY is not set (run through ctest)");
-  const char *argv[64];
-  int n = 0;
-  argv[n++] = bin;
-  for (int i = 0; args[i]; i++) argv[n++] = args[i];
-  argv[n] = NULL;
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    FILE *lf = freopen(log_path, "w", stderr);
-    (void)lf;
-    if (!freopen("/dev/null", "w", stdout)) _exit(126);
-    setenv("OMP_WAIT_POLICY", "passive", 1); /* read by the child's OpenMP runtime at start */
-    execv(argv[0], (char *const *)argv);
-    _exit(127);
-  }
-  int status = 0;
-  assert_int_equal(waitpid(pid, &status, 0), pid);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-#define RUN(log, ...) run_binary((const char *const[]){__VA_ARGS__, NULL}, log)
+#define RUN(log, ...) mk_test_run_binary((const char *const[]){__VA_ARGS__, NULL}, log)
 
 typedef struct csv_row {
   char prompt[16], policy[16], budget[16];
@@ -361,13 +338,16 @@ static void test_eval_tiny(void **state) {
   int rows = 0;
   save = NULL;
   line = strtok_r(pos, "\n", &save);
-  assert_string_equal(line, "position,kl,top1_agree,loglik,kv_bytes");
+  assert_string_equal(line, "position,kl,top1_agree,loglik,kv_bytes,distance,ngram,long_range,in_loop");
   while ((line = strtok_r(NULL, "\n", &save))) {
-    int p, ag;
+    int p, ag, dist, ng, lr, lp;
     double kl, ll;
     unsigned long long kvb;
-    assert_int_equal(sscanf(line, "%d,%lf,%d,%lf,%llu", &p, &kl, &ag, &ll, &kvb), 5);
+    assert_int_equal(sscanf(line, "%d,%lf,%d,%lf,%llu,%d,%d,%d,%d", &p, &kl, &ag, &ll, &kvb, &dist, &ng,
+                            &lr, &lp), 9);
     assert_int_equal(p, rows);
+    assert_int_equal(lr, 0); /* the full cache holds every distance */
+    assert_true(dist == -1 ? ng == 0 : dist >= 1 && ng >= 2);
     assert_true(kl == 0.0);
     assert_int_equal(ag, 1);
     rows++;

@@ -1,8 +1,8 @@
 /* Layout and batch invariance of the engine, bit for bit (issue 10; run under mpirun -np T).
  *
- *   tp_invariance_test MODEL GOLDEN_JSON DUMP write|check [N_NEW]
+ *   tp_invariance_test MODEL GOLDEN_JSON DUMP write|check [N_NEW [N_PROMPTS]]
  * For each cache policy (full; MorphKV W 8, C 48) and each prompt (the issue's bicycle prompt plus
- * the 10 golden prompts of tests/golden/logits), on this T:
+ * the 10 golden prompts of tests/golden/logits; N_PROMPTS keeps the first ones), on this T:
  *   - N_NEW (256) greedy tokens, the logits of every step (hashed, FNV-1a over the fp32 bits) and,
  *     after every step, the slot -> position map of every (layer, KV head) (hashed per KV head);
  *   - teacher-forced logits: the prompt and the generated tokens prefilled at once, every row;
@@ -162,7 +162,7 @@ static void batch_run(tctx_t *t, const mk_kv_config_t *kv, const prompt_t *p, ru
   free(lg);
 }
 
-static int load_prompts(const char *golden, const mk_tokenizer_t *tok, prompt_t *out, mk_error_t *err) {
+static int load_prompts(const char *golden, const mk_tokenizer_t *tok, int max_n, prompt_t *out, mk_error_t *err) {
   const char *issue = "Explain how a bicycle gear works.";
   int n = 0;
   out[n].np = mk_tok_encode(tok, issue, strlen(issue), true, false, out[n].ids, MAX_PROMPT_TOK, err);
@@ -172,7 +172,7 @@ static int load_prompts(const char *golden, const mk_tokenizer_t *tok, prompt_t 
   json_t *g = json_load_file(golden, 0, &je);
   if (!g) return mk_fail(err, "%s: %s (line %d)", golden, je.text, je.line);
   json_t *cases = json_object_get(g, "cases");
-  for (size_t c = 0; c < json_array_size(cases) && n < MAX_PROMPTS; c++, n++) {
+  for (size_t c = 0; c < json_array_size(cases) && n < max_n; c++, n++) {
     json_t *ids = json_object_get(json_array_get(cases, c), "prompt_ids");
     out[n].np = (int)json_array_size(ids);
     if (out[n].np <= 0 || out[n].np > MAX_PROMPT_TOK) break;
@@ -188,7 +188,7 @@ int main(int argc, char **argv) {
   mk_ctx_t ctx;
   mk_error_t err = {{0}};
   if (mk_ctx_init(&ctx, MPI_COMM_WORLD, &err) != 0) mk_ctx_abort(NULL, err.msg);
-  if (argc < 5) mk_ctx_abort(&ctx, "usage: tp_invariance_test MODEL GOLDEN_JSON DUMP write|check [N_NEW]");
+  if (argc < 5) mk_ctx_abort(&ctx, "usage: tp_invariance_test MODEL GOLDEN_JSON DUMP write|check [N_NEW [N_PROMPTS]]");
   tctx_t t = {.ctx = &ctx, .check = strcmp(argv[4], "check") == 0, .n_new = argc > 5 ? atoi(argv[5]) : 256};
   if (!t.check && ctx.world != 1) mk_ctx_abort(&ctx, "write the dump with one rank");
   mk_engine_params_t ep = {.model_path = argv[1], .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1},
@@ -198,7 +198,9 @@ int main(int argc, char **argv) {
   t.n_kv = mk_engine_config(t.e)->n_kv_head;
   t.logits = malloc(sizeof(float) * (size_t)t.V);
   prompt_t *pr = calloc(MAX_PROMPTS, sizeof *pr);
-  int n_pr = load_prompts(argv[2], mk_engine_tokenizer(t.e), pr, &err);
+  int max_pr = argc > 6 ? atoi(argv[6]) : MAX_PROMPTS;
+  if (max_pr < BATCH || max_pr > MAX_PROMPTS) mk_ctx_abort(&ctx, "N_PROMPTS must be 4..16");
+  int n_pr = load_prompts(argv[2], mk_engine_tokenizer(t.e), max_pr, pr, &err);
   if (n_pr < BATCH) die(&ctx, &err);
 
   mk_kv_config_t kvs[2];

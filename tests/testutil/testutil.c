@@ -1,9 +1,12 @@
+#define _POSIX_C_SOURCE 200809L
 #include "tests/testutil/testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 const char *mk_test_model_path(void) {
   const char *p = getenv("MORPHKV_TEST_MODEL");
@@ -88,4 +91,30 @@ char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t 
   out[o] = 0;
   *out_len = o;
   return out;
+}
+
+int mk_test_run_binary(const char *const *args, const char *log_path) {
+  const char *bin = getenv("MORPHKV_BINARY");
+  if (!bin) {
+    fprintf(stderr, "MORPHKV_BINARY is not set (run through ctest)\n");
+    return -1;
+  }
+  const char *argv[64];
+  int n = 0;
+  argv[n++] = bin;
+  for (int i = 0; args[i] && n < 63; i++) argv[n++] = args[i];
+  argv[n] = NULL;
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    FILE *lf = freopen(log_path, "w", stderr);
+    (void)lf;
+    if (!freopen("/dev/null", "w", stdout)) _exit(126);
+    setenv("OMP_WAIT_POLICY", "passive", 1); /* read by the child's OpenMP runtime at start */
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }

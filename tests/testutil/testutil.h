@@ -25,4 +25,8 @@ int mk_test_utf8_valid(const unsigned char *s, size_t n);
  * bytes that are not whole, valid UTF-8 characters (mk_test_utf8_valid). */
 char *mk_test_stream_decode(const mk_tokenizer_t *t, const int32_t *ids, size_t n, size_t *out_len);
 
+/* Runs $MORPHKV_BINARY with args (NULL-terminated), stderr to log_path, stdout to /dev/null, and
+ * OMP_WAIT_POLICY=passive; returns its exit code (128 + signal), or -1 if it could not run. */
+int mk_test_run_binary(const char *const *args, const char *log_path);
+
 #endif

@@ -200,6 +200,7 @@ static void test_no_candidates(void **unused) {
 
 typedef struct ref_case {
   int W, C, P, T, g, d;
+  int S; /* sinks: positions < S are never candidates (0: the paper's MorphKV) */
   mk_kv_fusion_t fusion;
   mk_kv_gqa_t gqa;
   float ea;
@@ -268,11 +269,11 @@ static void check_decision(const ref_case_t *rc, const float *q, const float *k,
   int32_t cand[1024];
   int n = 0;
   for (int i = 0; i < nb; i++)
-    if (before[i] < next_pos - rc->W) cand[n++] = before[i];
+    if (before[i] >= rc->S && before[i] < next_pos - rc->W) cand[n++] = before[i];
   for (int i = 0; i < na; i++) assert_true(contains(before, nb, after[i]));
-  for (int i = 0; i < nb; i++)
-    if (before[i] >= next_pos - rc->W) assert_true(contains(after, na, before[i]));
-  int keep = rc->C - rc->W;
+  for (int i = 0; i < nb; i++) /* recent tokens and sinks stay */
+    if (before[i] >= next_pos - rc->W || before[i] < rc->S) assert_true(contains(after, na, before[i]));
+  int keep = rc->C - rc->W - rc->S;
   bool evicts = nb + 1 >= evict_total(rc) && n > keep;
   if (!evicts) {
     assert_int_equal(na, nb);
@@ -311,6 +312,7 @@ static void run_case(const ref_case_t *rc, bool random_slots, int32_t *traj, int
   cfg.fusion = rc->fusion;
   cfg.gqa = rc->gqa;
   cfg.evict_after = rc->ea;
+  cfg.sinks = rc->S;
   kvsim_t s;
   assert_int_equal(kvsim_init(&s, &cfg, rc->g, rc->d, rc->P, n_pos, q, k), 0);
   s.random_slots = random_slots;
@@ -337,6 +339,7 @@ static void run_case(const ref_case_t *rc, bool random_slots, int32_t *traj, int
     /* the W+1 most recent positions are always there */
     for (int64_t r = t - rc->W; r <= t; r++)
       if (r >= 0) assert_true(contains(before, n_att, (int32_t)r));
+    for (int32_t r = 0; r < rc->S && r <= t; r++) assert_true(contains(before, n_att, r)); /* sinks */
     if (traj) {
       memset(traj + (size_t)(t - rc->P) * traj_stride, 0xff, sizeof(int32_t) * traj_stride);
       memcpy(traj + (size_t)(t - rc->P) * traj_stride, before, sizeof(int32_t) * n_att);
@@ -371,6 +374,41 @@ static const ref_case_t cases[] = {
 
 static void test_properties(void **unused) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], false, NULL, 0);
+}
+
+/* Sinks (--kv-sinks S): the first S positions are always kept and never scored; the other
+ * C - W - S kept tokens are the reference's top scores among the rest. Prompts shorter and longer
+ * than C, bursty eviction, both fusions and GQA rules, W + S = C - 1 (one scored slot). */
+static const ref_case_t sink_cases[] = {
+    {.W = 4, .C = 12, .P = 8, .T = 150, .g = 3, .d = 16, .S = 2, .fusion = MK_KV_FUSION_SUM, .gqa = MK_KV_GQA_LOGIT_SUM, .ea = 1.0f, .seed = 11},
+    {.W = 4, .C = 12, .P = 30, .T = 150, .g = 3, .d = 16, .S = 4, .fusion = MK_KV_FUSION_MAX, .gqa = MK_KV_GQA_PROB_MAX, .ea = 1.0f, .seed = 12},
+    {.W = 8, .C = 20, .P = 3, .T = 150, .g = 3, .d = 16, .S = 6, .fusion = MK_KV_FUSION_SUM, .gqa = MK_KV_GQA_LOGIT_SUM, .ea = 1.0f, .seed = 13},
+    {.W = 4, .C = 12, .P = 25, .T = 150, .g = 3, .d = 16, .S = 3, .fusion = MK_KV_FUSION_SUM, .gqa = MK_KV_GQA_LOGIT_SUM, .ea = 1.5f, .seed = 14},
+    {.W = 4, .C = 9, .P = 20, .T = 100, .g = 2, .d = 16, .S = 4, .fusion = MK_KV_FUSION_SUM, .gqa = MK_KV_GQA_LOGIT_SUM, .ea = 1.0f, .seed = 15},
+};
+
+static void test_sinks(void **unused) {
+  for (size_t i = 0; i < sizeof sink_cases / sizeof sink_cases[0]; i++) {
+    run_case(&sink_cases[i], false, NULL, 0);
+    run_case(&sink_cases[i], true, NULL, 0); /* random slots */
+  }
+  /* the default: none for MorphKV (the paper), 4 for StreamingLLM, whatever is set otherwise */
+  mk_kv_config_t cfg = mkv_cfg(4, 12);
+  assert_int_equal(cfg.sinks, MK_KV_SINKS_DEFAULT);
+  assert_int_equal(mk_kv_sinks(&cfg), 0);
+  cfg.policy = MK_KV_STREAMING;
+  assert_int_equal(mk_kv_sinks(&cfg), 4);
+  cfg = mkv_cfg(4, 12);
+  cfg.sinks = 3;
+  assert_int_equal(mk_kv_sinks(&cfg), 3);
+  mk_error_t err = {{0}};
+  const mk_kv_policy_ops_t *ops = mk_kv_policy_get(MK_KV_MORPHKV);
+  assert_int_equal(ops->validate(&cfg, &err), 0);
+  cfg.sinks = 8; /* C = W + S: no slot left to score */
+  assert_int_not_equal(ops->validate(&cfg, &err), 0);
+  assert_non_null(strstr(err.msg, "kv capacity 12 must exceed kv window 4 + kv sinks 8"));
+  cfg.sinks = -2;
+  assert_int_not_equal(ops->validate(&cfg, &err), 0);
 }
 
 /* Which free slot a token lands in must not change what is kept (a random free slot instead
@@ -530,6 +568,7 @@ static void test_sliding_example(void **unused) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_validate),         cmocka_unit_test(test_fusion_example),
+      cmocka_unit_test(test_sinks),
       cmocka_unit_test(test_gqa_example),      cmocka_unit_test(test_no_candidates),
       cmocka_unit_test(test_sliding_example),  cmocka_unit_test(test_properties),
       cmocka_unit_test(test_slot_order),       cmocka_unit_test(test_w1_tova),

@@ -31,9 +31,12 @@ static void test_validate(void **unused) {
   mk_kv_config_t cfg = st_cfg(4, 4);
   assert_int_equal(ops->validate(&cfg, &err), -1);
   assert_non_null(strstr(err.msg, "kv capacity 4 must exceed kv sinks 4"));
-  cfg = st_cfg(-1, 8);
+  cfg = st_cfg(-2, 8); /* -1 is MK_KV_SINKS_DEFAULT: the policy's own 4 */
   assert_int_equal(ops->validate(&cfg, &err), -1);
-  assert_non_null(strstr(err.msg, "-1"));
+  assert_non_null(strstr(err.msg, "-2"));
+  cfg = st_cfg(MK_KV_SINKS_DEFAULT, 4);
+  assert_int_equal(ops->validate(&cfg, &err), -1);
+  assert_non_null(strstr(err.msg, "kv capacity 4 must exceed kv sinks 4"));
   cfg = st_cfg(4, 5);
   assert_int_equal(ops->validate(&cfg, &err), 0);
   cfg = st_cfg(0, 5);
