@@ -155,12 +155,7 @@ int mk_comm_mpi_create(MPI_Comm comm, mk_comm_mpi_mode_t mode, mk_comm_t **out, 
   c->ops = &mpi_ops;
   c->impl = m;
   c->rank = rank;
-  int rc = MPI_Comm_dup(comm, &m->comm);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(m->comm, &c->rank);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_size(m->comm, &c->size);
-  if (rc != MPI_SUCCESS) {
-    mk_mpi_fail(err, rc, "MPI_Comm_dup/set_errhandler", rank, __FILE__, __LINE__);
+  if (mk_mpi_dup(comm, "MPI communicator", &m->comm, &c->rank, &c->size, err) != 0) {
     mpi_free(c);
     return -1;
   }

@@ -193,11 +193,7 @@ static const mk_comm_ops_t nccl_ops = {
 /* Everything up to and including ncclCommInitRank; c->impl is set, cleanup is the caller's. */
 static int nccl_bootstrap(mk_comm_t *c, MPI_Comm comm, mk_error_t *err) {
   nccl_impl_t *m = c->impl;
-  int wrank = c->rank;
-  MK_MPI_CHECK(MPI_Comm_dup(comm, &m->mpi), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_set_errhandler(m->mpi, MPI_ERRORS_RETURN), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_rank(m->mpi, &c->rank), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_size(m->mpi, &c->size), wrank, err);
+  if (mk_mpi_dup(comm, "NCCL communicator", &m->mpi, &c->rank, &c->size, err) != 0) return -1;
 
   /* Local steps that may fail, then agree before anyone waits on the id. */
   mk_error_t local = {{0}};

@@ -10,12 +10,7 @@
 #include "src/backend.h"
 
 static int ctx_build(mk_ctx_t *ctx, MPI_Comm world, mk_error_t *err) {
-  int wrank = -1;
-  MPI_Comm_rank(world, &wrank);
-  MK_MPI_CHECK(MPI_Comm_dup(world, &ctx->mpi), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_set_errhandler(ctx->mpi, MPI_ERRORS_RETURN), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_rank(ctx->mpi, &ctx->rank), wrank, err);
-  MK_MPI_CHECK(MPI_Comm_size(ctx->mpi, &ctx->world), wrank, err);
+  if (mk_mpi_dup(world, "process context", &ctx->mpi, &ctx->rank, &ctx->world, err) != 0) return -1;
   MPI_Comm node = MPI_COMM_NULL;
   MK_MPI_CHECK(MPI_Comm_split_type(ctx->mpi, MPI_COMM_TYPE_SHARED, ctx->rank, MPI_INFO_NULL, &node),
                ctx->rank, err);

@@ -27,4 +27,22 @@ static inline int mk_mpi_fail(mk_error_t *err, int code, const char *call, int r
       return mk_mpi_fail((err), mk_mpi_rc_, #call, (rank), __FILE__, __LINE__); \
   } while (0)
 
+/* *out = a private duplicate of comm that returns errors instead of aborting (MPI_ERRORS_RETURN),
+ * with this rank's place in it. what names the owner in the message. On failure *out may be a
+ * communicator the caller frees (or MPI_COMM_NULL). */
+static inline int mk_mpi_dup(MPI_Comm comm, const char *what, MPI_Comm *out, int *rank, int *size,
+                             mk_error_t *err) {
+  int wrank = -1;
+  MPI_Comm_rank(comm, &wrank);
+  *out = MPI_COMM_NULL;
+  int rc = MPI_Comm_dup(comm, out);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(*out, rank);
+  if (rc == MPI_SUCCESS) rc = MPI_Comm_size(*out, size);
+  if (rc == MPI_SUCCESS) return 0;
+  char call[96];
+  snprintf(call, sizeof call, "MPI_Comm_dup (%s)", what);
+  return mk_mpi_fail(err, rc, call, wrank, __FILE__, __LINE__);
+}
+
 #endif

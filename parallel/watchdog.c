@@ -50,12 +50,7 @@ int mk_watchdog_create(MPI_Comm comm, double timeout_s, mk_watchdog_t **out, mk_
   if (!wd) return mk_fail(err, "comm watchdog on rank %d: out of memory", rank);
   wd->timeout_s = timeout_s > 0 ? timeout_s : 0;
   wd->diag = MPI_COMM_NULL;
-  int rc = MPI_Comm_dup(comm, &wd->diag);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(wd->diag, MPI_ERRORS_RETURN);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(wd->diag, &wd->rank);
-  if (rc == MPI_SUCCESS) rc = MPI_Comm_size(wd->diag, &wd->size);
-  if (rc != MPI_SUCCESS) {
-    mk_mpi_fail(err, rc, "MPI_Comm_dup (comm watchdog)", rank, __FILE__, __LINE__);
+  if (mk_mpi_dup(comm, "comm watchdog", &wd->diag, &wd->rank, &wd->size, err) != 0) {
     mk_watchdog_free(wd);
     return -1;
   }
