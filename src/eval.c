@@ -513,59 +513,11 @@ static int prompts_read(const eval_opts_t *o, eval_prompt_t **out, int *n_out, m
   return 0;
 }
 
-/* The prompt's token ids (malloc'd), with the chat template when o->chat. */
+/* The prompt's token ids (malloc'd), with the chat template when o->chat: encoded as `generate`
+ * encodes (mk_cli_encode_prompt). */
 static int prompt_tokenize(const eval_opts_t *o, const mk_engine_t *e, const char *prompt,
                            int32_t **ids_out, int *n_out, mk_error_t *err) {
-  *ids_out = NULL;
-  const mk_tokenizer_t *tok = mk_engine_tokenizer(e);
-  char *text = NULL;
-  if (o->chat) {
-    mk_chat_tmpl_t tmpl = MK_CHAT_NONE;
-    if (o->g.chat_template) {
-      if (mk_chat_parse(o->g.chat_template, &tmpl) != 0)
-        return mk_fail(err, "--chat-template %s: unknown template", o->g.chat_template);
-    } else {
-      tmpl = mk_chat_detect(mk_engine_gguf(e));
-      if (tmpl == MK_CHAT_NONE)
-        return mk_fail(err, "%s has no chat template this build recognises; pass --chat-template "
-                            "chatml|llama3|llama2 or --no-chat", o->g.model);
-    }
-    char *dflt = NULL;
-    if (!o->g.system && tmpl == MK_CHAT_CHATML) dflt = mk_chat_default_system(mk_engine_gguf(e));
-    text = mk_chat_render(tmpl, o->g.system ? o->g.system : dflt, prompt);
-    free(dflt);
-  } else {
-    text = strdup(prompt);
-  }
-  if (!text) return mk_fail(err, "out of memory rendering the prompt");
-  bool add_bos = mk_tok_add_bos(tok);
-  int32_t bos = mk_tok_bos(tok);
-  if (add_bos && bos >= 0) {
-    const char *bt = mk_tok_text(tok, bos);
-    if (bt && *bt && strncmp(text, bt, strlen(bt)) == 0) add_bos = false;
-  }
-  size_t len = strlen(text);
-  int cap = (int)(len + 8 < (size_t)INT_MAX / 2 ? len + 8 : (size_t)INT_MAX / 2);
-  int32_t *ids = malloc(sizeof *ids * (size_t)cap);
-  int n = ids ? mk_tok_encode(tok, text, len, add_bos, true, ids, cap, err) : -1;
-  if (!ids) mk_fail(err, "out of memory");
-  if (n > cap) {
-    int32_t *t = realloc(ids, sizeof *ids * (size_t)n);
-    if (t) {
-      ids = t;
-      n = mk_tok_encode(tok, text, len, add_bos, true, ids, n, err);
-    } else {
-      n = mk_fail(err, "out of memory");
-    }
-  }
-  free(text);
-  if (n <= 0) {
-    free(ids);
-    return n == 0 ? mk_fail(err, "the prompt is empty (no tokens)") : -1;
-  }
-  *ids_out = ids;
-  *n_out = n;
-  return 0;
+  return mk_cli_encode_prompt(e, prompt, o->chat, o->g.chat_template, o->g.system, ids_out, n_out, err);
 }
 
 /* ---- runs ----------------------------------------------------------------------------------- */
