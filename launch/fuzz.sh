@@ -30,7 +30,7 @@ if [ ! -f "$FUZZ_DIR/CMakeCache.txt" ]; then
   cmake -S "$ROOT" -B "$FUZZ_DIR" -DCMAKE_C_COMPILER="$CC_FUZZ" -DMORPHKV_FUZZ=ON \
     -DMORPHKV_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMORPHKV_TEST_MODEL="$MODEL" >/dev/null
 fi
-cmake --build "$FUZZ_DIR" --target "fuzz_$target" -j"${FUZZ_BUILD_JOBS:-$(nproc)}" >/dev/null
+cmake --build "$FUZZ_DIR" --target "fuzz_$target" -j"${FUZZ_BUILD_JOBS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}" >/dev/null
 work="$FUZZ_DIR/fuzz-work/$target"
 mkdir -p "$work/corpus" "$work/artifacts"
 export MORPHKV_TEST_MODEL="$MODEL"

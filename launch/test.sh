@@ -15,7 +15,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # ctest runs $(nproc) tests at once: one OpenMP thread each, sleeping rather than spinning while
 # idle, so concurrent tests (and oversubscribed MPI ranks) do not starve each other.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
-JOBS="$(nproc)"
+# (GNU nproc obeys OMP_NUM_THREADS, exported just above: count the CPUs without it)
+JOBS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 EXCLUDE=(-LE slow)
 [ "${MORPHKV_TEST_SLOW:-0}" = "1" ] && EXCLUDE=()
 t0=$SECONDS
