@@ -698,7 +698,8 @@ static char *find_plot_script(const eval_opts_t *o) {
   return NULL;
 }
 
-/* Rank 0: makes the plots, or says why not. */
+/* Rank 0: makes the tables and plots, or says why not. Without matplotlib the script still
+ * writes its tables (strata.md, memory.md, recall.md, ...) and says there are no plots. */
 static void make_plots(const eval_opts_t *o) {
   char *script = find_plot_script(o);
   if (!script) {
@@ -706,19 +707,19 @@ static void make_plots(const eval_opts_t *o) {
     return;
   }
   char *chk[] = {"python3", "-c", "import matplotlib", NULL};
-  if (spawn_wait(chk, true) != 0) {
-    fprintf(stderr,
-            "[eval] plots skipped: python3 with matplotlib not found (pip install matplotlib, "
-            "then run: python3 %s %s)\n", script, o->out);
-    free(script);
-    return;
-  }
+  bool mpl = spawn_wait(chk, true) == 0;
   char *args[] = {"python3", script, o->out, NULL};
   int rc = spawn_wait(args, false);
-  if (rc != 0)
+  if (rc == -1)
+    fprintf(stderr, "[eval] plots and tables skipped: python3 could not be run (then run: python3 %s %s)\n", script,
+            o->out);
+  else if (rc != 0)
     fprintf(stderr, "[eval] plotting failed (python3 %s %s exited with %d)\n", script, o->out, rc);
   else if (!o->quiet)
-    fprintf(stderr, "[eval] plots written to %s\n", o->out);
+    fprintf(stderr, mpl ? "[eval] plots and tables written to %s\n"
+                        : "[eval] tables written to %s (matplotlib not installed: no plots; Debian: "
+                          "python3-matplotlib)\n",
+            o->out);
   free(script);
 }
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Plots of a `morphkv eval` output directory (matplotlib).
+"""Plots and tables of a `morphkv eval` output directory (plots need matplotlib).
 
     python3 tools/plot_eval.py DIR [--smooth N]
+
+Without matplotlib (Debian: python3-matplotlib; PyPI: matplotlib) it writes and prints the tables
+only and says "matplotlib not installed: no plots".
 
 Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv written by
 `morphkv eval`, and writes, for every budget:
@@ -30,10 +33,13 @@ import os
 import re
 import sys
 
-import matplotlib
+try:
+    import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:  # the tables need only the standard library
+    plt = None
 
 COLORS = {"full": "black", "morphkv": "tab:red", "streaming": "tab:blue", "h2o": "tab:green",
           "snapkv": "tab:purple"}
@@ -152,7 +158,23 @@ def plot_kl_by_distance(a, runs, b, pols, written):
 
 
 def policies_sorted(ps):
-    return sorted(ps, key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
+    """ORDER by base policy, each base's variants ("morphkv-w8") after it by name: deterministic
+    (a set's iteration order of strings changes from one Python process to the next)"""
+    def key(p):
+        base = p.split("-")[0]
+        return (ORDER.index(base) if base in ORDER else len(ORDER), p != base, p)
+    return sorted(ps, key=key)
+
+
+def report(written):
+    """Names the files written; without matplotlib also prints the tables (the only output)."""
+    for w in written:
+        print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
+    if plt is None:
+        for w in written:
+            if w.endswith(".md"):
+                with open(w) as f:
+                    print("\n## %s\n\n%s" % (os.path.basename(w), f.read()), end="")
 
 
 def main():
@@ -161,15 +183,28 @@ def main():
     ap.add_argument("--smooth", type=int, default=50, help="moving average over N positions")
     ap.add_argument("--dpi", type=int, default=80)
     a = ap.parse_args()
+    if plt is None:
+        print("plot_eval: matplotlib not installed: no plots (Debian: apt-get install python3-matplotlib); "
+              "tables only", file=sys.stderr)
     runs = read_runs(a.dir)
-    if not runs:  # --task free writes no per-position files: only its table
-        written = write_free_table(a.dir)
-        for w in written:
-            print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
+    if not runs:  # --task free writes no per-position files; a directory may keep only summary.csv
+        written = write_extra_tables(a.dir, read_summary(a.dir))
+        report(written)
         if not written:
-            print("plot_eval: no per-run CSV files in %s" % a.dir, file=sys.stderr)
+            print("plot_eval: no per-run CSV files, summary.csv, recall.csv or free.csv in %s" % a.dir,
+                  file=sys.stderr)
         return 0 if written else 1
     budgets = sorted({b for (p, b) in runs if p != "full"}, key=budget_key)
+    written = write_plots(a, runs, budgets) if plt is not None else []
+    written.append(write_halves(a.dir, runs, budgets))
+    written.append(write_table(a.dir, runs, budgets))
+    written += write_extra_tables(a.dir, read_summary(a.dir))
+    report(written)
+    return 0
+
+
+def write_plots(a, runs, budgets):
+    """kl_<budget>.png, kl_dist_<budget>.png, kv_<budget>.png, kl_vs_budget.png"""
     full = runs.get(("full", "all"))
     written = []
     for b in budgets:
@@ -239,8 +274,12 @@ def main():
         fig.savefig(out, dpi=a.dpi)
         plt.close(fig)
         written.append(out)
-    # first half / second half of the positions
-    out = os.path.join(a.dir, "halves.md")
+    return written
+
+
+def write_halves(d, runs, budgets):
+    """halves.md: first half / second half of the positions"""
+    out = os.path.join(d, "halves.md")
     with open(out, "w") as f:
         f.write("| policy | budget | mean KL, 1st half | mean KL, 2nd half | agreement, 1st half | agreement, 2nd half |\n")
         f.write("|---|---|---:|---:|---:|---:|\n")
@@ -255,10 +294,13 @@ def main():
                 m = lambda xs: sum(xs) / len(xs) if xs else float("nan")
                 f.write("| %s | %s | %.4f | %.4f | %.4f | %.4f |\n" % (p, b, m(h["kl"][0]), m(h["kl"][1]),
                                                                    m(h["agree"][0]), m(h["agree"][1])))
-    written.append(out)
-    # the overall table
-    summ = read_summary(a.dir)
-    out = os.path.join(a.dir, "table.md")
+    return out
+
+
+def write_table(d, runs, budgets):
+    """table.md: the overall table, means over all positions of all prompts"""
+    summ = read_summary(d)
+    out = os.path.join(d, "table.md")
     with open(out, "w") as f:
         prompts = sorted({r["prompt"] for r in summ}) or sorted({p for v in runs.values() for p in v})
         f.write("Prompts: %s. Means over all positions of all prompts.\n\n" % " ".join(prompts))
@@ -286,11 +328,7 @@ def main():
                 f.write("| %s | %s | %.0f | %.4f | %.4f | %.4f | %.2f MiB | %.2f MiB | %.1f |\n"
                         % (p, b.replace("pct", "%"), cap, sum(kl) / len(kl), sum(ag) / len(ag), sum(ll) / len(ll),
                            peak, state, n / t if t > 0 else float("nan")))
-    written.append(out)
-    written += write_extra_tables(a.dir, summ)
-    for w in written:
-        print("plot_eval: wrote %s (%d bytes)" % (w, os.path.getsize(w)))
-    return 0
+    return out
 
 
 def _f(x):
