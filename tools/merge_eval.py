@@ -39,7 +39,8 @@ def main():
         rows += r[1:]
         # only prompts the run finished (summary.csv has their rows); skip one still being written
         done = {row[0] for row in r[1:]}
-        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_*.txt")):
+        for f in glob.glob(os.path.join(d, "p*_*.csv")) + glob.glob(os.path.join(d, "p*_*.csv.gz")) + \
+                glob.glob(os.path.join(d, "p*_*.txt")):
             if os.path.basename(f).split("_")[0] in done:
                 shutil.copy(f, out)
     # the same prompt's reference row from several runs (same reference): once

@@ -7,7 +7,8 @@ Without matplotlib (Debian: python3-matplotlib; PyPI: matplotlib) it writes and 
 only and says "matplotlib not installed: no plots".
 
 Reads DIR/summary.csv and the per-run files DIR/p<line>_<policy>_<budget>.csv written by
-`morphkv eval`, and writes, for every budget:
+`morphkv eval` (or their gzipped copies, .csv.gz, as committed under docs/fidelity/), and
+writes, for every budget:
     DIR/kl_<budget>.png   KL(full || policy) against position, one line per policy: the mean
                           over prompts at each position, then a trailing moving average over
                           N positions (default 50), log scale
@@ -29,6 +30,7 @@ The per-position data are not changed; smoothing only affects the drawing.
 import argparse
 import csv
 import glob
+import gzip
 import os
 import re
 import sys
@@ -47,7 +49,8 @@ ORDER = ["full", "morphkv", "streaming", "h2o", "snapkv"]
 # equal KV curves (morphkv, streaming, h2o hold the same budget) stay visible through style
 STYLES = {"full": ("-", 1.4), "morphkv": ("-", 3.0), "streaming": ("--", 1.8), "h2o": (":", 2.2),
           "snapkv": ("-.", 1.4)}
-NAME_RE = re.compile(r"^(p\d+)_([a-z0-9.-]+)_([A-Za-z0-9.-]+)\.csv$")  # policy: "morphkv", "morphkv-w8"
+# policy: "morphkv", "morphkv-w8"; a per-run file may be gzipped (p37_morphkv_10pct.csv.gz: committed copies)
+NAME_RE = re.compile(r"^(p\d+)_([a-z0-9.-]+)_([A-Za-z0-9.-]+?)\.csv(\.gz)?$")
 
 
 def read_summary(d):
@@ -59,13 +62,15 @@ def read_summary(d):
 def read_runs(d):
     """{(policy, budget): {prompt: {"kl": [...], "kv": [...], "agree": [...]}}}"""
     runs = {}
-    for path in sorted(glob.glob(os.path.join(d, "p*_*_*.csv"))):
+    for path in sorted(glob.glob(os.path.join(d, "p*_*_*.csv")) + glob.glob(os.path.join(d, "p*_*_*.csv.gz"))):
         m = NAME_RE.match(os.path.basename(path))
         if not m:
             continue
-        prompt, policy, budget = m.groups()
+        prompt, policy, budget, gz = m.groups()
+        if gz and os.path.exists(path[:-3]):
+            continue  # both: the plain file wins
         kl, kv, ag, ll, dist, loop = [], [], [], [], [], []
-        with open(path, newline="") as f:
+        with (gzip.open(path, "rt", newline="") if gz else open(path, newline="")) as f:
             for row in csv.DictReader(f):
                 kl.append(float(row["kl"]))
                 kv.append(float(row["kv_bytes"]))

@@ -8,12 +8,14 @@ On copies of committed `morphkv eval` outputs (docs/fidelity/issue13/):
   "matplotlib not installed: no plots", writes no PNG, prints the tables, and writes table.md,
   halves.md, strata.md, memory.md, windows.md byte-equal to the committed ones (made with
   matplotlib present: the tables do not depend on it);
+- the per-run CSVs gzipped (.csv.gz, how large runs are committed): the same tables;
 - the same under two PYTHONHASHSEED values: byte-equal tables (rows were once ordered by a
   set's iteration order, which changes from one process to the next);
 - recall/ and penalty/ keep only summary.csv (+ recall.csv): their strata.md, memory.md and
   recall.md are rebuilt byte-equal from those alone (the script used to exit 1 there).
 """
 import glob
+import gzip
 import os
 import shutil
 import subprocess
@@ -63,6 +65,16 @@ def main():
                     check(a.read() == b.read(), "replay/%s differs from the committed one (seed %d)" % (t, seed))
             outs.append(open(os.path.join(d, "table.md")).read())
         check(outs[0] == outs[1], "table.md depends on PYTHONHASHSEED")
+        d = fresh(os.path.join(golden, "replay"), tmp, "replay-gz", inputs)
+        for f in glob.glob(os.path.join(d, "p*_*_*.csv")):
+            with open(f, "rb") as a, gzip.open(f + ".gz", "wb") as b:
+                b.write(a.read())
+            os.remove(f)
+        r = run(script, d, 1, no_mpl=True)
+        check(r.returncode == 0, "replay with .csv.gz files exited %d: %s" % (r.returncode, r.stderr))
+        for t in ("table.md", "strata.md", "halves.md"):
+            with open(os.path.join(d, t)) as a, open(os.path.join(golden, "replay", t)) as b:
+                check(a.read() == b.read(), "replay/%s from .csv.gz files differs" % t)
         for name, tables in (("recall", ("strata.md", "memory.md", "recall.md")),
                              ("penalty", ("strata.md", "memory.md"))):
             d = fresh(os.path.join(golden, name), tmp, name, inputs)
