@@ -1033,15 +1033,17 @@ static int feed_tokens(eval_state_t *s, const int32_t *ids, int n, bool score, m
   return 0;
 }
 
-/* One question's figures into every run and (rank 0) recall.csv. */
-static void account_question(eval_state_t *s, const eval_prompt_t *pr, int k, int dist, int na) {
+/* One question's figures into every run and (rank 0) recall.csv: dist = from the fact in the
+ * prompt to the question's answer, near = from the answer's last copy in the prompt or the
+ * reference continuation (the model may restate a fact while it writes: then near < dist). */
+static void account_question(eval_state_t *s, const eval_prompt_t *pr, int k, int dist, int near, int na) {
   const mk_ev_answer_t *ra = &s->ref_run.ans;
   const int ref_ok = mk_ev_answer_exact(ra);
   s->ref_run.rq_all++, s->ref_run.rq_exact_all += ref_ok, s->ref_run.rq_ll_all += ra->ll;
   if (ref_ok) s->ref_run.rq_kept++, s->ref_run.rq_exact_kept++, s->ref_run.rq_ll_kept += ra->ll;
   if (s->r0)
-    fprintf(s->recall_csv, "p%02d,%d,full,reference,0,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, dist, na,
-            ra->ll, ref_ok, ra->ll, ref_ok);
+    fprintf(s->recall_csv, "p%02d,%d,full,reference,0,%d,%d,%.9g,%d,%.9g,%d,%d\n", pr->line, k, dist, na,
+            ra->ll, ref_ok, ra->ll, ref_ok, near);
   for (int r = 0; r < s->n_runs; r++) {
     eval_run_t *run = &s->runs[r];
     if (run->skip) continue;
@@ -1049,8 +1051,8 @@ static void account_question(eval_state_t *s, const eval_prompt_t *pr, int k, in
     run->rq_all++, run->rq_exact_all += ok, run->rq_ll_all += run->ans.ll;
     if (ref_ok) run->rq_kept++, run->rq_exact_kept += ok, run->rq_ll_kept += run->ans.ll;
     if (s->r0)
-      fprintf(s->recall_csv, "p%02d,%d,%s,%s,%d,%d,%d,%.9g,%d,%.9g,%d\n", pr->line, k, run->name, run->label,
-              run->budget < 0 ? 0 : run->kv.capacity, dist, na, run->ans.ll, ok, ra->ll, ref_ok);
+      fprintf(s->recall_csv, "p%02d,%d,%s,%s,%d,%d,%d,%.9g,%d,%.9g,%d,%d\n", pr->line, k, run->name, run->label,
+              run->budget < 0 ? 0 : run->kv.capacity, dist, na, run->ans.ll, ok, ra->ll, ref_ok, near);
   }
 }
 
@@ -1063,12 +1065,13 @@ static int run_recall(eval_state_t *s, const eval_prompt_t *pr, const prompt_pos
     int nq = 0, na = 0;
     int rc = question_tokens(s, pr, k, &q, &nq, &a, &na, err);
     const int fact = rc == 0 ? find_last(pp->seq, pp->n_prompt, a, na) : -1;
-    const int dist = fact < 0 ? -1 : pos - fact;
+    const int last = rc == 0 ? find_last(pp->seq, pp->n_prompt + pp->n_pos, a, na) : -1;
+    const int dist = fact < 0 ? -1 : pos - fact, near = last < 0 ? -1 : pos - last;
     s->ref_run.ans = (mk_ev_answer_t){0};
     for (int r = 0; r < s->n_runs; r++) s->runs[r].ans = (mk_ev_answer_t){0};
     if (rc == 0) rc = feed_tokens(s, q, nq, false, err);
     if (rc == 0) rc = feed_tokens(s, a, na, true, err);
-    if (rc == 0) account_question(s, pr, k, dist, na);
+    if (rc == 0) account_question(s, pr, k, dist, near, na);
     if (rc == 0 && k + 1 < pr->n_q) { /* the last answer token goes in before the next question */
       double ts = 0.0;
       rc = step_all(s, &a[na - 1], 1, false, &ts, err);
@@ -1540,7 +1543,7 @@ static int eval_inputs(eval_state_t *s, eval_prompt_t **ps, int *n_ps, mk_error_
     if (o->task == EV_TASK_RECALL) {
       if (!(s->recall_csv = open_out(o->out, "recall.csv", err))) return -1;
       fprintf(s->recall_csv, "prompt,question,policy,budget,capacity,distance,answer_tokens,answer_loglik,"
-                             "exact,full_answer_loglik,full_exact\n");
+                             "exact,full_answer_loglik,full_exact,nearest\n");
     }
     if (o->task == EV_TASK_FREE) {
       if (!(s->free_csv = open_out(o->out, "free.csv", err))) return -1;

@@ -480,7 +480,33 @@ def write_recall_table(d):
             m = lambda xs, key: sum(float(x[key]) for x in xs) / len(xs) if xs else float("nan")  # noqa: E731
             f.write("| %s | %s | %d | %.3f | %.3f | %.3f | %.3f |\n" % (
                 pb[0], pb[1], len(k), m(k, "exact"), m(k, "answer_loglik"), m(rs, "exact"), m(rs, "answer_loglik")))
+        if ref and "nearest" in ref[0]:
+            write_recall_restated(f, groups, ref, kept)
     return [out]
+
+
+def write_recall_restated(f, groups, ref, kept):
+    """recall.md, second table: the kept questions split by whether the reference continuation
+    restates the answer (recall.csv `nearest` < `distance`: its last copy is nearer than the fact)"""
+    rest = {(r["prompt"], r["question"]) for r in ref if 0 < int(r["nearest"]) < int(r["distance"])}
+    far = [int(r["distance"]) for r in ref if (r["prompt"], r["question"]) in kept - rest]
+    f.write("\nThe reference continuation restates %d of the %d kept answers (nearest copy %s tokens before "
+            "the question). Kept questions split by that: only `not restated` measures recall over the "
+            "full fact-to-question distance (%s tokens).\n\n" % (
+                len(rest & kept), len(kept),
+                ", ".join(sorted({r["nearest"] for r in ref if (r["prompt"], r["question"]) in rest & kept},
+                                 key=int)) or "-",
+                "%d-%d" % (min(far), max(far)) if far else "-"))
+    f.write("| policy | budget | not restated | exact (not restated) | log-lik (not restated) | restated "
+            "| exact (restated) | log-lik (restated) |\n|---|---|---:|---:|---:|---:|---:|---:|\n")
+    m = lambda xs, key: sum(float(x[key]) for x in xs) / len(xs) if xs else float("nan")  # noqa: E731
+    for pb in [pb for pb in groups if pb[1] == "reference"] + _order([pb for pb in groups if pb[1] != "reference"]):
+        q = [r for r in groups[pb] if (r["prompt"], r["question"]) in kept]
+        a = [r for r in q if (r["prompt"], r["question"]) not in rest]
+        b = [r for r in q if (r["prompt"], r["question"]) in rest]
+        f.write("| %s | %s | %d | %.3f | %.3f | %d | %.3f | %.3f |\n" % (
+            pb[0], pb[1], len(a), m(a, "exact"), m(a, "answer_loglik"), len(b), m(b, "exact"),
+            m(b, "answer_loglik")))
 
 
 def write_free_table(d):

@@ -124,12 +124,14 @@ static void test_recall(void **state) {
   char *csv = read_out("recall.csv"), *save = NULL, *f[16] = {0};
   char *line = strtok_r(csv, "\n", &save);
   assert_string_equal(line, "prompt,question,policy,budget,capacity,distance,answer_tokens,answer_loglik,"
-                            "exact,full_answer_loglik,full_exact");
+                            "exact,full_answer_loglik,full_exact,nearest");
   int rows = 0, ref_exact = 0;
   while ((line = strtok_r(NULL, "\n", &save))) {
-    assert_int_equal(fields(line, f, 16), 11);
+    assert_int_equal(fields(line, f, 16), 12);
     rows++;
     assert_true(atoi(f[5]) > 8);  /* the fact lies in the prompt, before the 8 new tokens */
+    /* the answer's last copy: the fact itself, or a restatement in the 8 new tokens (nearer) */
+    assert_true(atoi(f[11]) > 0 && atoi(f[11]) <= atoi(f[5]));
     assert_true(atoi(f[6]) >= 1); /* answer tokens */
     assert_true(atof(f[7]) <= 0.0);
     if (!strcmp(f[2], "full")) { /* the reference and the second full engine: the same, exactly */
