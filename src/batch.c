@@ -7,7 +7,9 @@
  * sequence whose sample is in flight (its item wanted logits) waits for it; a prompt chunk that
  * wants none does not, so a long prompt's chunks follow each other through the stages. A
  * micro-batch carries at most ceil(slots / D) items, so D micro-batches in flight share the
- * sequences and every stage has work. D = 1 is the plain schedule (every sequence, every pass). */
+ * sequences and every stage has work. D = 1 is the plain schedule (every sequence, every pass).
+ * Under stages only the last stage has the logits: it samples (each sequence's own sampler) and
+ * every rank gets the token ids, 4 bytes each, instead of the logit rows. */
 #define _POSIX_C_SOURCE 200809L
 #include "src/batch.h"
 
@@ -66,6 +68,7 @@ struct mk_batch {
   /* the pipeline: flight[t % depth] = the sequences of tick t's items that want logits */
   int depth, per_tick; /* mk_engine_pipe_depth; items per micro-batch */
   int **flight, *n_flight;
+  int32_t *picked;     /* (slots) the tokens of the micro-batch that came back */
   int n_flying;        /* ticks in flight that wait for logits */
   long long tick;
 };
@@ -136,10 +139,11 @@ int mk_batch_new(mk_batch_t **out, mk_engine_t *e, const mk_batch_params_t *p, m
   b->depth = mk_engine_pipe_depth(e);
   b->per_tick = (int)((n + b->depth - 1) / b->depth);
   b->flight = calloc((size_t)b->depth, sizeof *b->flight);
+  b->picked = calloc((size_t)n, sizeof *b->picked);
   b->n_flight = calloc((size_t)b->depth, sizeof *b->n_flight);
   for (int i = 0; b->flight && i < b->depth; i++)
     if (!(b->flight[i] = malloc(sizeof(int) * (size_t)n))) b->n_flight = NULL; /* reported below */
-  if (!b->seqs || !b->items || !b->item_seq || !b->logits || !b->flight || !b->n_flight) {
+  if (!b->seqs || !b->items || !b->item_seq || !b->logits || !b->flight || !b->n_flight || !b->picked) {
     mk_batch_free(b);
     return mk_fail(err, "out of memory for a batch of %ld sequences", n);
   }
@@ -182,6 +186,7 @@ void mk_batch_free(mk_batch_t *b) {
   for (int i = 0; b->flight && i < b->depth; i++) free(b->flight[i]);
   free(b->flight);
   free(b->n_flight);
+  free(b->picked);
   free(b);
 }
 
@@ -349,17 +354,22 @@ static void finish(mk_batch_t *b, int i, const char *reason, mk_batch_done_fn do
   seq_release(s);
 }
 
-/* Sequence i's prompt is in, or its last token was fed: sample, apply the stop rules in the order
- * of `morphkv generate` (src/main.c gen_decode). */
-static int after_logits(mk_batch_t *b, int i, float *logits, mk_batch_done_fn done, void *ctx, mk_error_t *err) {
+/* Sequence i's next token from its logits row, or -1 when it needs none (max_new_tokens 0). */
+static int32_t pick_token(mk_batch_t *b, int i, float *logits) {
+  bseq_t *s = &b->seqs[i];
+  return s->n_gen >= s->p.r.max_new_tokens ? -1 : mk_sampler_sample(s->smp, logits, s->hist, s->n_hist);
+}
+
+/* Sequence i's prompt is in, or its last token was fed, and id is what pick_token chose: apply
+ * the stop rules in the order of `morphkv generate` (src/main.c gen_decode). */
+static int after_token(mk_batch_t *b, int i, int32_t id, mk_batch_done_fn done, void *ctx, mk_error_t *err) {
   bseq_t *s = &b->seqs[i];
   const mk_tokenizer_t *tok = mk_engine_tokenizer(b->e);
   if (s->state == SEQ_PREFILL) s->t_prefilled = now_s();
-  if (s->n_gen >= s->p.r.max_new_tokens) {
+  if (id < 0) {
     finish(b, i, "max_new_tokens", done, ctx);
     return 0;
   }
-  int32_t id = mk_sampler_sample(s->smp, logits, s->hist, s->n_hist);
   if (!b->p.ignore_eos && mk_tok_is_eog(tok, id)) {
     finish(b, i, "eos", done, ctx);
     return 0;
@@ -430,7 +440,7 @@ int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *e
   if (!ps) return -1;
   const double t0 = now_s();
   int n_back = 0;
-  if (mk_engine_pipe_tick(b->e, b->items, n, b->logits, &n_back, err) != 0) return -1;
+  if (mk_engine_pipe_tick(b->e, b->items, n, b->logits, false, &n_back, err) != 0) return -1;
   ps->s = now_s() - t0;
   b->steps++;
   enter_flight(b, n);
@@ -442,12 +452,18 @@ int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *e
     return mk_fail(err, "batch: %d logit rows came back for %d sequences (tick %lld)", n_back, b->n_flight[slot], t_back);
   b->n_flying -= b->n_flight[slot] > 0;
   const size_t V = (size_t)mk_engine_n_vocab(b->e);
-  for (int k = 0; k < b->n_flight[slot]; k++) {
+  const int n_ret = b->n_flight[slot];
+  b->n_flight[slot] = 0;
+  /* the ranks that hold the logits pick the tokens; under stages only the last does, and every
+   * rank gets the ids (mk_engine_pipe_share_tokens) */
+  for (int k = 0; k < n_ret && mk_engine_pipe_has_logits(b->e); k++)
+    b->picked[k] = pick_token(b, b->flight[slot][k], b->logits + (size_t)k * V);
+  if (b->depth > 1 && n_ret > 0 && mk_engine_pipe_share_tokens(b->e, b->picked, n_ret, err) != 0) return -1;
+  for (int k = 0; k < n_ret; k++) {
     const int i = b->flight[slot][k];
     b->seqs[i].waiting = false;
-    if (after_logits(b, i, b->logits + (size_t)k * V, done, ctx, err) != 0) return -1;
+    if (after_token(b, i, b->picked[k], done, ctx, err) != 0) return -1;
   }
-  b->n_flight[slot] = 0;
   return 1;
 }
 

@@ -43,7 +43,9 @@
  * stage's TP group (ctx->tp_comm); the point-to-point messages and the broadcasts of the last
  * stage's logits / sampled token run on the world (ctx->comm), so every rank calls forward() with
  * the same batches in the same order and keeps the same token stream. Pure PP changes no
- * arithmetic: each layer runs exactly as it would in one process. CPU backend only for now.
+ * arithmetic: each layer runs exactly as it would in one process. On a device backend the rows go
+ * through pinned host memory (MPI staging) and each stage's TP group has its own communicator
+ * bound to the backend (NCCL or staged MPI over the stage's ranks, mk_ctx_comm_for_backend).
  *
  * Pipelined micro-batches (mk_engine_pipe_tick). With several sequences the stages work at once:
  * at tick t a new micro-batch enters stage 0 and stage s runs the one that entered at tick t - s,
@@ -119,6 +121,7 @@ struct mk_engine {
   /* activations, backend memory, capacity cap_tok rows */
   int cap_tok;
   float *x, *xn, *q, *k, *v, *qsum, *att, *o, *fg, *fu, *logits_loc;
+  float *x_host; /* host (cap_tok, n_embd): x staged stage to stage on a device backend (pp > 1) */
   /* Replicated-head score sync: the KV heads held by more than one rank (same list on every
    * rank), and for each the local index here or -1. Only their query sums are all-reduced. */
   int n_rep, *rep_local;
@@ -158,6 +161,7 @@ struct mk_engine {
   micro_batch_t mb_once; /* mk_engine_step_items' batch */
   /* where this rank's engine time goes (mk_engine_stats_t busy_s / stage_wait_s) */
   double t_busy, t_stage_wait;
+  double t_busy_cpu; /* CPU seconds of the process over the same spans as t_busy */
 };
 
 const mk_model_config_t *mk_engine_config(const mk_engine_t *e) { return &e->model.cfg; }
@@ -357,9 +361,6 @@ static int open_grid(mk_engine_t *e, const mk_engine_params_t *p, const mk_model
   if (p->tp > 0 && p->tp != tp)
     return mk_fail(err, "--tp %d does not match the number of ranks (%d) over %d pipeline stage%s; launch with "
                    "mpirun -np %d", p->tp, w, pp, pp == 1 ? "" : "s", p->tp * pp);
-  if (pp > 1 && p->backend.kind != MK_BACKEND_CPU)
-    return mk_fail(err, "--pp %d: pipeline stages run on the CPU backend only so far (the stage-to-stage "
-                   "activations are host buffers); use --backend cpu or --pp 1", pp);
   if (mk_grid_make(cfg->n_layer, pp, tp, e->ctx ? e->ctx->rank : 0, &e->grid, err) != 0) return -1;
   *world = tp;
   *rank = e->grid.tp_rank;
@@ -453,6 +454,8 @@ static void free_acts(mk_engine_t *e) {
   }
   if (e->logits_pad) e->be.ops->host_free(&e->be, e->logits_pad);
   if (e->logits_host) e->be.ops->host_free(&e->be, e->logits_host);
+  if (e->x_host) e->be.ops->host_free(&e->be, e->x_host);
+  e->x_host = NULL;
   free(e->logits_whole);
   free(e->cand_mine);
   free(e->cand_all);
@@ -529,6 +532,8 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
                        !(e->zeros = o->alloc(&e->be, N * D * sizeof(float)))))
     return mk_fail(err, "out of memory for the score sync of %d tokens", n);
   e->logits_host = o->host_alloc(&e->be, (size_t)e->vocab_slice_max * sizeof(float));
+  if (e->grid.pp > 1 && e->be.comm.device_memory && !(e->x_host = o->host_alloc(&e->be, N * c->n_embd * sizeof(float))))
+    return mk_fail(err, "out of pinned host memory for the stage-to-stage rows of %d tokens", n);
   e->pos_buf = malloc(N * sizeof(int32_t));
   e->prow = malloc(N * sizeof(int));
   e->qsum_glob = malloc(D * sizeof(float));
@@ -579,7 +584,7 @@ int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max
   e->n_past = NULL;
   e->pipe_tick = 0;
   for (int i = 0; e->pipe && i < mk_engine_pipe_depth(e); i++) e->pipe[i].live = false;
-  e->t_busy = e->t_stage_wait = 0;
+  e->t_busy = e->t_stage_wait = e->t_busy_cpu = 0;
   if (n_seq <= 0) return mk_fail(err, "need at least one sequence");
   if (max_prompt <= 0 || max_total < max_prompt)
     return mk_fail(err, "bad run length: prompt %d tokens, total %d", max_prompt, max_total);
@@ -763,11 +768,12 @@ static int layer_failed(mk_error_t *err, int l) {
   return -1;
 }
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(id, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
 
 /* Pipeline: full logits computed on the last stage reach every rank (world broadcast from the last
  * stage's TP rank 0), so every rank can pick the same next token. Time spent here and in the
@@ -781,12 +787,21 @@ static int bcast_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *er
 }
 
 /* Stage to stage: x (n, n_embd) from this rank to the same TP rank of the next stage, or from the
- * previous stage here. */
+ * previous stage here. The world communicator is MPI on host memory, so a device backend stages
+ * the rows through pinned host memory (x_host). */
 static int stage_p2p(mk_engine_t *e, bool send, int n, mk_error_t *err) {
   const size_t bytes = sizeof(float) * (size_t)n * e->model.cfg.n_embd;
+  const mk_backend_ops_t *o = e->be.ops;
+  const bool staged = e->be.comm.device_memory;
+  void *buf = staged ? (void *)e->x_host : (void *)e->x;
   const double t0 = now_s();
-  int rc = send ? (e->be.ops->sync(&e->be, err) || mk_comm_send(e->ctx->comm, e->x, bytes, e->grid.next, err))
-               : mk_comm_recv(e->ctx->comm, e->x, bytes, e->grid.prev, err);
+  int rc;
+  if (send)
+    rc = (staged && o->download(&e->be, buf, e->x, bytes, err)) || o->sync(&e->be, err) ||
+         mk_comm_send(e->ctx->comm, buf, bytes, e->grid.next, err);
+  else
+    rc = mk_comm_recv(e->ctx->comm, buf, bytes, e->grid.prev, err) ||
+         (staged && o->upload(&e->be, e->x, buf, bytes, err));
   e->t_stage_wait += now_s() - t0;
   return rc ? -1 : 0;
 }
@@ -872,11 +887,12 @@ static int stage_run(mk_engine_t *e, const micro_batch_t *mb, float *logits, mk_
   for (int s = 0; s < mb->n_spans; s++)
     for (int i = 0; i < mb->spans[s].n; i++) e->pos_buf[mb->spans[s].row + i] = mb->spans[s].pos0 + i;
   if (!e->grid.first && stage_p2p(e, false, n, err) != 0) return -1;
-  const double t0 = now_s();
+  const double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
   int rc = e->grid.first ? e->be.ops->embed(&e->be, &e->tok_embd, mb->ids, n, e->x, err) : 0;
   if (rc == 0) rc = run_layers(e, n, mb->spans, mb->n_spans, err);
   if (rc == 0 && e->grid.last) rc = head_logits(e, mb->rows, mb->n_out, logits, err);
   e->t_busy += now_s() - t0;
+  e->t_busy_cpu += clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
   return rc;
 }
 
@@ -1092,8 +1108,18 @@ int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_it
 
 int mk_engine_pipe_depth(const mk_engine_t *e) { return e->grid.pp > 1 ? e->grid.pp : 1; }
 
-int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits, int *n_logits,
-                        mk_error_t *err) {
+bool mk_engine_pipe_has_logits(const mk_engine_t *e) { return e->grid.last; }
+
+int mk_engine_pipe_share_tokens(mk_engine_t *e, int32_t *ids, int n, mk_error_t *err) {
+  if (e->grid.pp <= 1 || n <= 0) return 0;
+  const double t0 = now_s();
+  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, ids, sizeof *ids * (size_t)n, e->grid.world - e->grid.tp, err);
+  e->t_stage_wait += now_s() - t0;
+  return rc;
+}
+
+int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                        bool logits_everywhere, int *n_logits, mk_error_t *err) {
   *n_logits = 0;
   if (!e->have_cache) return mk_fail(err, "mk_engine_pipe_tick before mk_engine_begin");
   if (n_items < 0 || n_items > e->n_seq) return mk_fail(err, "bad batch of %d items (%d sequences)", n_items, e->n_seq);
@@ -1109,7 +1135,7 @@ int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_ite
   micro_batch_t *out = t >= P - 1 ? &e->pipe[(t - P + 1) % P] : NULL; /* leaving the last stage */
   if (mine && mine->live && stage_run(e, mine, logits, err) != 0) return -1;
   if (out && out->live && out->n_out > 0) {
-    if (P > 1 && bcast_logits(e, out->n_out, logits, err) != 0) return -1;
+    if (P > 1 && logits_everywhere && bcast_logits(e, out->n_out, logits, err) != 0) return -1;
     *n_logits = out->n_out;
   }
   if (mine && mine->live && !e->grid.last && stage_p2p(e, true, mine->n_tok, err) != 0) return -1;
@@ -1138,6 +1164,7 @@ void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
     s->comm_sample_bytes = e->comm->bytes_sample;
   }
   s->busy_s = e->t_busy;
+  s->busy_cpu_s = e->t_busy_cpu;
   s->stage_wait_s = e->t_stage_wait;
   if (e->grid.pp > 1) { /* the world communicator carries the activations and the token / logits */
     s->comm_p2p_bytes = e->ctx->comm->bytes_p2p;

@@ -104,12 +104,13 @@ mk_rank_stats_t mk_rank_stats_of(const mk_engine_stats_t *es) {
                            .comm_score_bytes = es->comm_score_bytes, .kv_slots = (uint64_t)es->kv_slots,
                            .comm_sample_bytes = es->comm_sample_bytes, .comm_p2p_bytes = es->comm_p2p_bytes,
                            .stage = (uint64_t)es->stage, .busy_us = (uint64_t)(es->busy_s * 1e6),
-                           .stage_wait_us = (uint64_t)(es->stage_wait_s * 1e6)};
+                           .stage_wait_us = (uint64_t)(es->stage_wait_s * 1e6),
+                           .busy_cpu_us = (uint64_t)(es->busy_cpu_s * 1e6)};
 }
 
 json_t *mk_rank_stats_json(const mk_rank_stats_t *x) {
   const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
-  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f}", "weight_bytes", (json_int_t)x->weight_bytes,
+  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f}", "weight_bytes", (json_int_t)x->weight_bytes,
                    "kv_live_bytes", (json_int_t)x->kv_live_bytes, "kv_peak_bytes",
                    (json_int_t)x->kv_peak_bytes, "kv_alloc_bytes", (json_int_t)x->kv_alloc_bytes,
                    "policy_state_bytes", (json_int_t)x->policy_state_bytes, "comm_model_bytes",
@@ -117,7 +118,8 @@ json_t *mk_rank_stats_json(const mk_rank_stats_t *x) {
                    (json_int_t)x->comm_score_bytes, "comm_sample_bytes",
                    (json_int_t)x->comm_sample_bytes, "kv_slots", (json_int_t)x->kv_slots, "comm_p2p_bytes",
                    (json_int_t)x->comm_p2p_bytes, "stage", (json_int_t)x->stage, "busy_s", busy * 1e-6,
-                   "stage_wait_s", wait * 1e-6, "idle_frac", busy + wait > 0 ? wait / (busy + wait) : 0.0);
+                   "stage_wait_s", wait * 1e-6, "idle_frac", busy + wait > 0 ? wait / (busy + wait) : 0.0,
+                   "busy_cpu_s", 1e-6 * (double)x->busy_cpu_us);
 }
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }

@@ -22,6 +22,7 @@ typedef struct mk_rank_stats {
   uint64_t busy_us;           /* microseconds computing forward passes (this stage's work) */
   uint64_t stage_wait_us;     /* microseconds waiting on other stages (messages, the last stage's
                                  broadcasts): the pipeline bubble is wait / (busy + wait) */
+  uint64_t busy_cpu_us;       /* CPU microseconds of the process while computing (busy_us's spans) */
 } mk_rank_stats_t;
 
 /* This rank's figures from the engine's (every field above). */

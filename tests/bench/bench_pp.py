@@ -12,6 +12,11 @@ tokens / the batch's wall time), its ratio to the first layout, forward passes (
 the bubble fraction (mean over ranks of the share of engine time spent waiting on other stages),
 and bytes per generated token: stage to stage (point-to-point), TP all-reduces (model + score
 sync) and the sampling exchange (full logit rows: the TP all-gather, the last stage's broadcast).
+On a shared machine the wall clock also measures the other processes. So each row also gives the
+busiest rank's CPU seconds of compute (busy_cpu_s: the process's CPU time inside its forward
+passes) and "tok/s, a core per rank" = generated tokens / that figure: the throughput if every
+rank had its own core and waited for nothing but the slowest stage (an upper bound: it leaves out
+the messages' latency).
 The outputs of every layout must be equal to the first's (token ids): it is checked, and a
 mismatch fails the benchmark. The issue's size is the default: 8 prompts x 256 tokens.
 """
@@ -57,9 +62,11 @@ def main():
     ap.add_argument("--deterministic", default="on")
     a = ap.parse_args()
     layouts = [tuple(int(v) for v in s.split("x")) for s in a.layouts.split(",")]
-    print("| (P, T) | aggregate tok/s | vs %dx%d | forward passes | bubble fraction | per rank idle | "
-          "p2p bytes/token | all-reduce bytes/token | sampling bytes/token |" % layouts[0])
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|")
+    print("| (P, T) | aggregate tok/s | vs %dx%d | busiest rank's compute CPU s | tok/s, a core per rank | vs %dx%d "
+          "| forward passes | bubble fraction | per rank idle | p2p bytes/token | all-reduce bytes/token "
+          "| sampling bytes/token |" % (layouts[0] + layouts[0]))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    base_cpu = None
     base, ref = None, None
     with tempfile.TemporaryDirectory() as tmp:
         for pp, tp in layouts:
@@ -71,8 +78,11 @@ def main():
             tok_s = st["aggregate_tok_s"]
             base = base or tok_s
             idle = " / ".join("%.2f" % r["idle_frac"] for r in st["ranks"])
-            print("| (%d, %d) | %.1f | %.2fx | %d | %.2f | %s | %.0f | %.0f | %.0f |" % (
-                pp, tp, tok_s, tok_s / base, st["forward_passes"], st["bubble_frac"], idle,
+            cpu = max(r["busy_cpu_s"] for r in st["ranks"])
+            core = st["generated_tokens"] / cpu if cpu > 0 else 0.0
+            base_cpu = base_cpu or core
+            print("| (%d, %d) | %.1f | %.2fx | %.2f | %.1f | %.2fx | %d | %.2f | %s | %.0f | %.0f | %.0f |" % (
+                pp, tp, tok_s, tok_s / base, cpu, core, core / base_cpu, st["forward_passes"], st["bubble_frac"], idle,
                 st["p2p_bytes_per_token"], st["allreduce_bytes_per_token"], st["sample_bytes_per_token"]),
                 flush=True)
     print("\n%d prompts x %d tokens, MorphKV C %d W %d, --threads %d, --deterministic %s; outputs equal "
