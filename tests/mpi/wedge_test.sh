@@ -9,6 +9,8 @@
 # plus one second. Checks, from the signal on:
 #   - exit status non-zero, and every rank process gone;
 #   - stop/self: within 15 s, and the output has "did not arrive: ... rank RANK (no answer";
+#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering and no
+#     other rank (right under pipeline stages too: --pp runs);
 #     self also needs "score sync" (the peers were waiting in the score-sync all-reduce);
 #   - kill: within 10 s.
 # The ranks are found by an environment marker (mpirun hands its environment to local ranks)
@@ -90,6 +92,16 @@ if [ "$mode" != kill ]; then
     { echo "FAIL: no message naming rank $rank as the one that did not arrive"; ok=0; }
   grep -q "morphkv: rank [0-9]*: .*comm watchdog:" "$out" ||
     { echo "FAIL: no 'morphkv: rank R: ... comm watchdog:' message"; ok=0; }
+  # Every diagnosis by a healthy rank (the stopped one's own says "this rank itself did not run")
+  # names rank RANK as not answering, and no other rank: under pipeline stages the ranks of other
+  # stages run other collectives, and a healthy one must not be blamed.
+  healthy=$(grep -o "comm watchdog:.*" "$out" | grep -v "this rank itself did not run")
+  n_diag=$(grep -c . <<<"$healthy")
+  n_named=$(grep -c "rank $rank (no answer" <<<"$healthy")
+  [ "$n_diag" -gt 0 ] && [ "$n_named" -eq "$n_diag" ] ||
+    { echo "FAIL: $n_named of $n_diag healthy ranks' diagnoses name rank $rank as not answering"; ok=0; }
+  blamed=$(grep -o "rank [0-9]* (no answer" <<<"$healthy" | grep -v "^rank $rank " | sort -u | tr '\n' ' ')
+  [ -z "$blamed" ] || { echo "FAIL: a diagnosis blames a healthy rank: $blamed"; ok=0; }
 fi
 if [ "$mode" = self ]; then
   grep -q "comm watchdog: MPI_I[a-z]* (score sync" "$out" ||
