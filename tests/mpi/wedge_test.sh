@@ -11,7 +11,8 @@
 #   - stop/self: within 15 s, and the output has "did not arrive: ... rank RANK (no answer";
 #     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering and no
 #     other rank (right under pipeline stages too: --pp runs);
-#     self also needs "score sync" (the peers were waiting in the score-sync all-reduce);
+#     self also needs a timed-out call of purpose $MK_WEDGE_PURPOSE (default "score sync":
+#     wedge_test.c's peers wait in the score-sync all-reduce);
 #   - kill: within 10 s.
 # The ranks are found by an environment marker (mpirun hands its environment to local ranks)
 # and OMPI_COMM_WORLD_RANK. Whatever happens, every rank process of the job is sent SIGCONT and
@@ -104,8 +105,8 @@ if [ "$mode" != kill ]; then
   [ -z "$blamed" ] || { echo "FAIL: a diagnosis blames a healthy rank: $blamed"; ok=0; }
 fi
 if [ "$mode" = self ]; then
-  grep -q "comm watchdog: MPI_I[a-z]* (score sync" "$out" ||
-    { echo "FAIL: the timed-out collective is not the score-sync all-reduce"; ok=0; }
+  grep -q "comm watchdog: MPI_I[a-z]* (${MK_WEDGE_PURPOSE:-score sync}" "$out" ||
+    { echo "FAIL: no timed-out call is a ${MK_WEDGE_PURPOSE:-score sync} one"; ok=0; }
 fi
 echo "---- job output (exit status $rc, ${elapsed} s after the signal) ----"
 grep -v '^\s*$' "$out" | tail -c 6000
