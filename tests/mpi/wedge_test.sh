@@ -9,8 +9,9 @@
 # plus one second. Checks, from the signal on:
 #   - exit status non-zero, and every rank process gone;
 #   - stop/self: within 15 s, and the output has "did not arrive: ... rank RANK (no answer";
-#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering and no
-#     other rank (right under pipeline stages too: --pp runs);
+#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering and blames
+#     no other rank (another rank may only appear as "rank N (alive, ...: waiting in ...)"; right
+#     under pipeline stages too: --pp runs);
 #     self also needs a timed-out call of purpose $MK_WEDGE_PURPOSE (default "score sync":
 #     wedge_test.c's peers wait in the score-sync all-reduce);
 #   - kill: within 10 s.
@@ -101,7 +102,10 @@ if [ "$mode" != kill ]; then
   n_named=$(grep -c "rank $rank (no answer" <<<"$healthy")
   [ "$n_diag" -gt 0 ] && [ "$n_named" -eq "$n_diag" ] ||
     { echo "FAIL: $n_named of $n_diag healthy ranks' diagnoses name rank $rank as not answering"; ok=0; }
-  blamed=$(grep -o "rank [0-9]* (no answer" <<<"$healthy" | grep -v "^rank $rank " | sort -u | tr '\n' ' ')
+  # an entry "rank N (alive, ...: waiting in ...)" explains a healthy rank; any other "rank N (..."
+  # ("no answer", "still at ...") blames N
+  blamed=$(grep -o "rank [0-9]* ([a-z]*" <<<"$healthy" | grep -v "(alive$" | grep -v "^rank $rank (" |
+    sort -u | tr '\n' ' ')
   [ -z "$blamed" ] || { echo "FAIL: a diagnosis blames a healthy rank: $blamed"; ok=0; }
 fi
 if [ "$mode" = self ]; then
