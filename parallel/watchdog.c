@@ -10,7 +10,7 @@
 
 #include "parallel/mpi_check.h"
 
-#define WD_TAG 0x6d6b /* counter exchange on wd->diag (nothing else is sent there) */
+#define WD_TAG 0x6d6b /* state exchange on wd->diag (nothing else is sent there) */
 
 static double now_s(void) {
   struct timespec ts;
@@ -47,7 +47,7 @@ int mk_wait_bounded(mk_wait_test_fn test, void *arg, double timeout_s, double *m
 
 /* Cached on a communicator (MPI attribute, freed with it): its members as ranks of `diag`. */
 typedef struct wd_members {
-  MPI_Comm diag;
+  uint64_t gen; /* the watchdog it was made for (mk_watchdog_t.gen: handles may be reused) */
   uint64_t id;
   int size;
   int *rank; /* rank[i] = diag rank of comm rank i */
@@ -77,7 +77,7 @@ static wd_members_t *members_make(const mk_watchdog_t *wd, MPI_Comm comm, mk_err
   if (!bad) {
     for (int i = 0; i < n; i++) in[i] = i;
     MPI_Group_translate_ranks(g, n, in, dg, m->rank);
-    m->diag = wd->diag;
+    m->gen = wd->gen;
     m->size = n;
     m->id = 1469598103934665603ULL; /* FNV-1a over the member ranks */
     for (int i = 0; i < n && !bad; i++) {
@@ -106,7 +106,7 @@ static const wd_members_t *members_of(const mk_watchdog_t *wd, MPI_Comm comm, mk
   void *val = NULL;
   int flag = 0;
   MPI_Comm_get_attr(comm, members_keyval, &val, &flag);
-  if (flag && val && ((wd_members_t *)val)->diag == wd->diag) return val;
+  if (flag && val && ((wd_members_t *)val)->gen == wd->gen) return val;
   wd_members_t *m = members_make(wd, comm, err);
   if (m && MPI_Comm_set_attr(comm, members_keyval, m) != MPI_SUCCESS) {
     members_delete(comm, 0, m, NULL);
@@ -163,6 +163,8 @@ int mk_watchdog_create(MPI_Comm comm, double timeout_s, mk_watchdog_t **out, mk_
   MPI_Comm_rank(comm, &rank);
   mk_watchdog_t *wd = calloc(1, sizeof *wd);
   if (!wd) return mk_fail(err, "comm watchdog on rank %d: out of memory", rank);
+  static uint64_t generation;
+  wd->gen = ++generation;
   wd->timeout_s = timeout_s > 0 ? timeout_s : 0;
   wd->diag = MPI_COMM_NULL;
   if (mk_mpi_dup(comm, "comm watchdog", &wd->diag, &wd->rank, &wd->size, err) != 0) {

@@ -92,6 +92,7 @@ typedef struct mk_watchdog {
   double timeout_s; /* 0: off */
   int rank, size;   /* in diag */
   MPI_Comm diag;    /* owned duplicate, only for the state exchange after a timeout */
+  uint64_t gen;     /* unique per watchdog in this process (tags the memberships cached on comms) */
   int n_chans;
   mk_wd_chan_t chans[MK_WD_MAX_CHANS];
   uint64_t *sent, *recvd; /* [size]: point-to-point started to / from each diag rank */

@@ -15,7 +15,8 @@
  *                                        healthy rank's diagnosis must name R, none a healthy one:
  *                                        its TP peers wait in the all-reduce, the next stage in
  *                                        recv, directly from R or from R's alive TP peer, earlier
- *                                        stages in the closing world barrier)
+ *                                        stages in the closing world barrier; every rank aborts
+ *                                        2 s after its diagnosis, so that all of them are printed)
  * Rank 0 prints "PASS: ..." or "FAIL: ..." (normal mode). */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <signal.h>
@@ -103,20 +104,31 @@ static int run_checks(mk_ctx_t *ctx, int tp) {
   return total ? 1 : 0;
 }
 
+/* mk_ctx_abort's message at once, its MPI_Abort two seconds later, so that every healthy rank's
+ * diagnosis is printed before the first abort takes the job down (they all time out within the
+ * grace period of each other). */
+static void abort_late(const mk_ctx_t *ctx, const char *msg) {
+  fprintf(stderr, "morphkv: rank %d: %s\n", ctx->rank, msg);
+  fflush(stderr);
+  struct timespec ts = {2, 0};
+  nanosleep(&ts, NULL);
+  MPI_Abort(ctx->mpi, 1);
+}
+
 /* Mode stop: one step of the stage loop with a TP all-reduce, rank bad_rank stopping before it. */
 static void run_stop(mk_ctx_t *ctx, const mk_grid_t *g, int bad_rank) {
   mk_error_t err = {{0}};
   float x[64] = {0};
-  if (!g->first && mk_comm_recv(ctx->comm, x, sizeof x, g->prev, &err)) mk_ctx_abort(ctx, err.msg);
+  if (!g->first && mk_comm_recv(ctx->comm, x, sizeof x, g->prev, &err)) abort_late(ctx, err.msg);
   if (ctx->rank == bad_rank) {
     fprintf(stderr, "wedge_test: rank %d stops itself (pid %ld) before its stage's TP all-reduce\n", ctx->rank,
             (long)getpid());
     fflush(stderr);
     raise(SIGSTOP);
   }
-  if (mk_comm_allreduce_sum_f32(mk_ctx_tp_comm(ctx), MK_COMM_MODEL, x, 64, &err)) mk_ctx_abort(ctx, err.msg);
-  if (!g->last && mk_comm_send(ctx->comm, x, sizeof x, g->next, &err)) mk_ctx_abort(ctx, err.msg);
-  if (mk_comm_barrier(ctx->comm, &err)) mk_ctx_abort(ctx, err.msg);
+  if (mk_comm_allreduce_sum_f32(mk_ctx_tp_comm(ctx), MK_COMM_MODEL, x, 64, &err)) abort_late(ctx, err.msg);
+  if (!g->last && mk_comm_send(ctx->comm, x, sizeof x, g->next, &err)) abort_late(ctx, err.msg);
+  if (mk_comm_barrier(ctx->comm, &err)) abort_late(ctx, err.msg);
 }
 
 /* Rank R fails (fail), goes silent (wedge) or stops (stop) in the middle of the pipeline. */
