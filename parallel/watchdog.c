@@ -213,6 +213,7 @@ typedef struct wd_record {
   uint32_t magic;
   int32_t kind, peer, chan_size, chan_first, n_chans;
   uint64_t chan_id, seq;
+  uint64_t stalled_ms; /* > 0: this rank itself did not run that long (stopped or starved) */
   char call[32], what[40];
   uint64_t chan_ids[MK_WD_MAX_CHANS], chan_seqs[MK_WD_MAX_CHANS];
 } wd_record_t;
@@ -235,6 +236,10 @@ static int rec_member(const wd_diag_t *d, int x, int p) {
   const uint64_t *bits = rec_recvd(d, x) + d->wd->size;
   return (int)((bits[p / 64] >> (p % 64)) & 1);
 }
+/* p answered, but had itself been stopped (it answers once it runs again, e.g. after Open MPI's
+ * SIGCONT on the way to killing the job): a root cause like a rank that does not answer. */
+static int rec_stalled(const wd_diag_t *d, int p) { return d->have[p] && rec(d, p)->stalled_ms > 0; }
+
 static uint64_t rec_chan_seq(const wd_diag_t *d, int p, uint64_t id) {
   const wd_record_t *r = rec(d, p);
   for (int i = 0; i < r->n_chans && i < MK_WD_MAX_CHANS; i++)
@@ -252,6 +257,7 @@ static void record_fill(const mk_watchdog_t *wd, const char *call, const char *w
   r->kind = w->kind;
   r->peer = w->peer;
   r->seq = w->seq;
+  r->stalled_ms = (uint64_t)(wd->stalled_s * 1000);
   snprintf(r->call, sizeof r->call, "%s", call);
   snprintf(r->what, sizeof r->what, "%s", what);
   r->n_chans = wd->n_chans;
@@ -328,6 +334,10 @@ static void app(wd_msg_t *m, const char *fmt, ...) {
   if (m->len > sizeof m->buf - 1) m->len = sizeof m->buf - 1;
 }
 
+static void app_stalled(wd_msg_t *m, const wd_diag_t *d, int q) {
+  app(m, " rank %d (did not run for %.1f s: stopped or starved)", q, 1e-3 * (double)rec(d, q)->stalled_ms);
+}
+
 /* "MPI_Iallreduce (model, collective #345 of ranks 0-1)", from rank p's record. */
 static void app_wait(wd_msg_t *m, const wd_diag_t *d, int p) {
   const wd_record_t *r = rec(d, p);
@@ -349,21 +359,24 @@ static void app_wait(wd_msg_t *m, const wd_diag_t *d, int p) {
     app(m, ")");
 }
 
-/* The ranks x's wait needs that have not reached it (see watchdog.h), into out; how many. */
+/* The ranks x's wait needs that have not reached it (see watchdog.h), or that reached it but were
+ * stopped there, into out; how many. */
 static int blockers(const wd_diag_t *d, int x, int *out) {
   const wd_record_t *r = rec(d, x);
   const int n = d->wd->size, p = r->peer;
   int k = 0;
   if (r->kind == MK_WD_COLL) {
     for (int q = 0; q < n; q++)
-      if (q != x && rec_member(d, x, q) && (!d->have[q] || rec_chan_seq(d, q, r->chan_id) < r->seq)) out[k++] = q;
+      if (q != x && rec_member(d, x, q) &&
+          (!d->have[q] || rec_stalled(d, q) || rec_chan_seq(d, q, r->chan_id) < r->seq))
+        out[k++] = q;
   } else if (r->kind == MK_WD_RECV || r->kind == MK_WD_SEND) {
     if (p < 0 || p >= n) return 0;
     const uint64_t *theirs = d->have[p] ? (r->kind == MK_WD_RECV ? rec_sent(d, p) : rec_recvd(d, p)) : NULL;
-    if (!theirs || theirs[x] < r->seq) out[k++] = p;
+    if (!theirs || rec_stalled(d, p) || theirs[x] < r->seq) out[k++] = p;
   } else {
     for (int q = 0; q < n; q++)
-      if (q != x && !d->have[q]) out[k++] = q;
+      if (q != x && (!d->have[q] || rec_stalled(d, q))) out[k++] = q;
   }
   return k;
 }
@@ -372,6 +385,10 @@ static int blockers(const wd_diag_t *d, int x, int *out) {
 static void app_blocker(wd_msg_t *m, const wd_diag_t *d, int x, int q) {
   if (!d->have[q]) {
     app(m, " rank %d (no answer within %g s)", q, mk_watchdog_grace_s(d->wd));
+    return;
+  }
+  if (rec_stalled(d, q)) {
+    app_stalled(m, d, q);
     return;
   }
   const wd_record_t *r = rec(d, x);
@@ -403,10 +420,10 @@ static void app_root_cause(wd_msg_t *m, const wd_diag_t *d, const int *direct, i
   seen[d->wd->rank] = 1;
   for (int i = 0; i < n_direct; i++) seen[direct[i]] = 1, queue[tail++] = direct[i];
   while (head < tail) {
-    int q = queue[head++], nb = d->have[q] ? blockers(d, q, b) : 0;
-    if (!d->have[q] || nb == 0) {
+    const int q = queue[head++], alive = d->have[q] && !rec_stalled(d, q), nb = alive ? blockers(d, q, b) : 0;
+    if (!alive || nb == 0) {
       root[roots++] = q;
-      new_root |= d->have[q] || head > n_direct; /* alive, or reached through an alive rank */
+      new_root |= alive || head > n_direct; /* alive, or reached through an alive rank */
     }
     for (int i = 0; i < nb; i++)
       if (!seen[b[i]]) seen[b[i]] = 1, queue[tail++] = b[i];
@@ -417,6 +434,10 @@ static void app_root_cause(wd_msg_t *m, const wd_diag_t *d, const int *direct, i
     app(m, "%s", i ? "," : "");
     if (!d->have[q]) {
       app(m, " rank %d (no answer within %g s)", q, mk_watchdog_grace_s(d->wd));
+      continue;
+    }
+    if (rec_stalled(d, q)) {
+      app_stalled(m, d, q);
       continue;
     }
     app(m, " rank %d (alive, in ", q);
@@ -485,6 +506,7 @@ int mk_watchdog_wait(mk_watchdog_t *wd, MPI_Request *req, const char *call, cons
   int r = mk_wait_bounded(mpi_test, &w, wd->timeout_s, &gap, err);
   if (r == 0) wd->cur.kind = MK_WD_NONE;
   if (r == 1) {
+    wd->stalled_s = gap > wd->timeout_s / 2 ? gap : 0;
     char d[128];
     /* a sleep of at most 1 ms that took half the timeout: this process was not running */
     if (gap > wd->timeout_s / 2)

@@ -23,7 +23,10 @@
  * private duplicate of the world (non-blocking point-to-point, a grace period of
  * mk_watchdog_grace_s): the call it waits in and on which channel (membership or peer, and its
  * number there), its collective counters per membership, its point-to-point counters. A peer
- * that never answers is wedged, dead or still computing. For the wait on hand:
+ * that never answers is wedged, dead or still computing; one that answers but says it did not run
+ * itself for over half the timeout (it was stopped, and Open MPI's SIGCONT on the way to killing
+ * the job woke it) counts as such a root cause too, wherever its counters are. For the wait on
+ * hand:
  *   collective #k of set S: members of S that did not answer, or answer with a count on S below k;
  *   receive #k from p:      p, if it did not answer or has started fewer than k sends to us;
  *   send #k to p:           p, if it did not answer or has posted fewer than k receives from us.
@@ -97,6 +100,7 @@ typedef struct mk_watchdog {
   mk_wd_chan_t chans[MK_WD_MAX_CHANS];
   uint64_t *sent, *recvd; /* [size]: point-to-point started to / from each diag rank */
   mk_wd_wait_t cur;
+  double stalled_s; /* set on a timeout: > 0 when this rank itself did not run that long */
 } mk_watchdog_t;
 
 /* Collective over comm (duplicates it). timeout_s >= 0. */

@@ -9,7 +9,8 @@
 # plus one second. Checks, from the signal on:
 #   - exit status non-zero, and every rank process gone;
 #   - stop/self: within 15 s, and the output has "did not arrive: ... rank RANK (no answer";
-#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering and blames
+#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering (or, when
+#     Open MPI's SIGCONT woke it in time to answer, as "did not run for S s") and blames
 #     no other rank (another rank may only appear as "rank N (alive, ...: waiting in ...)"; right
 #     under pipeline stages too: --pp runs); at least $MK_WEDGE_MIN_DIAG (default 1) of them;
 #     self also needs a timed-out call of purpose $MK_WEDGE_PURPOSE (default "score sync":
@@ -99,9 +100,9 @@ if [ "$mode" != kill ]; then
   # stages run other collectives, and a healthy one must not be blamed.
   healthy=$(grep -o "comm watchdog:.*" "$out" | grep -v "this rank itself did not run")
   n_diag=$(grep -c . <<<"$healthy")
-  n_named=$(grep -c "rank $rank (no answer" <<<"$healthy")
+  n_named=$(grep -c "rank $rank (\(no answer\|did not run for\)" <<<"$healthy")
   [ "$n_diag" -ge "${MK_WEDGE_MIN_DIAG:-1}" ] && [ "$n_named" -eq "$n_diag" ] ||
-    { echo "FAIL: $n_named of $n_diag healthy ranks' diagnoses name rank $rank as not answering"; ok=0; }
+    { echo "FAIL: $n_named of $n_diag healthy ranks' diagnoses name rank $rank as not answering or stopped"; ok=0; }
   # an entry "rank N (alive, ...: waiting in ...)" explains a healthy rank; any other "rank N (..."
   # ("no answer", "still at ...") blames N
   blamed=$(grep -o "rank [0-9]* ([a-z]*" <<<"$healthy" | grep -v "(alive$" | grep -v "^rank $rank (" |
