@@ -219,6 +219,7 @@ typedef struct wd_record {
 } wd_record_t;
 _Static_assert(sizeof(wd_record_t) % sizeof(uint64_t) == 0, "records are arrays of uint64_t");
 #define WD_MAGIC 0x6d6b7764u
+#define WD_LIST_ALIVE 3 /* alive ranks named in "did not arrive" */
 
 typedef struct wd_diag {
   const mk_watchdog_t *wd;
@@ -469,11 +470,16 @@ int mk_watchdog_expire(mk_watchdog_t *wd, const char *call, const char *what, co
   app_wait(&m, &d, wd->rank);
   app(&m, " did not complete within %g s%s%s; did not arrive:", wd->timeout_s, detail ? "; " : "",
       detail ? detail : "");
-  int nd = blockers(&d, wd->rank, direct);
+  /* every rank that did not answer (or was stopped); alive ones up to WD_LIST_ALIVE, so that the
+   * root cause, last, still fits the message on a large world */
+  int nd = blockers(&d, wd->rank, direct), listed = 0, alive = 0;
   for (int i = 0; i < nd; i++) {
-    if (i) app(&m, ",");
-    app_blocker(&m, &d, wd->rank, direct[i]);
+    const int q = direct[i], up = d.have[q] && !rec_stalled(&d, q);
+    if (up && ++alive > WD_LIST_ALIVE) continue;
+    app(&m, "%s", listed++ ? "," : "");
+    app_blocker(&m, &d, wd->rank, q);
   }
+  if (alive > WD_LIST_ALIVE) app(&m, " and %d more alive ranks waiting elsewhere", alive - WD_LIST_ALIVE);
   if (!nd)
     app(&m, " none found (every peer %s)", wd->cur.kind == MK_WD_NONE ? "answered" : "answered at or past it");
   else
