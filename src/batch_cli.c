@@ -459,10 +459,10 @@ static void summary(brun_t *r) {
   mk_batch_progress_t p;
   mk_batch_get_progress(r->b, &p);
   fprintf(stderr,
-          "[morphkv] batch: %d results (%d errors), %lld tokens in %.2f s: %.1f tok/s aggregate, %lld forward passes, "
+          "[morphkv] batch: %d results (%d errors), %lld tokens in %.2f s: %.1f tok/s aggregate, %lld %s, "
           "at most %d sequences at once (%d cache slots, %zu KV bytes per sequence%s)\n",
           r->n_results, r->n_errors, p.generated, p.elapsed_s, p.elapsed_s > 0 ? p.generated / p.elapsed_s : 0.0,
-          p.steps, p.max_running, mk_batch_slots(r->b),
+          p.steps, r->o->pp > 1 ? "pipeline ticks" : "forward passes", p.max_running, mk_batch_slots(r->b),
           r->o->kv.policy == MK_KV_FULL ? mk_batch_seq_bytes(r->b, 1, 0) : mk_batch_seq_bytes(r->b, 0, 0),
           r->o->kv.policy == MK_KV_FULL ? " per token slot reserved" : "");
   for (int k = 0; r->o->pp > 1 && k < r->ctx->world; k++) {
