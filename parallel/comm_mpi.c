@@ -31,6 +31,8 @@ static const char *purpose(const mk_comm_t *c) {
       return "model";
     case MK_COMM_SCORE:
       return "score sync";
+    case MK_COMM_SAMPLE:
+      return "sampled token / logits";
     case MK_COMM_P2P:
       return "stage-to-stage activations";
     default:

@@ -173,17 +173,22 @@ int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, mk_backend_t *be
     else if (shared)
       st = -1; /* node_shares_gpu wrote the message */
   } else if (want == MK_COMM_KIND_AUTO) {
-    nccl = mk_comm_nccl_create && ctx->world > 1 && !anyshared;
+    nccl = mk_comm_nccl_create && (ctx->pp > 1 ? ctx->tp : ctx->world) > 1 && !anyshared;
   }
   if (agree_into(ctx, st, &mine, err) != 0) return -1;
+  /* the TP group: this rank's pipeline stage after mk_ctx_split_stages, else the world (the
+   * communicators below duplicate it) */
+  MPI_Comm group = ctx->mpi;
+  if (ctx->pp > 1) MK_MPI_CHECK(MPI_Comm_split(ctx->mpi, ctx->stage, ctx->rank, &group), ctx->rank, err);
   mk_comm_t *c = NULL;
   if (nccl) {
-    st = mk_comm_nccl_create(ctx->mpi, be->comm.device, be->comm.stream, &c, &mine);
+    st = mk_comm_nccl_create(group, be->comm.device, be->comm.stream, &c, &mine);
   } else {
     mk_comm_t *inner = NULL;
-    st = mk_comm_mpi_create(ctx->mpi, MK_COMM_MPI_ALLREDUCE, &inner, &mine);
+    st = mk_comm_mpi_create(group, MK_COMM_MPI_ALLREDUCE, &inner, &mine);
     if (st == 0) st = mk_comm_staged_create(inner, be, &c, &mine);
   }
+  if (group != ctx->mpi) MPI_Comm_free(&group);
   if (agree_into(ctx, st, &mine, err) != 0) {
     mk_comm_free(c);
     return -1;

@@ -70,7 +70,9 @@ struct mk_backend;
  *                                      a node share a GPU; staged MPI otherwise.
  * `nccl` with two ranks of a node on one GPU (NCCL does not support it) is refused before any NCCL
  * call, with a message naming the node, the local ranks, the GPU, CUDA_VISIBLE_DEVICES and
- * --comm mpi. Every rank returns the same status, with the first failing rank's message. */
+ * --comm mpi. Every rank returns the same status, with the first failing rank's message. After
+ * mk_ctx_split_stages into several stages the communicator spans this rank's stage (its TP group)
+ * only, and `auto` asks for more than one rank per stage. */
 int mk_ctx_comm_for_backend(mk_ctx_t *ctx, mk_comm_kind_t want, struct mk_backend *be, mk_comm_t **out,
                             mk_error_t *err);
 

@@ -1,6 +1,15 @@
 /* Continuous batching (src/batch.h): admission under the KV budget, chunked prefill, per-sequence
  * sampling and stop rules. Invariant: the steps depend only on the requests and the parameters
- * (no clock, no rank), so all ranks of a run stay in lockstep. */
+ * (no clock, no rank), so all ranks of a run stay in lockstep.
+ *
+ * Pipeline stages (mk_engine_pipe_depth D > 1): each step is one tick of the engine's pipeline, a
+ * micro-batch enters and the one that entered D - 1 ticks ago comes back with its logits. A
+ * sequence whose sample is in flight (its item wanted logits) waits for it; a prompt chunk that
+ * wants none does not, so a long prompt's chunks follow each other through the stages. A
+ * micro-batch carries at most ceil(slots / D) items, so D micro-batches in flight share the
+ * sequences and every stage has work. D = 1 is the plain schedule (every sequence, every pass).
+ * Under stages only the last stage has the logits: it samples (each sequence's own sampler) and
+ * every rank gets the token ids, 4 bytes each, instead of the logit rows. */
 #define _POSIX_C_SOURCE 200809L
 #include "src/batch.h"
 
@@ -31,6 +40,7 @@ typedef struct bseq {
   size_t len, cap;
   size_t stop_from; /* a stop string cannot start before this byte */
   long long order; /* admission number: prefills are fed oldest first */
+  bool waiting;    /* its sample is in the pipeline */
   double t_admit, t_prefilled;
 } bseq_t;
 
@@ -55,6 +65,12 @@ struct mk_batch {
   mk_engine_item_t *items;
   int *item_seq;
   float *logits;
+  /* the pipeline: flight[t % depth] = the sequences of tick t's items that want logits */
+  int depth, per_tick; /* mk_engine_pipe_depth; items per micro-batch */
+  int **flight, *n_flight;
+  int32_t *picked;     /* (slots) the tokens of the micro-batch that came back */
+  int n_flying;        /* ticks in flight that wait for logits */
+  long long tick;
 };
 
 static double now_s(void) {
@@ -120,7 +136,14 @@ int mk_batch_new(mk_batch_t **out, mk_engine_t *e, const mk_batch_params_t *p, m
   b->items = calloc((size_t)n, sizeof *b->items);
   b->item_seq = calloc((size_t)n, sizeof *b->item_seq);
   b->logits = malloc(sizeof(float) * (size_t)n * (size_t)mk_engine_n_vocab(e));
-  if (!b->seqs || !b->items || !b->item_seq || !b->logits) {
+  b->depth = mk_engine_pipe_depth(e);
+  b->per_tick = (int)((n + b->depth - 1) / b->depth);
+  b->flight = calloc((size_t)b->depth, sizeof *b->flight);
+  b->picked = calloc((size_t)n, sizeof *b->picked);
+  b->n_flight = calloc((size_t)b->depth, sizeof *b->n_flight);
+  for (int i = 0; b->flight && i < b->depth; i++)
+    if (!(b->flight[i] = malloc(sizeof(int) * (size_t)n))) b->n_flight = NULL; /* reported below */
+  if (!b->seqs || !b->items || !b->item_seq || !b->logits || !b->flight || !b->n_flight || !b->picked) {
     mk_batch_free(b);
     return mk_fail(err, "out of memory for a batch of %ld sequences", n);
   }
@@ -160,6 +183,10 @@ void mk_batch_free(mk_batch_t *b) {
   free(b->item_seq);
   free(b->passes);
   free(b->logits);
+  for (int i = 0; b->flight && i < b->depth; i++) free(b->flight[i]);
+  free(b->flight);
+  free(b->n_flight);
+  free(b->picked);
   free(b);
 }
 
@@ -237,13 +264,14 @@ static int admit(mk_batch_t *b, mk_error_t *err) {
   return 0;
 }
 
-/* This pass's items: decodes, then prompt chunks (src/batch.h). Returns the item count. */
+/* This pass's items: decodes, then prompt chunks (src/batch.h), of the sequences not waiting for
+ * a sample, at most per_tick of them. Returns the item count. */
 static int build_items(mk_batch_t *b) {
   int n = 0, budget = b->p.prefill_chunk;
   bool first = true;
-  for (int i = 0; i < b->n_seq; i++) {
+  for (int i = 0; i < b->n_seq && n < b->per_tick; i++) {
     bseq_t *s = &b->seqs[i];
-    if (s->state == SEQ_DECODE) {
+    if (s->state == SEQ_DECODE && !s->waiting) {
       b->items[n] = (mk_engine_item_t){.seq = i, .ids = &s->next, .n = 1, .want_logits = true};
       b->item_seq[n++] = i;
     }
@@ -254,9 +282,9 @@ static int build_items(mk_batch_t *b) {
       const bseq_t *s = &b->seqs[i];
       bool taken = false;
       for (int k = 0; k < n; k++) taken |= b->item_seq[k] == i;
-      if (s->state == SEQ_PREFILL && !taken && (pick < 0 || s->order < b->seqs[pick].order)) pick = i;
+      if (s->state == SEQ_PREFILL && !s->waiting && !taken && (pick < 0 || s->order < b->seqs[pick].order)) pick = i;
     }
-    if (pick < 0 || budget <= 0) break;
+    if (pick < 0 || budget <= 0 || n >= b->per_tick) break;
     bseq_t *s = &b->seqs[pick];
     int left = s->p.r.n_prompt - s->fed, take = left < budget ? left : budget;
     if (!first && take < left) break; /* only the oldest prefill is split */
@@ -326,17 +354,22 @@ static void finish(mk_batch_t *b, int i, const char *reason, mk_batch_done_fn do
   seq_release(s);
 }
 
-/* Sequence i's prompt is in, or its last token was fed: sample, apply the stop rules in the order
- * of `morphkv generate` (src/main.c gen_decode). */
-static int after_logits(mk_batch_t *b, int i, float *logits, mk_batch_done_fn done, void *ctx, mk_error_t *err) {
+/* Sequence i's next token from its logits row, or -1 when it needs none (max_new_tokens 0). */
+static int32_t pick_token(mk_batch_t *b, int i, float *logits) {
+  bseq_t *s = &b->seqs[i];
+  return s->n_gen >= s->p.r.max_new_tokens ? -1 : mk_sampler_sample(s->smp, logits, s->hist, s->n_hist);
+}
+
+/* Sequence i's prompt is in, or its last token was fed, and id is what pick_token chose: apply
+ * the stop rules in the order of `morphkv generate` (src/main.c gen_decode). */
+static int after_token(mk_batch_t *b, int i, int32_t id, mk_batch_done_fn done, void *ctx, mk_error_t *err) {
   bseq_t *s = &b->seqs[i];
   const mk_tokenizer_t *tok = mk_engine_tokenizer(b->e);
   if (s->state == SEQ_PREFILL) s->t_prefilled = now_s();
-  if (s->n_gen >= s->p.r.max_new_tokens) {
+  if (id < 0) {
     finish(b, i, "max_new_tokens", done, ctx);
     return 0;
   }
-  int32_t id = mk_sampler_sample(s->smp, logits, s->hist, s->n_hist);
   if (!b->p.ignore_eos && mk_tok_is_eog(tok, id)) {
     finish(b, i, "eos", done, ctx);
     return 0;
@@ -361,6 +394,39 @@ static int after_logits(mk_batch_t *b, int i, float *logits, mk_batch_done_fn do
   return 0;
 }
 
+/* The pass record of this tick (grows the list). */
+static mk_batch_pass_t *new_pass(mk_batch_t *b, int n, mk_error_t *err) {
+  if ((size_t)b->steps == b->passes_cap) {
+    size_t cap = b->passes_cap ? 2 * b->passes_cap : 1024;
+    mk_batch_pass_t *t = realloc(b->passes, sizeof *t * cap);
+    if (!t) {
+      mk_fail(err, "out of memory");
+      return NULL;
+    }
+    b->passes = t;
+    b->passes_cap = cap;
+  }
+  mk_batch_pass_t *ps = &b->passes[b->steps];
+  *ps = (mk_batch_pass_t){0};
+  for (int k = 0; k < n; k++) *(b->seqs[b->item_seq[k]].state == SEQ_DECODE ? &ps->decode : &ps->prefill) += b->items[k].n;
+  return ps;
+}
+
+/* Tick t's items have entered: prompt tokens count as fed, and the sequences that want a sample
+ * wait for it in flight[t % depth]. */
+static void enter_flight(mk_batch_t *b, int n) {
+  const int slot = (int)(b->tick % b->depth);
+  b->n_flight[slot] = 0;
+  for (int k = 0; k < n; k++) {
+    bseq_t *s = &b->seqs[b->item_seq[k]];
+    if (s->state == SEQ_PREFILL) s->fed += b->items[k].n;
+    if (!b->items[k].want_logits) continue;
+    s->waiting = true;
+    b->flight[slot][b->n_flight[slot]++] = b->item_seq[k];
+  }
+  b->n_flying += b->n_flight[slot] > 0;
+}
+
 int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *err) {
   if (!b->started) {
     b->started = true;
@@ -368,28 +434,35 @@ int mk_batch_step(mk_batch_t *b, mk_batch_done_fn done, void *ctx, mk_error_t *e
   }
   if (admit(b, err) != 0) return -1;
   const int n = build_items(b);
-  if (n == 0) return b->q_len > 0 ? mk_fail(err, "batch: %d requests queued but none can be admitted", b->q_len) : 0;
-  if ((size_t)b->steps == b->passes_cap) {
-    size_t cap = b->passes_cap ? 2 * b->passes_cap : 1024;
-    mk_batch_pass_t *t = realloc(b->passes, sizeof *t * cap);
-    if (!t) return mk_fail(err, "out of memory");
-    b->passes = t;
-    b->passes_cap = cap;
-  }
-  mk_batch_pass_t *ps = &b->passes[b->steps];
-  *ps = (mk_batch_pass_t){0};
-  for (int k = 0; k < n; k++) *(b->seqs[b->item_seq[k]].state == SEQ_DECODE ? &ps->decode : &ps->prefill) += b->items[k].n;
+  if (n == 0 && b->n_flying == 0)
+    return b->q_len > 0 ? mk_fail(err, "batch: %d requests queued but none can be admitted", b->q_len) : 0;
+  mk_batch_pass_t *ps = new_pass(b, n, err);
+  if (!ps) return -1;
   const double t0 = now_s();
-  if (mk_engine_step_items(b->e, b->items, n, b->logits, err) != 0) return -1;
+  int n_back = 0;
+  if (mk_engine_pipe_tick(b->e, b->items, n, b->logits, false, &n_back, err) != 0) return -1;
   ps->s = now_s() - t0;
   b->steps++;
+  enter_flight(b, n);
+  const long long t_back = b->tick - (b->depth - 1); /* the tick whose micro-batch came back */
+  b->tick++;
+  if (t_back < 0) return 1;
+  const int slot = (int)(t_back % b->depth);
+  if (n_back != b->n_flight[slot])
+    return mk_fail(err, "batch: %d logit rows came back for %d sequences (tick %lld)", n_back, b->n_flight[slot], t_back);
+  b->n_flying -= b->n_flight[slot] > 0;
   const size_t V = (size_t)mk_engine_n_vocab(b->e);
-  int row = 0;
-  for (int k = 0; k < n; k++) {
-    const int i = b->item_seq[k];
-    if (b->seqs[i].state == SEQ_PREFILL) b->seqs[i].fed += b->items[k].n;
-    if (!b->items[k].want_logits) continue;
-    if (after_logits(b, i, b->logits + (size_t)row++ * V, done, ctx, err) != 0) return -1;
+  const int n_ret = b->n_flight[slot];
+  b->n_flight[slot] = 0;
+  /* the ranks that hold the logits pick the tokens; under stages only the last does, and every
+   * rank gets the ids (mk_engine_pipe_share_tokens) */
+  for (int k = 0; k < n_ret && mk_engine_pipe_has_logits(b->e); k++)
+    b->picked[k] = pick_token(b, b->flight[slot][k], b->logits + (size_t)k * V);
+  if (b->depth > 1 && n_ret > 0 && mk_engine_pipe_share_tokens(b->e, b->picked, n_ret, err) != 0) return -1;
+  for (int k = 0; k < n_ret; k++) {
+    const int i = b->flight[slot][k];
+    b->seqs[i].waiting = false;
+    if (after_token(b, i, b->picked[k], done, ctx, err) != 0) return -1;
   }
   return 1;
 }

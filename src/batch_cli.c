@@ -43,6 +43,7 @@ typedef struct brun {
   int *valid_ix; /* request index -> entry index */
   double t0, t_progress, cpu0;
   mk_batch_t *b;
+  mk_rank_stats_t *ranks; /* every rank's figures at the end (mk_cli_gather_rank_stats) */
 } brun_t;
 
 /* A formatted message (malloc'd; NULL when out of memory). */
@@ -373,14 +374,7 @@ static void progress(brun_t *r, bool last) {
 
 /* As `generate` loads (src/main.c gen_load). */
 static int load_engine(brun_t *r) {
-  const mk_gen_opts_t *o = r->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .comm = o->comm,
-                           .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
-  ep.backend.kind = o->backend;
-  ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(r->ctx);
-  ep.backend.simd = o->simd;
-  ep.backend.device = -1; /* the node-local rank's GPU */
-  ep.backend.local_rank = r->ctx->local_rank;
+  mk_engine_params_t ep = mk_cli_engine_params(r->o, r->ctx);
   return mk_engine_open(&r->e, &ep, r->ctx, &r->err);
 }
 
@@ -465,12 +459,42 @@ static void summary(brun_t *r) {
   mk_batch_progress_t p;
   mk_batch_get_progress(r->b, &p);
   fprintf(stderr,
-          "[morphkv] batch: %d results (%d errors), %lld tokens in %.2f s: %.1f tok/s aggregate, %lld forward passes, "
+          "[morphkv] batch: %d results (%d errors), %lld tokens in %.2f s: %.1f tok/s aggregate, %lld %s, "
           "at most %d sequences at once (%d cache slots, %zu KV bytes per sequence%s)\n",
           r->n_results, r->n_errors, p.generated, p.elapsed_s, p.elapsed_s > 0 ? p.generated / p.elapsed_s : 0.0,
-          p.steps, p.max_running, mk_batch_slots(r->b),
+          p.steps, r->o->pp > 1 ? "pipeline ticks" : "forward passes", p.max_running, mk_batch_slots(r->b),
           r->o->kv.policy == MK_KV_FULL ? mk_batch_seq_bytes(r->b, 1, 0) : mk_batch_seq_bytes(r->b, 0, 0),
           r->o->kv.policy == MK_KV_FULL ? " per token slot reserved" : "");
+  for (int k = 0; r->o->pp > 1 && k < r->ctx->world; k++) {
+    const mk_rank_stats_t *x = &r->ranks[k];
+    const double busy = 1e-6 * (double)x->busy_us, wait = 1e-6 * (double)x->stage_wait_us;
+    fprintf(stderr, "[morphkv] rank %d, stage %llu: computing %.2f s, waiting on other stages %.2f s (%.0f%% idle), "
+            "sent %.2f MiB to the next stage\n", k, (unsigned long long)x->stage, busy, wait,
+            busy + wait > 0 ? 100.0 * wait / (busy + wait) : 0.0, (double)x->comm_p2p_bytes / 1048576.0);
+  }
+}
+
+/* The pipeline and traffic figures of the stats JSON: every rank's, and per generated token. */
+static void stats_ranks(const brun_t *r, json_t *o, long long generated) {
+  json_t *ranks = json_array();
+  uint64_t p2p = 0, model = 0, sample = 0;
+  double idle = 0;
+  for (int k = 0; ranks && k < r->ctx->world; k++) {
+    const mk_rank_stats_t *x = &r->ranks[k];
+    json_t *j = mk_rank_stats_json(x);
+    json_object_set_new(j, "rank", json_integer(k));
+    json_array_append_new(ranks, j);
+    p2p += x->comm_p2p_bytes, model += x->comm_model_bytes + x->comm_score_bytes, sample += x->comm_sample_bytes;
+    const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
+    idle += busy + wait > 0 ? wait / (busy + wait) : 0.0;
+  }
+  json_object_set_new(o, "ranks", ranks);
+  const double g = generated > 0 ? (double)generated : 1.0;
+  json_object_set_new(o, "pp", json_integer(r->o->pp));
+  json_object_set_new(o, "bubble_frac", json_real(idle / r->ctx->world)); /* mean idle share of the ranks */
+  json_object_set_new(o, "p2p_bytes_per_token", json_real((double)p2p / g));
+  json_object_set_new(o, "allreduce_bytes_per_token", json_real((double)model / g)); /* TP: model + score sync */
+  json_object_set_new(o, "sample_bytes_per_token", json_real((double)sample / g));
 }
 
 static int write_stats(brun_t *r) {
@@ -493,6 +517,7 @@ static int write_stats(brun_t *r) {
     json_array_append_new(passes, json_pack("[f, i, i]", ps[i].s, ps[i].decode, ps[i].prefill));
   if (o) json_object_set_new(o, "passes", passes); /* [[seconds, decode tokens, prompt tokens], ...] */
   else json_decref(passes);
+  if (o) stats_ranks(r, o, p.generated);
   int rc = o && json_dump_file(o, r->o->stats_json, JSON_COMPACT) == 0
                ? 0
                : mk_fail(&r->err, "--stats-json %s: cannot write", r->o->stats_json);
@@ -527,6 +552,11 @@ static int run_batch(brun_t *r) {
     if (rc == 0) break;
     progress(r, false);
   }
+  if (!(r->ranks = calloc((size_t)r->ctx->world, sizeof *r->ranks))) {
+    mk_fail(&r->err, "out of memory");
+    return mk_cli_fail(r->ctx, "generate", &r->err);
+  }
+  if (mk_cli_gather_rank_stats(r->ctx, r->e, r->ranks, &r->err) != 0) return mk_cli_fail(r->ctx, "generate", &r->err);
   summary(r);
   return mk_cli_agree(r->ctx, "generate", write_stats(r), &r->err) != 0 ? 1 : 0;
 }
@@ -543,6 +573,7 @@ int mk_batch_cli_run(const mk_gen_opts_t *o, mk_ctx_t *ctx) {
   free(r.ent);
   free(r.ready);
   free(r.valid_ix);
+  free(r.ranks);
   mk_batch_free(r.b);
   mk_engine_close(r.e);
   if (r.in && r.in != stdin) fclose(r.in);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "parallel/watchdog.h"
 #include "src/tokenizer.h"
 
 int mk_cli_agree(const mk_ctx_t *ctx, const char *cmd, int status, mk_error_t *err) {
@@ -23,6 +24,29 @@ int mk_cli_fail(const mk_ctx_t *ctx, const char *cmd, const mk_error_t *err) {
   else
     fprintf(stderr, "morphkv: %s\n", err->msg);
   return 1;
+}
+
+mk_engine_params_t mk_cli_engine_params(const mk_gen_opts_t *o, const mk_ctx_t *ctx) {
+  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .pp = o->pp, .comm = o->comm,
+                           .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
+  ep.backend.kind = o->backend;
+  ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(ctx);
+  ep.backend.simd = o->simd;
+  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
+  ep.backend.local_rank = ctx->local_rank;
+  return ep;
+}
+
+int mk_cli_gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_stats_t *all, mk_error_t *err) {
+  mk_engine_stats_t es;
+  mk_engine_get_stats(e, &es);
+  mk_rank_stats_t mine = mk_rank_stats_of(&es);
+  if (ctx->world == 1) {
+    all[0] = mine;
+    return 0;
+  }
+  int n = (int)(sizeof mine / sizeof(uint64_t));
+  return mk_wd_allgather(ctx->wd, &mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi, "statistics", err);
 }
 
 int mk_cli_default_threads(const mk_ctx_t *ctx) {

@@ -14,8 +14,10 @@
 #include <stdint.h>
 
 #include "parallel/ctx.h"
+#include "src/config.h"
 #include "src/engine.h"
 #include "src/mk_error.h"
+#include "src/stats.h"
 
 /* Collective over ctx->mpi (every rank calls it with its own status): returns 0 when every rank
  * passed 0, otherwise -1 on every rank, with rank 0 printing "morphkv <cmd>: <message>" on stderr
@@ -37,6 +39,14 @@ int mk_cli_default_threads(const mk_ctx_t *ctx);
  * mode (src/batch_cli.c) both encode this way. */
 int mk_cli_encode_prompt(const mk_engine_t *e, const char *text, bool chat, const char *chat_template,
                          const char *system, int32_t **ids_out, int *n_out, mk_error_t *err);
+
+/* The engine parameters of `generate`'s options (one place for the single and the batch mode):
+ * model, grid (--tp, --pp), communicator, numerics, backend and threads of this rank. */
+mk_engine_params_t mk_cli_engine_params(const mk_gen_opts_t *o, const mk_ctx_t *ctx);
+
+/* Every rank, collectively: this rank's memory, traffic and stage times (mk_rank_stats_of),
+ * all-gathered over ctx->mpi into all (ctx->world entries, rank order). */
+int mk_cli_gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_stats_t *all, mk_error_t *err);
 
 /* Prints "morphkv: rank R: <msg>" on stderr and aborts every rank (MPI_Abort with code 1), so no
  * rank is left waiting in a collective. ctx may be NULL (or not yet initialised, zeroed): then

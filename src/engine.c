@@ -39,11 +39,24 @@
  * Pipeline stages (--pp P, parallel/plan.h mk_grid_t). The world is P stages of T ranks; a rank
  * binds, prepares and caches only its stage's layers [layer_begin, layer_end) (cache layer index =
  * l - layer_begin), the first stage embeds, the others receive x (n, n_embd) from the same TP rank
- * of the previous stage, and every stage but the last sends x on (stage_tail). e->comm is then the
+ * of the previous stage, and every stage but the last sends x on (stage_p2p). e->comm is then the
  * stage's TP group (ctx->tp_comm); the point-to-point messages and the broadcasts of the last
  * stage's logits / sampled token run on the world (ctx->comm), so every rank calls forward() with
  * the same batches in the same order and keeps the same token stream. Pure PP changes no
- * arithmetic: each layer runs exactly as it would in one process. CPU backend only for now. */
+ * arithmetic: each layer runs exactly as it would in one process. On a device backend the rows go
+ * through pinned host memory (MPI staging) and each stage's TP group has its own communicator
+ * bound to the backend (NCCL or staged MPI over the stage's ranks, mk_ctx_comm_for_backend).
+ *
+ * Pipelined micro-batches (mk_engine_pipe_tick). With several sequences the stages work at once:
+ * at tick t a new micro-batch enters stage 0 and stage s runs the one that entered at tick t - s,
+ * so a micro-batch leaves the last stage P - 1 ticks after it entered. Each tick is, on every
+ * rank: receive the input rows (stage > 0), run the layers (the last stage: the head), broadcast
+ * the logits of the micro-batch leaving the last stage, send the rows on (stage < P - 1). The
+ * sends of tick t are received at tick t + 1, after the broadcast every rank joins, so no cycle
+ * of waits exists. A micro-batch's positions are fixed when it enters (n_past advances then), and
+ * every stage runs the micro-batches in the order they entered, so each stage's cache sees the
+ * same spans in the same order as without pipelining: the arithmetic is unchanged. */
+#define _POSIX_C_SOURCE 200809L
 #include "src/engine.h"
 
 #include "kvcache/driver.h"
@@ -52,6 +65,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "parallel/ctx.h"
 #include "parallel/plan.h"
@@ -73,6 +87,24 @@ typedef struct layer_bw {
   float *attn_norm, *ffn_norm, *bq, *bk, *bv; /* backend memory */
 } layer_bw_t;
 
+/* One forward pass's batch as every stage needs it: the spans, the token ids (used by the first
+ * stage), the output rows. Grow-only buffers. */
+typedef struct micro_batch {
+  int n_tok, n_spans, n_out;
+  mk_seq_span_t *spans;
+  int32_t *ids;
+  int *rows;
+  int cap_tok, cap_spans;
+  bool live; /* false: an empty tick (nothing entered the pipeline) */
+} micro_batch_t;
+
+static void mb_free(micro_batch_t *mb) {
+  free(mb->spans);
+  free(mb->ids);
+  free(mb->rows);
+  memset(mb, 0, sizeof *mb);
+}
+
 struct mk_engine {
   mk_ctx_t *ctx; /* NULL: a world of one */
   mk_gguf_t *g;  /* the GGUF file, or a HF directory's translated metadata (owned by hf) */
@@ -89,6 +121,7 @@ struct mk_engine {
   /* activations, backend memory, capacity cap_tok rows */
   int cap_tok;
   float *x, *xn, *q, *k, *v, *qsum, *att, *o, *fg, *fu, *logits_loc;
+  float *x_host; /* host (cap_tok, n_embd): x staged stage to stage on a device backend (pp > 1) */
   /* Replicated-head score sync: the KV heads held by more than one rank (same list on every
    * rank), and for each the local index here or -1. Only their query sums are all-reduced. */
   int n_rep, *rep_local;
@@ -122,6 +155,13 @@ struct mk_engine {
   bool have_cache;
   int n_seq;
   int *n_past;
+  /* pipelined micro-batches (mk_engine_pipe_tick): pipe[t % pp] entered at tick t */
+  micro_batch_t *pipe;
+  long long pipe_tick;
+  micro_batch_t mb_once; /* mk_engine_step_items' batch */
+  /* where this rank's engine time goes (mk_engine_stats_t busy_s / stage_wait_s) */
+  double t_busy, t_stage_wait;
+  double t_busy_cpu; /* CPU seconds of the process over the same spans as t_busy */
 };
 
 const mk_model_config_t *mk_engine_config(const mk_engine_t *e) { return &e->model.cfg; }
@@ -321,9 +361,6 @@ static int open_grid(mk_engine_t *e, const mk_engine_params_t *p, const mk_model
   if (p->tp > 0 && p->tp != tp)
     return mk_fail(err, "--tp %d does not match the number of ranks (%d) over %d pipeline stage%s; launch with "
                    "mpirun -np %d", p->tp, w, pp, pp == 1 ? "" : "s", p->tp * pp);
-  if (pp > 1 && p->backend.kind != MK_BACKEND_CPU)
-    return mk_fail(err, "--pp %d: pipeline stages run on the CPU backend only so far (the stage-to-stage "
-                   "activations are host buffers); use --backend cpu or --pp 1", pp);
   if (mk_grid_make(cfg->n_layer, pp, tp, e->ctx ? e->ctx->rank : 0, &e->grid, err) != 0) return -1;
   *world = tp;
   *rank = e->grid.tp_rank;
@@ -417,6 +454,8 @@ static void free_acts(mk_engine_t *e) {
   }
   if (e->logits_pad) e->be.ops->host_free(&e->be, e->logits_pad);
   if (e->logits_host) e->be.ops->host_free(&e->be, e->logits_host);
+  if (e->x_host) e->be.ops->host_free(&e->be, e->x_host);
+  e->x_host = NULL;
   free(e->logits_whole);
   free(e->cand_mine);
   free(e->cand_all);
@@ -462,6 +501,9 @@ void mk_engine_close(mk_engine_t *e) {
   free(e->vocab_begin_r);
   free(e->vocab_len_r);
   free(e->n_past);
+  for (int i = 0; e->pipe && i < mk_engine_pipe_depth(e); i++) mb_free(&e->pipe[i]);
+  free(e->pipe);
+  mb_free(&e->mb_once);
   mk_model_free(&e->model);
   mk_tok_free(e->tok);
   if (e->hf) mk_hf_close(e->hf);
@@ -490,6 +532,8 @@ static int ensure_acts(mk_engine_t *e, int n, mk_error_t *err) {
                        !(e->zeros = o->alloc(&e->be, N * D * sizeof(float)))))
     return mk_fail(err, "out of memory for the score sync of %d tokens", n);
   e->logits_host = o->host_alloc(&e->be, (size_t)e->vocab_slice_max * sizeof(float));
+  if (e->grid.pp > 1 && e->be.comm.device_memory && !(e->x_host = o->host_alloc(&e->be, N * c->n_embd * sizeof(float))))
+    return mk_fail(err, "out of pinned host memory for the stage-to-stage rows of %d tokens", n);
   e->pos_buf = malloc(N * sizeof(int32_t));
   e->prow = malloc(N * sizeof(int));
   e->qsum_glob = malloc(D * sizeof(float));
@@ -538,6 +582,9 @@ int mk_engine_begin(mk_engine_t *e, const mk_kv_config_t *kv, int n_seq, int max
   }
   free(e->n_past);
   e->n_past = NULL;
+  e->pipe_tick = 0;
+  for (int i = 0; e->pipe && i < mk_engine_pipe_depth(e); i++) e->pipe[i].live = false;
+  e->t_busy = e->t_stage_wait = e->t_busy_cpu = 0;
   if (n_seq <= 0) return mk_fail(err, "need at least one sequence");
   if (max_prompt <= 0 || max_total < max_prompt)
     return mk_fail(err, "bad run length: prompt %d tokens, total %d", max_prompt, max_total);
@@ -721,39 +768,53 @@ static int layer_failed(mk_error_t *err, int l) {
   return -1;
 }
 
+static double clock_s(clockid_t id) {
+  struct timespec ts;
+  clock_gettime(id, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
+
 /* Pipeline: full logits computed on the last stage reach every rank (world broadcast from the last
- * stage's TP rank 0), so every rank can pick the same next token. */
+ * stage's TP rank 0), so every rank can pick the same next token. Time spent here and in the
+ * stage-to-stage messages is waiting on other stages (t_stage_wait). */
 static int bcast_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *err) {
   const size_t bytes = sizeof(float) * (size_t)n_out * e->model.cfg.n_vocab;
-  return mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, logits, bytes, e->grid.world - e->grid.tp, err);
+  const double t0 = now_s();
+  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, logits, bytes, e->grid.world - e->grid.tp, err);
+  e->t_stage_wait += now_s() - t0;
+  return rc;
 }
 
-/* The end of forward() on a stage before the last: hand the activations (n, n_embd) to the next
- * stage, then take the logits where they were asked for. */
-static int stage_tail(mk_engine_t *e, int n, int n_out, float *logits, mk_error_t *err) {
+/* Stage to stage: x (n, n_embd) from this rank to the same TP rank of the next stage, or from the
+ * previous stage here. The world communicator is MPI on host memory, so a device backend stages
+ * the rows through pinned host memory (x_host). */
+static int stage_p2p(mk_engine_t *e, bool send, int n, mk_error_t *err) {
   const size_t bytes = sizeof(float) * (size_t)n * e->model.cfg.n_embd;
-  if (e->be.ops->sync(&e->be, err) || mk_comm_send(e->ctx->comm, e->x, bytes, e->grid.next, err)) return -1;
-  return n_out > 0 && logits ? bcast_logits(e, n_out, logits, err) : 0;
+  const mk_backend_ops_t *o = e->be.ops;
+  const bool staged = e->be.comm.device_memory;
+  void *buf = staged ? (void *)e->x_host : (void *)e->x;
+  const double t0 = now_s();
+  int rc;
+  if (send)
+    rc = (staged && o->download(&e->be, buf, e->x, bytes, err)) || o->sync(&e->be, err) ||
+         mk_comm_send(e->ctx->comm, buf, bytes, e->grid.next, err);
+  else
+    rc = mk_comm_recv(e->ctx->comm, buf, bytes, e->grid.prev, err) ||
+         (staged && o->upload(&e->be, e->x, buf, bytes, err));
+  e->t_stage_wait += now_s() - t0;
+  return rc ? -1 : 0;
 }
 
-/* Runs the batch; writes full-vocabulary logits of rows out_rows[0..n_out) to logits (host), or,
- * with logits NULL, leaves this rank's slice of them in e->logits_loc (mk_engine_step_sample). */
-static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
-                   const int *out_rows, int n_out, float *logits, mk_error_t *err) {
+/* This stage's layers over the batch in e->x (n rows at positions from spans). */
+static int run_layers(mk_engine_t *e, int n, const mk_seq_span_t *spans, int n_spans, mk_error_t *err) {
   const mk_model_config_t *c = &e->model.cfg;
   const mk_backend_ops_t *o = e->be.ops;
   mk_backend_t *b = &e->be;
-  if (ensure_acts(e, n, err) != 0) return -1;
-  const int d = e->d, ne = c->n_embd, tp = tp_of(e);
-  for (int s = 0; s < n_spans; s++)
-    for (int i = 0; i < spans[s].n; i++) e->pos_buf[spans[s].row + i] = spans[s].pos0 + i;
+  const int d = e->d, ne = c->n_embd;
   const bool need_qsum = (e->cache.ops->needs(&e->cache.cfg) & MK_KV_NEED_LOGIT_SUM) != 0;
   const bool sync_qsum = need_qsum && e->n_rep > 0;
-
   const mk_grid_t *gr = &e->grid;
-  if (gr->first ? o->embed(b, &e->tok_embd, ids, n, e->x, err) != 0
-                : mk_comm_recv(e->ctx->comm, e->x, sizeof(float) * (size_t)n * ne, gr->prev, err) != 0)
-    return -1;
   for (int l = gr->layer_begin; l < gr->layer_end; l++) {
     const layer_bw_t *w = &e->lw[l];
     if (o->rmsnorm(b, e->xn, e->x, w->attn_norm, n, ne, c->norm_eps, err) ||
@@ -791,9 +852,18 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     if (o->add(b, e->x, e->o, (size_t)n * ne, err)) return layer_failed(err, l);
   }
   mk_kv_cache_note_peak(&e->cache);
-  if (!gr->last) return stage_tail(e, n, n_out, logits, err);
+  return 0;
+}
+
+/* The last stage's head: output rows out_rows[0..n_out) normalised and projected onto this rank's
+ * vocabulary slice; with logits, the full rows gathered there (host), else left in e->logits_loc
+ * for the sampler. */
+static int head_logits(mk_engine_t *e, const int *out_rows, int n_out, float *logits, mk_error_t *err) {
+  const mk_model_config_t *c = &e->model.cfg;
+  const mk_backend_ops_t *o = e->be.ops;
+  mk_backend_t *b = &e->be;
+  const int ne = c->n_embd;
   if (n_out == 0) return o->sync(b, err);
-  /* gather the output rows, normalise, project onto this rank's vocabulary slice */
   for (int i = 0; i < n_out; i++)
     if (o->rmsnorm(b, e->xn + (size_t)i * ne, e->x + (size_t)out_rows[i] * ne, e->out_norm, 1, ne, c->norm_eps,
                    err) != 0)
@@ -803,11 +873,39 @@ static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_
     return -1;
   }
   if (!logits) return 0; /* the sampler reads e->logits_loc */
-  if (tp == 1 ? o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)
-              : gather_logits(e, n_out, logits, err))
+  if (tp_of(e) == 1 ? o->download(b, logits, e->logits_loc, sizeof(float) * (size_t)n_out * c->n_vocab, err)
+                    : gather_logits(e, n_out, logits, err))
     return -1;
-  if (o->sync(b, err)) return -1;
-  return gr->pp > 1 ? bcast_logits(e, n_out, logits, err) : 0;
+  return o->sync(b, err);
+}
+
+/* This stage's part of one forward pass: the input rows (embedded on the first stage, received
+ * from the previous one otherwise), the layers, and on the last stage the head. */
+static int stage_run(mk_engine_t *e, const micro_batch_t *mb, float *logits, mk_error_t *err) {
+  const int n = mb->n_tok;
+  if (ensure_acts(e, n, err) != 0) return -1;
+  for (int s = 0; s < mb->n_spans; s++)
+    for (int i = 0; i < mb->spans[s].n; i++) e->pos_buf[mb->spans[s].row + i] = mb->spans[s].pos0 + i;
+  if (!e->grid.first && stage_p2p(e, false, n, err) != 0) return -1;
+  const double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
+  int rc = e->grid.first ? e->be.ops->embed(&e->be, &e->tok_embd, mb->ids, n, e->x, err) : 0;
+  if (rc == 0) rc = run_layers(e, n, mb->spans, mb->n_spans, err);
+  if (rc == 0 && e->grid.last) rc = head_logits(e, mb->rows, mb->n_out, logits, err);
+  e->t_busy += now_s() - t0;
+  e->t_busy_cpu += clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
+  return rc;
+}
+
+/* Runs the batch on every stage in turn; writes full-vocabulary logits of rows out_rows[0..n_out)
+ * to logits (host, every rank), or, with logits NULL, leaves this rank's slice of them in
+ * e->logits_loc on the last stage (mk_engine_step_sample). */
+static int forward(mk_engine_t *e, const int32_t *ids, int n, const mk_seq_span_t *spans, int n_spans,
+                   const int *out_rows, int n_out, float *logits, mk_error_t *err) {
+  micro_batch_t mb = {.n_tok = n, .n_spans = n_spans, .n_out = n_out, .spans = (mk_seq_span_t *)spans,
+                      .ids = (int32_t *)ids, .rows = (int *)out_rows, .live = true};
+  if (stage_run(e, &mb, logits, err) != 0) return -1;
+  if (!e->grid.last && stage_p2p(e, true, n, err) != 0) return -1;
+  return e->grid.pp > 1 && n_out > 0 && logits ? bcast_logits(e, n_out, logits, err) : 0;
 }
 
 /* The arguments of a step: a begun run, a valid sequence, tokens in the vocabulary, room left. */
@@ -958,35 +1056,91 @@ static int item_check(const mk_engine_t *e, const mk_engine_item_t *items, int i
   return 0;
 }
 
-int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
-                         mk_error_t *err) {
-  if (!e->have_cache) return mk_fail(err, "mk_engine_step_items before mk_engine_begin");
-  if (n_items <= 0 || n_items > e->n_seq) return mk_fail(err, "bad batch of %d items (%d sequences)", n_items, e->n_seq);
+/* Checks the items and fills mb with their spans (positions from n_past, which is not advanced
+ * here), ids and output rows. n_items 0: an empty micro-batch. */
+static int mb_fill(mk_engine_t *e, micro_batch_t *mb, const mk_engine_item_t *items, int n_items, mk_error_t *err) {
   int n_tok = 0, n_out = 0;
   for (int i = 0; i < n_items; i++) {
     if (item_check(e, items, i, err) != 0) return -1;
     n_tok += items[i].n;
     n_out += items[i].want_logits;
   }
-  if (n_out > 0 && !logits) return mk_fail(err, "mk_engine_step_items: logits wanted but no buffer");
-  mk_seq_span_t *sp = malloc(sizeof *sp * (size_t)n_items);
-  int *rows = malloc(sizeof(int) * (size_t)(n_out ? n_out : 1));
-  int32_t *ids = malloc(sizeof *ids * (size_t)n_tok);
-  int rc = sp && rows && ids ? 0 : mk_fail(err, "out of memory for a batch of %d tokens", n_tok);
-  for (int i = 0, row = 0, o = 0; i < n_items && rc == 0; i++) {
-    const int s = items[i].seq;
-    sp[i] = (mk_seq_span_t){.seq = s, .row = row, .n = items[i].n, .pos0 = e->n_past[s], .prefill = e->n_past[s] == 0};
-    memcpy(ids + row, items[i].ids, sizeof *ids * (size_t)items[i].n);
-    row += items[i].n;
-    if (items[i].want_logits) rows[o++] = row - 1;
+  if (n_tok > mb->cap_tok) {
+    free(mb->ids);
+    free(mb->rows);
+    mb->ids = malloc(sizeof *mb->ids * (size_t)n_tok);
+    mb->rows = malloc(sizeof *mb->rows * (size_t)n_tok);
+    mb->cap_tok = mb->ids && mb->rows ? n_tok : 0;
+    if (!mb->cap_tok) return mk_fail(err, "out of memory for a batch of %d tokens", n_tok);
   }
-  if (rc == 0) rc = forward(e, ids, n_tok, sp, n_items, rows, n_out, logits, err);
-  if (rc == 0)
-    for (int i = 0; i < n_items; i++) e->n_past[items[i].seq] += items[i].n;
-  free(sp);
-  free(rows);
-  free(ids);
+  if (n_items > mb->cap_spans) {
+    free(mb->spans);
+    mb->spans = malloc(sizeof *mb->spans * (size_t)n_items);
+    mb->cap_spans = mb->spans ? n_items : 0;
+    if (!mb->spans) return mk_fail(err, "out of memory for a batch of %d sequences", n_items);
+  }
+  mb->n_tok = n_tok, mb->n_spans = n_items, mb->n_out = n_out, mb->live = n_items > 0;
+  for (int i = 0, row = 0, o = 0; i < n_items; i++) {
+    const int s = items[i].seq;
+    mb->spans[i] = (mk_seq_span_t){.seq = s, .row = row, .n = items[i].n, .pos0 = e->n_past[s], .prefill = e->n_past[s] == 0};
+    memcpy(mb->ids + row, items[i].ids, sizeof *mb->ids * (size_t)items[i].n);
+    row += items[i].n;
+    if (items[i].want_logits) mb->rows[o++] = row - 1;
+  }
+  return 0;
+}
+
+static void advance_past(mk_engine_t *e, const mk_engine_item_t *items, int n_items) {
+  for (int i = 0; i < n_items; i++) e->n_past[items[i].seq] += items[i].n;
+}
+
+int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                         mk_error_t *err) {
+  if (!e->have_cache) return mk_fail(err, "mk_engine_step_items before mk_engine_begin");
+  if (n_items <= 0 || n_items > e->n_seq) return mk_fail(err, "bad batch of %d items (%d sequences)", n_items, e->n_seq);
+  micro_batch_t *mb = &e->mb_once;
+  if (mb_fill(e, mb, items, n_items, err) != 0) return -1;
+  if (mb->n_out > 0 && !logits) return mk_fail(err, "mk_engine_step_items: logits wanted but no buffer");
+  if (forward(e, mb->ids, mb->n_tok, mb->spans, mb->n_spans, mb->rows, mb->n_out, logits, err) != 0) return -1;
+  advance_past(e, items, n_items);
+  return 0;
+}
+
+int mk_engine_pipe_depth(const mk_engine_t *e) { return e->grid.pp > 1 ? e->grid.pp : 1; }
+
+bool mk_engine_pipe_has_logits(const mk_engine_t *e) { return e->grid.last; }
+
+int mk_engine_pipe_share_tokens(mk_engine_t *e, int32_t *ids, int n, mk_error_t *err) {
+  if (e->grid.pp <= 1 || n <= 0) return 0;
+  const double t0 = now_s();
+  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, ids, sizeof *ids * (size_t)n, e->grid.world - e->grid.tp, err);
+  e->t_stage_wait += now_s() - t0;
   return rc;
+}
+
+int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                        bool logits_everywhere, int *n_logits, mk_error_t *err) {
+  *n_logits = 0;
+  if (!e->have_cache) return mk_fail(err, "mk_engine_pipe_tick before mk_engine_begin");
+  if (n_items < 0 || n_items > e->n_seq) return mk_fail(err, "bad batch of %d items (%d sequences)", n_items, e->n_seq);
+  const int P = mk_engine_pipe_depth(e), s = e->grid.stage;
+  if (!e->pipe && !(e->pipe = calloc((size_t)P, sizeof *e->pipe))) return mk_fail(err, "out of memory");
+  const long long t = e->pipe_tick;
+  micro_batch_t *in = &e->pipe[t % P];
+  if (mb_fill(e, in, items, n_items, err) != 0) return -1;
+  if (in->n_out > 0 && !logits) return mk_fail(err, "mk_engine_pipe_tick: logits wanted but no buffer");
+  advance_past(e, items, n_items);
+  e->pipe_tick++;
+  micro_batch_t *mine = t >= s ? &e->pipe[(t - s) % P] : NULL;        /* this stage's work now */
+  micro_batch_t *out = t >= P - 1 ? &e->pipe[(t - P + 1) % P] : NULL; /* leaving the last stage */
+  if (mine && mine->live && stage_run(e, mine, logits, err) != 0) return -1;
+  if (out && out->live && out->n_out > 0) {
+    if (P > 1 && logits_everywhere && bcast_logits(e, out->n_out, logits, err) != 0) return -1;
+    *n_logits = out->n_out;
+  }
+  if (mine && mine->live && !e->grid.last && stage_p2p(e, true, mine->n_tok, err) != 0) return -1;
+  if (out) out->live = false;
+  return 0;
 }
 
 void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
@@ -1009,6 +1163,9 @@ void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s) {
     s->comm_score_bytes = e->comm->bytes_score;
     s->comm_sample_bytes = e->comm->bytes_sample;
   }
+  s->busy_s = e->t_busy;
+  s->busy_cpu_s = e->t_busy_cpu;
+  s->stage_wait_s = e->t_stage_wait;
   if (e->grid.pp > 1) { /* the world communicator carries the activations and the token / logits */
     s->comm_p2p_bytes = e->ctx->comm->bytes_p2p;
     s->comm_sample_bytes += e->ctx->comm->bytes_sample;

@@ -96,6 +96,23 @@ typedef struct mk_engine_item {
 int mk_engine_step_items(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
                          mk_error_t *err);
 
+/* Pipelined micro-batches over the stages (--pp P; src/engine.c has the schedule). Every rank
+ * calls it with the same items each tick. The items (possibly none) enter the first stage now;
+ * the micro-batch that entered mk_engine_pipe_depth(e) - 1 ticks ago leaves the last stage, and
+ * its logits rows (one per item with want_logits, in item order) are written to logits (on every
+ * rank with logits_everywhere), their count to *n_logits. A sequence may be in several micro-batches in flight only with
+ * items that want no logits (prompt chunks): its positions advance when an item enters. Depth 1
+ * (no stages) is mk_engine_step_items. Ticks with no items drain the pipeline. */
+int mk_engine_pipe_depth(const mk_engine_t *e);
+int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,
+                        bool logits_everywhere, int *n_logits, mk_error_t *err);
+/* With logits_everywhere false the rows are written on the ranks of the last stage only (every
+ * rank with no stages): mk_engine_pipe_has_logits says whether this rank has them. Such a caller
+ * picks the tokens there and hands them to every rank with mk_engine_pipe_share_tokens
+ * (collective over the world: n ids broadcast from the last stage; nothing without stages). */
+bool mk_engine_pipe_has_logits(const mk_engine_t *e);
+int mk_engine_pipe_share_tokens(mk_engine_t *e, int32_t *ids, int n, mk_error_t *err);
+
 typedef struct mk_engine_stats {
   size_t weight_bytes;       /* weights this rank reads (its slices) */
   size_t kv_live_bytes;      /* K/V bytes in used slots now (this rank) */
@@ -108,6 +125,11 @@ typedef struct mk_engine_stats {
   uint64_t comm_p2p_bytes;    /* stage-to-stage activations this rank sent (pipeline) */
   int pp, stage, layer_begin, layer_end; /* the pipeline grid (pp 1: every layer here) */
   int kv_slots;              /* slots per head */
+  double busy_s;             /* seconds this rank computed in forward passes (its stage's work) */
+  double busy_cpu_s;         /* CPU seconds of this process in those spans (all its threads): the
+                                same work measured without the time other processes took */
+  double stage_wait_s;       /* seconds it waited on other stages: stage-to-stage messages and the
+                                last stage's broadcasts (pipeline bubble = wait / (busy + wait)) */
 } mk_engine_stats_t;
 void mk_engine_get_stats(const mk_engine_t *e, mk_engine_stats_t *s);
 /* The cache, for tests and tools (NULL before mk_engine_begin). */

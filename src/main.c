@@ -250,23 +250,6 @@ static int check_context(const mk_gen_opts_t *o, const mk_model_config_t *cfg, i
   return 0;
 }
 
-/* Every rank, collectively: this rank's memory figures, all-gathered over ctx->mpi. */
-static int gather_rank_stats(const mk_ctx_t *ctx, const mk_engine_t *e, mk_rank_stats_t *all,
-                             mk_error_t *err) {
-  mk_engine_stats_t es;
-  mk_engine_get_stats(e, &es);
-  mk_rank_stats_t mine = {es.weight_bytes,     es.kv_live_bytes,    es.kv_peak_bytes,
-                          es.kv_alloc_bytes,   es.policy_state_bytes, es.comm_model_bytes,
-                          es.comm_score_bytes, (uint64_t)es.kv_slots, es.comm_sample_bytes};
-  if (ctx->world == 1) {
-    all[0] = mine;
-    return 0;
-  }
-  int n = (int)(sizeof mine / sizeof(uint64_t));
-  return mk_wd_allgather(ctx->wd, &mine, n, MPI_UINT64_T, all, n, MPI_UINT64_T, ctx->mpi,
-                         "statistics", err);
-}
-
 /* Every rank, collectively: KV live bytes summed over ranks, appended to kv_bytes_by_step. */
 static int sample_kv(const mk_ctx_t *ctx, const mk_engine_t *e, mk_run_stats_t *st, int n_tokens,
                      mk_error_t *err) {
@@ -335,13 +318,7 @@ static int gen_options(gen_run_t *g, int argc, char **argv) {
 /* Load (collective). */
 static int gen_load(gen_run_t *g) {
   const mk_gen_opts_t *o = &g->o;
-  mk_engine_params_t ep = {.model_path = o->model, .tp = o->tp, .pp = o->pp, .comm = o->comm,
-                           .numerics = o->deterministic ? MK_NUMERICS_DETERMINISTIC : MK_NUMERICS_FAST};
-  ep.backend.kind = o->backend;
-  ep.backend.n_threads = o->threads > 0 ? o->threads : mk_cli_default_threads(g->ctx);
-  ep.backend.simd = o->simd;
-  ep.backend.device = -1; /* the node-local rank's GPU, shared round-robin past the visible ones */
-  ep.backend.local_rank = g->ctx->local_rank;
+  mk_engine_params_t ep = mk_cli_engine_params(o, g->ctx);
   g->st.threads = ep.backend.n_threads;
   double t0 = MPI_Wtime();
   if (mk_engine_open(&g->e, &ep, g->ctx, &g->err) != 0) { /* agreed: every rank says why, none aborts */
@@ -533,7 +510,7 @@ static int gen_report(gen_run_t *g) {
   st->ranks = calloc((size_t)g->ctx->world, sizeof *st->ranks);
   int status = st->ranks ? 0 : mk_fail(&g->err, "out of memory");
   if (mk_cli_agree(g->ctx, "generate", status, &g->err) != 0) return EXIT_FAIL;
-  if (gather_rank_stats(g->ctx, g->e, st->ranks, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
+  if (mk_cli_gather_rank_stats(g->ctx, g->e, st->ranks, &g->err) != 0) return mk_cli_fail(g->ctx, NULL, &g->err);
   mk_run_stats_sum(st);
   st->output_ids = g->hist + g->req.n_prompt;
   st->output_text = g->out.buf ? g->out.buf : "";

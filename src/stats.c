@@ -45,6 +45,7 @@ void mk_run_stats_sum(mk_run_stats_t *s) {
     s->total.comm_model_bytes += x->comm_model_bytes;
     s->total.comm_score_bytes += x->comm_score_bytes;
     s->total.comm_sample_bytes += x->comm_sample_bytes;
+    s->total.comm_p2p_bytes += x->comm_p2p_bytes;
     if (x->kv_slots > s->total.kv_slots) s->total.kv_slots = x->kv_slots;
   }
 }
@@ -88,18 +89,37 @@ void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
               mk_fmt_bytes(x->weight_bytes, a, sizeof a), mk_fmt_bytes(x->kv_live_bytes, b, sizeof b),
               mk_fmt_bytes(x->kv_peak_bytes, c, sizeof c), mk_fmt_bytes(x->kv_alloc_bytes, d, sizeof d),
               mk_fmt_bytes(x->policy_state_bytes, e, sizeof e));
+      if (x->comm_p2p_bytes > 0 || x->stage > 0)
+        fprintf(f, "           stage %llu: sent %s to the next stage, %.0f%% of its engine time waiting on other stages\n",
+                (unsigned long long)x->stage, mk_fmt_bytes(x->comm_p2p_bytes, a, sizeof a),
+                x->busy_us + x->stage_wait_us ? 100.0 * (double)x->stage_wait_us / (double)(x->busy_us + x->stage_wait_us) : 0.0);
     }
   }
 }
 
-static json_t *rank_json(const mk_rank_stats_t *x) {
-  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "weight_bytes", (json_int_t)x->weight_bytes,
+mk_rank_stats_t mk_rank_stats_of(const mk_engine_stats_t *es) {
+  return (mk_rank_stats_t){.weight_bytes = es->weight_bytes, .kv_live_bytes = es->kv_live_bytes,
+                           .kv_peak_bytes = es->kv_peak_bytes, .kv_alloc_bytes = es->kv_alloc_bytes,
+                           .policy_state_bytes = es->policy_state_bytes, .comm_model_bytes = es->comm_model_bytes,
+                           .comm_score_bytes = es->comm_score_bytes, .kv_slots = (uint64_t)es->kv_slots,
+                           .comm_sample_bytes = es->comm_sample_bytes, .comm_p2p_bytes = es->comm_p2p_bytes,
+                           .stage = (uint64_t)es->stage, .busy_us = (uint64_t)(es->busy_s * 1e6),
+                           .stage_wait_us = (uint64_t)(es->stage_wait_s * 1e6),
+                           .busy_cpu_us = (uint64_t)(es->busy_cpu_s * 1e6)};
+}
+
+json_t *mk_rank_stats_json(const mk_rank_stats_t *x) {
+  const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
+  return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f}", "weight_bytes", (json_int_t)x->weight_bytes,
                    "kv_live_bytes", (json_int_t)x->kv_live_bytes, "kv_peak_bytes",
                    (json_int_t)x->kv_peak_bytes, "kv_alloc_bytes", (json_int_t)x->kv_alloc_bytes,
                    "policy_state_bytes", (json_int_t)x->policy_state_bytes, "comm_model_bytes",
                    (json_int_t)x->comm_model_bytes, "comm_score_bytes",
                    (json_int_t)x->comm_score_bytes, "comm_sample_bytes",
-                   (json_int_t)x->comm_sample_bytes, "kv_slots", (json_int_t)x->kv_slots);
+                   (json_int_t)x->comm_sample_bytes, "kv_slots", (json_int_t)x->kv_slots, "comm_p2p_bytes",
+                   (json_int_t)x->comm_p2p_bytes, "stage", (json_int_t)x->stage, "busy_s", busy * 1e-6,
+                   "stage_wait_s", wait * 1e-6, "idle_frac", busy + wait > 0 ? wait / (busy + wait) : 0.0,
+                   "busy_cpu_s", 1e-6 * (double)x->busy_cpu_us);
 }
 
 static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
@@ -142,9 +162,10 @@ json_t *mk_run_stats_json(const mk_run_stats_t *s) {
   json_object_set_new(o, "comm_model_bytes", json_integer((json_int_t)s->total.comm_model_bytes));
   json_object_set_new(o, "comm_score_bytes", json_integer((json_int_t)s->total.comm_score_bytes));
   json_object_set_new(o, "comm_sample_bytes", json_integer((json_int_t)s->total.comm_sample_bytes));
+  json_object_set_new(o, "comm_p2p_bytes", json_integer((json_int_t)s->total.comm_p2p_bytes));
   json_t *ranks = json_array();
   for (int r = 0; r < s->world && s->ranks; r++) {
-    json_t *x = rank_json(&s->ranks[r]);
+    json_t *x = mk_rank_stats_json(&s->ranks[r]);
     json_object_set_new(x, "rank", json_integer(r));
     json_array_append_new(ranks, x);
   }

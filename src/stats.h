@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 
+#include "src/engine.h"
 #include "src/mk_error.h"
 
 /* One rank's memory and traffic (a fixed layout of u64 so ranks can all-gather it). */
@@ -16,7 +17,18 @@ typedef struct mk_rank_stats {
   uint64_t weight_bytes, kv_live_bytes, kv_peak_bytes, kv_alloc_bytes, policy_state_bytes;
   uint64_t comm_model_bytes, comm_score_bytes, kv_slots;
   uint64_t comm_sample_bytes; /* LM-head exchange: full-logit gathers or sampler candidates */
+  uint64_t comm_p2p_bytes;    /* stage-to-stage activations sent (pipeline) */
+  uint64_t stage;             /* pipeline stage of this rank */
+  uint64_t busy_us;           /* microseconds computing forward passes (this stage's work) */
+  uint64_t stage_wait_us;     /* microseconds waiting on other stages (messages, the last stage's
+                                 broadcasts): the pipeline bubble is wait / (busy + wait) */
+  uint64_t busy_cpu_us;       /* CPU microseconds of the process while computing (busy_us's spans) */
 } mk_rank_stats_t;
+
+/* This rank's figures from the engine's (every field above). */
+mk_rank_stats_t mk_rank_stats_of(const mk_engine_stats_t *es);
+/* One rank's JSON object (new reference): the fields above and idle_frac = wait / (busy + wait). */
+json_t *mk_rank_stats_json(const mk_rank_stats_t *x);
 
 typedef struct mk_run_stats {
   /* what ran */

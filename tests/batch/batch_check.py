@@ -5,12 +5,18 @@
         max_new_tokens, --max-seqs 4, greedy, --deterministic on: every batch result equals the
         prompt run alone by `morphkv generate` (token ids and text, bitwise). With --np N the
         batch runs under `mpirun -np N` and is compared with the single-process batch instead
-        (which the np-1 test compares with the runs alone). Malformed lines are in the input:
+        (which the np-1 test compares with the runs alone); --pp P makes those N ranks P pipeline
+        stages, with micro-batches of the 4 sequences in flight across them. Malformed lines are in the input:
         each must give an error result with its line number, and the rest must run.
   batch_check.py budget MORPHKV MODEL                  --kv-memory: a budget below one sequence is
         refused with the numbers; a budget of 2.5 MorphKV sequences runs two at once (--ordered:
         results in input order, though the shorter ones finish first); a
         missing input or an unwritable output fails before any work.
+  batch_check.py pipe   MORPHKV MODEL                  pipeline stages (--pp 2 over 2 ranks): one
+        long prompt fed in chunks flows through the stages (one chunk enters every tick, no
+        tick waits for the previous chunk to leave the last stage), and the stats JSON gives
+        each rank's stage, the stage-to-stage bytes (exactly tokens fed x n_embd x 4 from
+        stage 0, none from the last) and its idle share; the output equals one process's.
   batch_check.py kill   MORPHKV MODEL                  kill -9 mid-run: every line written is
         a whole JSON result equal to the uninterrupted run's.
 Prompts: LongWriter prompts (tests/golden/longwriter), every fourth one lengthened to a few
@@ -56,6 +62,8 @@ def write_input(path, reqs, bad=True):
 
 def run_batch(exe, model, policy, inp, out, np_=1, extra=()):
     cmd = [exe, "generate", "--model", model, "--batch-file", inp, "--out", out, "--max-seqs", "4"]
+    if np_ > 1 and PP > 1:
+        cmd += ["--pp", str(PP)]
     cmd += POLICY[policy] + COMMON + list(extra)
     if np_ > 1:
         cmd = ["mpirun", "--oversubscribe", "-np", str(np_)] + cmd
@@ -83,6 +91,9 @@ def check_errors(res, bad_lines, n_ok):
     return {r["id"]: r for r in ok}
 
 
+PP = 1  # --pp P: the --np N batch runs P pipeline stages (micro-batches in flight)
+
+
 def equal(exe, model, policy, np_):
     reqs = prompts()
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,8 +113,36 @@ def equal(exe, model, policy, np_):
             assert g["stop_reason"] == w["stop_reason"], (g["stop_reason"], w["stop_reason"])
             assert g["prompt_tokens"] == w["prompt_tokens"]
         lens = sorted(got[r["id"]]["prompt_tokens"] for r in reqs)
-        print("PASS: %d results equal (%s, np %d; prompts %d..%d tokens; %d error lines)" % (
-            len(reqs), policy, np_, lens[0], lens[-1], len(bad)))
+        print("PASS: %d results equal (%s, np %d, pp %d; prompts %d..%d tokens; %d error lines)" % (
+            len(reqs), policy, np_, PP, lens[0], lens[-1], len(bad)))
+
+
+def pipe(exe, model):
+    r = max(prompts()[3::4], key=lambda q: len(q["prompt"]))  # the longest of the long ones
+    r["max_new_tokens"] = 12
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out, sj = (os.path.join(tmp, n) for n in ("in.jsonl", "out.jsonl", "stats.json"))
+        write_input(inp, [r], bad=False)
+        ref = run_batch(exe, model, "full", inp, out + ".1")
+        global PP
+        PP = 2
+        got = run_batch(exe, model, "full", inp, out, 2, ["--stats-json", sj])
+        assert [g["output_ids"] for g in got] == [w["output_ids"] for w in ref], (got, ref)
+        st = json.load(open(sj))
+        n = got[0]["prompt_tokens"]
+        chunks = [min(48, n - k) for k in range(0, n, 48)]
+        prefill = [p[2] for p in st["passes"][:len(chunks)]]
+        assert prefill == chunks, "prompt chunks per tick %s, expected %s (one per tick)" % (prefill, chunks)
+        assert st["passes"][len(chunks)][1:] == [0, 0], st["passes"][len(chunks)]  # drains: the sample is in flight
+        fed = n + got[0]["generated_tokens"] - 1  # the last token sampled is never fed
+        ranks = st["ranks"]
+        assert [x["stage"] for x in ranks] == [0, 1], ranks
+        assert ranks[0]["comm_p2p_bytes"] == fed * 576 * 4 and ranks[1]["comm_p2p_bytes"] == 0, (fed, ranks)
+        assert all(0.0 <= x["idle_frac"] <= 1.0 and x["busy_s"] > 0 for x in ranks), ranks
+        assert abs(st["bubble_frac"] - sum(x["idle_frac"] for x in ranks) / 2) < 1e-9, st
+        print("PASS: %d-token prompt in %d chunks, one per tick through 2 stages; %d bytes stage to stage; "
+              "idle %.2f / %.2f" % (n, len(chunks), ranks[0]["comm_p2p_bytes"], ranks[0]["idle_frac"],
+                                    ranks[1]["idle_frac"]))
 
 
 def kill(exe, model):
@@ -170,9 +209,13 @@ if __name__ == "__main__":
     mode, exe, model = sys.argv[1:4]
     if "--deterministic" in sys.argv:  # e.g. --deterministic off: is the fast path batch-invariant too?
         COMMON[COMMON.index("--deterministic") + 1] = sys.argv[sys.argv.index("--deterministic") + 1]
+    if "--pp" in sys.argv:
+        PP = int(sys.argv[sys.argv.index("--pp") + 1])
     if mode == "equal":
         np_ = int(sys.argv[sys.argv.index("--np") + 1]) if "--np" in sys.argv else 1
         equal(exe, model, sys.argv[4], np_)
+    elif mode == "pipe":
+        pipe(exe, model)
     elif mode == "budget":
         budget(exe, model)
     else:

@@ -5,9 +5,13 @@
  *
  *   pp_engine_test P MODEL|synth POLICY [W C]     (MK_PP_STEPS: greedy tokens, default 128;
  *                                                  MK_PP_FAIL_RANK=R: rank R calls mk_ctx_abort at
- *                                                  step 3 while the other stages wait on it)
- * synth: a 6-layer synthetic model (tests/testutil/synth_model.h, F32 weights, 8/2 heads), so
- * that P = 5 splits 6 layers 2,1,1,1,1.
+ *                                                  step 3 while the other stages wait on it;
+ *                                                  MK_PP_BACKEND=cuda: both engines on the CUDA
+ *                                                  backend, e.g. the kernel emulator's build;
+ *                                                  MK_PP_PROMPT_TOKENS=N: the prompt's first N
+ *                                                  tokens only)
+ * synth: a 6-layer synthetic model (tests/testutil/synth_model.h, F32 weights, 8/2 heads; head dim
+ * 16, 64 on CUDA), so that P = 5 splits 6 layers 2,1,1,1,1.
  * Checks (deterministic numerics, so T > 1 is held to the same bits as the TP tests):
  * 1. teacher-forced logits of a prompt: bitwise identical to one process, on every rank;
  * 2. MK_PP_STEPS greedy tokens through mk_engine_step_sample: identical to one process, and the
@@ -46,7 +50,7 @@ static int everywhere(mk_ctx_t *ctx, uint64_t v) {
 }
 
 /* Rank 0 writes a synthetic model with n_layer layers; every rank gets its path. */
-static void write_synth(mk_ctx_t *ctx, int n_layer, char *path, size_t n) {
+static void write_synth(mk_ctx_t *ctx, int n_layer, int head_dim, char *path, size_t n) {
   int wrc = 0;
   if (ctx->rank == 0) {
     const char *tmp = getenv("TMPDIR");
@@ -57,6 +61,7 @@ static void write_synth(mk_ctx_t *ctx, int n_layer, char *path, size_t n) {
     mk_synth_params_t sp;
     mk_synth_params_default(&sp);
     sp.n_layer = n_layer;
+    if (head_dim > 0) sp.head_dim = head_dim;
     if (wrc == 0) wrc = mk_synth_model_write(path, &sp);
   }
   MPI_Bcast(&wrc, 1, MPI_INT, 0, ctx->mpi);
@@ -135,22 +140,28 @@ int main(int argc, char **argv) {
   if (argc >= 6) kv.window = atoi(argv[4]), kv.capacity = atoi(argv[5]);
   char path[512] = {0};
   const bool synth = strcmp(argv[2], "synth") == 0;
-  if (synth) write_synth(&ctx, 6, path, sizeof path);
+  const char *be = getenv("MK_PP_BACKEND");
+  const bool cuda = be && strcmp(be, "cuda") == 0;
+  if (synth) write_synth(&ctx, 6, cuda ? 64 : 0, path, sizeof path); /* CUDA attention: head dims 64, 128, 256 */
   else snprintf(path, sizeof path, "%s", argv[2]);
-  mk_engine_params_t ep = {.model_path = path, .backend = {.kind = MK_BACKEND_CPU, .n_threads = 1, .simd = -1},
+  mk_engine_params_t ep = {.model_path = path,
+                           .backend = {.kind = cuda ? MK_BACKEND_CUDA : MK_BACKEND_CPU, .n_threads = 1, .simd = -1,
+                                       .device = -1, .local_rank = ctx.local_rank},
                            .numerics = MK_NUMERICS_DETERMINISTIC, .pp = P};
   mk_engine_t *pp = NULL, *ref = NULL;
   if (mk_engine_open(&pp, &ep, &ctx, &err) != 0) die(&ctx, &err);
   ep.pp = 0;
   if (ctx.rank == 0 && mk_engine_open(&ref, &ep, NULL, &err) != 0) die(&ctx, &err);
   char what[96];
-  snprintf(what, sizeof what, "P=%d x T=%d %s %s", P, T, synth ? "synth" : "demo", argv[3]);
+  snprintf(what, sizeof what, "P=%d x T=%d %s %s%s", P, T, synth ? "synth" : "demo", argv[3], cuda ? " cuda" : "");
   const int V = mk_engine_n_vocab(pp);
 
   const char *text = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,";
   int32_t ids[256];
   int np = mk_tok_encode(mk_engine_tokenizer(pp), text, strlen(text), false, false, ids, 256, &err);
   if (np <= 0 || np > 200) die(&ctx, &err);
+  const char *pt = getenv("MK_PP_PROMPT_TOKENS"); /* a shorter prompt (the emulator's tests) */
+  if (pt && atoi(pt) > 0 && atoi(pt) < np) np = atoi(pt);
   const int total = np + n_new + 1;
 
   /* 1. teacher-forced logits */

@@ -9,13 +9,23 @@
  *                                        (fail_test.sh: the job must die within 10 s)
  *   mpirun -np W pp_grid_test T wedge R  rank R never sends; its next stage's recv must fail
  *                                        under the watchdog (1 s) instead of hanging
+ *   mpirun -np W pp_grid_test T stop R   every stage receives, runs a TP all-reduce, sends; rank
+ *                                        R prints "wedge_test: rank R stops itself" and raises
+ *                                        SIGSTOP before its all-reduce (wedge_test.sh self: every
+ *                                        healthy rank's diagnosis must name R, none a healthy one:
+ *                                        its TP peers wait in the all-reduce, the next stage in
+ *                                        recv, directly from R or from R's alive TP peer, earlier
+ *                                        stages in the closing world barrier; every rank aborts
+ *                                        2 s after its diagnosis, so that all of them are printed)
  * Rank 0 prints "PASS: ..." or "FAIL: ..." (normal mode). */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "parallel/ctx.h"
 #include "parallel/plan.h"
@@ -94,13 +104,44 @@ static int run_checks(mk_ctx_t *ctx, int tp) {
   return total ? 1 : 0;
 }
 
-/* Rank R fails (fail) or goes silent (wedge) in the middle of the pipeline. */
-static int run_failure(mk_ctx_t *ctx, int tp, int bad_rank, int wedge) {
+/* mk_ctx_abort's message at once, its MPI_Abort two seconds later, so that every healthy rank's
+ * diagnosis is printed before the first abort takes the job down (they all time out within the
+ * grace period of each other). */
+static void abort_late(const mk_ctx_t *ctx, const char *msg) {
+  fprintf(stderr, "morphkv: rank %d: %s\n", ctx->rank, msg);
+  fflush(stderr);
+  struct timespec ts = {2, 0};
+  nanosleep(&ts, NULL);
+  MPI_Abort(ctx->mpi, 1);
+}
+
+/* Mode stop: one step of the stage loop with a TP all-reduce, rank bad_rank stopping before it. */
+static void run_stop(mk_ctx_t *ctx, const mk_grid_t *g, int bad_rank) {
+  mk_error_t err = {{0}};
+  float x[64] = {0};
+  if (!g->first && mk_comm_recv(ctx->comm, x, sizeof x, g->prev, &err)) abort_late(ctx, err.msg);
+  if (ctx->rank == bad_rank) {
+    fprintf(stderr, "wedge_test: rank %d stops itself (pid %ld) before its stage's TP all-reduce\n", ctx->rank,
+            (long)getpid());
+    fflush(stderr);
+    raise(SIGSTOP);
+  }
+  if (mk_comm_allreduce_sum_f32(mk_ctx_tp_comm(ctx), MK_COMM_MODEL, x, 64, &err)) abort_late(ctx, err.msg);
+  if (!g->last && mk_comm_send(ctx->comm, x, sizeof x, g->next, &err)) abort_late(ctx, err.msg);
+  if (mk_comm_barrier(ctx->comm, &err)) abort_late(ctx, err.msg);
+}
+
+/* Rank R fails (fail), goes silent (wedge) or stops (stop) in the middle of the pipeline. */
+static int run_failure(mk_ctx_t *ctx, int tp, int bad_rank, int wedge, int stop) {
   mk_error_t err = {{0}};
   mk_grid_t g;
   MUST(mk_grid_make(N_LAYER, ctx->world / tp, tp, ctx->rank, &g, &err), err);
   MUST(mk_ctx_split_stages(ctx, tp, &err), err);
   mk_watchdog_set_timeout(ctx->wd, 1.0);
+  if (stop) {
+    run_stop(ctx, &g, bad_rank);
+    return 3; /* not reached: the barrier cannot complete */
+  }
   float x[64] = {0};
   if (ctx->rank == bad_rank) {
     if (!wedge) {
@@ -128,7 +169,8 @@ int main(int argc, char **argv) {
   }
   g_rank = ctx.rank;
   int tp = argc >= 2 ? atoi(argv[1]) : 1, rc;
-  if (argc >= 4) rc = run_failure(&ctx, tp, atoi(argv[3]), strcmp(argv[2], "wedge") == 0);
+  if (argc >= 4)
+    rc = run_failure(&ctx, tp, atoi(argv[3]), strcmp(argv[2], "wedge") == 0, strcmp(argv[2], "stop") == 0);
   else rc = run_checks(&ctx, tp);
   mk_ctx_free(&ctx);
   MPI_Finalize();

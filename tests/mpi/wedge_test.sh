@@ -9,7 +9,12 @@
 # plus one second. Checks, from the signal on:
 #   - exit status non-zero, and every rank process gone;
 #   - stop/self: within 15 s, and the output has "did not arrive: ... rank RANK (no answer";
-#     self also needs "score sync" (the peers were waiting in the score-sync all-reduce);
+#     every healthy rank's "comm watchdog:" diagnosis names rank RANK as not answering (or, when
+#     Open MPI's SIGCONT woke it in time to answer, as "did not run for S s") and blames
+#     no other rank (another rank may only appear as "rank N (alive, ...: waiting in ...)"; right
+#     under pipeline stages too: --pp runs); at least $MK_WEDGE_MIN_DIAG (default 1) of them;
+#     self also needs a timed-out call of purpose $MK_WEDGE_PURPOSE (default "score sync":
+#     wedge_test.c's peers wait in the score-sync all-reduce);
 #   - kill: within 10 s.
 # The ranks are found by an environment marker (mpirun hands its environment to local ranks)
 # and OMPI_COMM_WORLD_RANK. Whatever happens, every rank process of the job is sent SIGCONT and
@@ -90,10 +95,23 @@ if [ "$mode" != kill ]; then
     { echo "FAIL: no message naming rank $rank as the one that did not arrive"; ok=0; }
   grep -q "morphkv: rank [0-9]*: .*comm watchdog:" "$out" ||
     { echo "FAIL: no 'morphkv: rank R: ... comm watchdog:' message"; ok=0; }
+  # Every diagnosis by a healthy rank (the stopped one's own says "this rank itself did not run")
+  # names rank RANK as not answering, and no other rank: under pipeline stages the ranks of other
+  # stages run other collectives, and a healthy one must not be blamed.
+  healthy=$(grep -o "comm watchdog:.*" "$out" | grep -v "this rank itself did not run")
+  n_diag=$(grep -c . <<<"$healthy")
+  n_named=$(grep -c "rank $rank (\(no answer\|did not run for\)" <<<"$healthy")
+  [ "$n_diag" -ge "${MK_WEDGE_MIN_DIAG:-1}" ] && [ "$n_named" -eq "$n_diag" ] ||
+    { echo "FAIL: $n_named of $n_diag healthy ranks' diagnoses name rank $rank as not answering or stopped"; ok=0; }
+  # an entry "rank N (alive, ...: waiting in ...)" explains a healthy rank; any other "rank N (..."
+  # ("no answer", "still at ...") blames N
+  blamed=$(grep -o "rank [0-9]* ([a-z]*" <<<"$healthy" | grep -v "(alive$" | grep -v "^rank $rank (" |
+    sort -u | tr '\n' ' ')
+  [ -z "$blamed" ] || { echo "FAIL: a diagnosis blames a healthy rank: $blamed"; ok=0; }
 fi
 if [ "$mode" = self ]; then
-  grep -q "comm watchdog: MPI_I[a-z]* (score sync" "$out" ||
-    { echo "FAIL: the timed-out collective is not the score-sync all-reduce"; ok=0; }
+  grep -q "comm watchdog: MPI_I[a-z]* (${MK_WEDGE_PURPOSE:-score sync}" "$out" ||
+    { echo "FAIL: no timed-out call is a ${MK_WEDGE_PURPOSE:-score sync} one"; ok=0; }
 fi
 echo "---- job output (exit status $rc, ${elapsed} s after the signal) ----"
 grep -v '^\s*$' "$out" | tail -c 6000
