@@ -51,7 +51,8 @@
  * at tick t a new micro-batch enters stage 0 and stage s runs the one that entered at tick t - s,
  * so a micro-batch leaves the last stage P - 1 ticks after it entered. Each tick is, on every
  * rank: receive the input rows (stage > 0), run the layers (the last stage: the head), broadcast
- * the logits of the micro-batch leaving the last stage, send the rows on (stage < P - 1). The
+ * what the micro-batch leaving the last stage produced (its logits, or the token ids the last
+ * stage picked from them: mk_engine_pipe_share_tokens), send the rows on (stage < P - 1). The
  * sends of tick t are received at tick t + 1, after the broadcast every rank joins, so no cycle
  * of waits exists. A micro-batch's positions are fixed when it enters (n_past advances then), and
  * every stage runs the micro-batches in the order they entered, so each stage's cache sees the
