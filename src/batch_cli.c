@@ -470,7 +470,7 @@ static void summary(brun_t *r) {
     const double busy = 1e-6 * (double)x->busy_us, wait = 1e-6 * (double)x->stage_wait_us;
     fprintf(stderr, "[morphkv] rank %d, stage %llu: computing %.2f s, waiting on other stages %.2f s (%.0f%% idle), "
             "sent %.2f MiB to the next stage\n", k, (unsigned long long)x->stage, busy, wait,
-            busy + wait > 0 ? 100.0 * wait / (busy + wait) : 0.0, (double)x->comm_p2p_bytes / 1048576.0);
+            100.0 * mk_rank_idle_frac(x), (double)x->comm_p2p_bytes / 1048576.0);
   }
 }
 
@@ -485,8 +485,7 @@ static void stats_ranks(const brun_t *r, json_t *o, long long generated) {
     json_object_set_new(j, "rank", json_integer(k));
     json_array_append_new(ranks, j);
     p2p += x->comm_p2p_bytes, model += x->comm_model_bytes + x->comm_score_bytes, sample += x->comm_sample_bytes;
-    const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
-    idle += busy + wait > 0 ? wait / (busy + wait) : 0.0;
+    idle += mk_rank_idle_frac(x);
   }
   json_object_set_new(o, "ranks", ranks);
   const double g = generated > 0 ? (double)generated : 1.0;

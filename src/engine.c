@@ -776,15 +776,18 @@ static double clock_s(clockid_t id) {
 }
 static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
 
-/* Pipeline: full logits computed on the last stage reach every rank (world broadcast from the last
- * stage's TP rank 0), so every rank can pick the same next token. Time spent here and in the
- * stage-to-stage messages is waiting on other stages (t_stage_wait). */
-static int bcast_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *err) {
-  const size_t bytes = sizeof(float) * (size_t)n_out * e->model.cfg.n_vocab;
+/* Pipeline: what the last stage computed (full logits, or the sampled token ids) reaches every rank
+ * (world broadcast from the last stage's TP rank 0), so every rank keeps the same token stream.
+ * Time spent here and in the stage-to-stage messages is waiting on other stages (t_stage_wait). */
+static int bcast_from_last(mk_engine_t *e, void *buf, size_t bytes, mk_error_t *err) {
   const double t0 = now_s();
-  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, logits, bytes, e->grid.world - e->grid.tp, err);
+  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, buf, bytes, e->grid.world - e->grid.tp, err);
   e->t_stage_wait += now_s() - t0;
   return rc;
+}
+
+static int bcast_logits(mk_engine_t *e, int n_out, float *logits, mk_error_t *err) {
+  return bcast_from_last(e, logits, sizeof(float) * (size_t)n_out * e->model.cfg.n_vocab, err);
 }
 
 /* Stage to stage: x (n, n_embd) from this rank to the same TP rank of the next stage, or from the
@@ -1003,7 +1006,7 @@ int mk_engine_step_sample(mk_engine_t *e, int seq, const int32_t *ids, int n, mk
   /* pipeline: the last stage samples (its TP group as without stages), every rank gets the token */
   int32_t tok = -1;
   if (e->grid.last && sample_token(e, smp, history, n_history, &tok, err) != 0) return -1;
-  if (mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, &tok, sizeof tok, e->grid.world - e->grid.tp, err) != 0) return -1;
+  if (bcast_from_last(e, &tok, sizeof tok, err) != 0) return -1;
   *next = tok;
   return 0;
 }
@@ -1112,11 +1115,7 @@ int mk_engine_pipe_depth(const mk_engine_t *e) { return e->grid.pp > 1 ? e->grid
 bool mk_engine_pipe_has_logits(const mk_engine_t *e) { return e->grid.last; }
 
 int mk_engine_pipe_share_tokens(mk_engine_t *e, int32_t *ids, int n, mk_error_t *err) {
-  if (e->grid.pp <= 1 || n <= 0) return 0;
-  const double t0 = now_s();
-  int rc = mk_comm_bcast(e->ctx->comm, MK_COMM_SAMPLE, ids, sizeof *ids * (size_t)n, e->grid.world - e->grid.tp, err);
-  e->t_stage_wait += now_s() - t0;
-  return rc;
+  return e->grid.pp <= 1 || n <= 0 ? 0 : bcast_from_last(e, ids, sizeof *ids * (size_t)n, err);
 }
 
 int mk_engine_pipe_tick(mk_engine_t *e, const mk_engine_item_t *items, int n_items, float *logits,

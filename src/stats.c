@@ -92,7 +92,7 @@ void mk_run_stats_print(const mk_run_stats_t *s, FILE *f) {
       if (x->comm_p2p_bytes > 0 || x->stage > 0)
         fprintf(f, "           stage %llu: sent %s to the next stage, %.0f%% of its engine time waiting on other stages\n",
                 (unsigned long long)x->stage, mk_fmt_bytes(x->comm_p2p_bytes, a, sizeof a),
-                x->busy_us + x->stage_wait_us ? 100.0 * (double)x->stage_wait_us / (double)(x->busy_us + x->stage_wait_us) : 0.0);
+                100.0 * mk_rank_idle_frac(x));
     }
   }
 }
@@ -108,6 +108,11 @@ mk_rank_stats_t mk_rank_stats_of(const mk_engine_stats_t *es) {
                            .busy_cpu_us = (uint64_t)(es->busy_cpu_s * 1e6)};
 }
 
+double mk_rank_idle_frac(const mk_rank_stats_t *x) {
+  const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
+  return busy + wait > 0 ? wait / (busy + wait) : 0.0;
+}
+
 json_t *mk_rank_stats_json(const mk_rank_stats_t *x) {
   const double busy = (double)x->busy_us, wait = (double)x->stage_wait_us;
   return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:f,s:f}", "weight_bytes", (json_int_t)x->weight_bytes,
@@ -118,7 +123,7 @@ json_t *mk_rank_stats_json(const mk_rank_stats_t *x) {
                    (json_int_t)x->comm_score_bytes, "comm_sample_bytes",
                    (json_int_t)x->comm_sample_bytes, "kv_slots", (json_int_t)x->kv_slots, "comm_p2p_bytes",
                    (json_int_t)x->comm_p2p_bytes, "stage", (json_int_t)x->stage, "busy_s", busy * 1e-6,
-                   "stage_wait_s", wait * 1e-6, "idle_frac", busy + wait > 0 ? wait / (busy + wait) : 0.0,
+                   "stage_wait_s", wait * 1e-6, "idle_frac", mk_rank_idle_frac(x),
                    "busy_cpu_s", 1e-6 * (double)x->busy_cpu_us);
 }
 

@@ -27,6 +27,8 @@ typedef struct mk_rank_stats {
 
 /* This rank's figures from the engine's (every field above). */
 mk_rank_stats_t mk_rank_stats_of(const mk_engine_stats_t *es);
+/* The share of its engine time a rank waited on other stages: wait / (busy + wait), 0 when idle. */
+double mk_rank_idle_frac(const mk_rank_stats_t *x);
 /* One rank's JSON object (new reference): the fields above and idle_frac = wait / (busy + wait). */
 json_t *mk_rank_stats_json(const mk_rank_stats_t *x);
 
